@@ -1,0 +1,101 @@
+// Input checks shared by the CPU and CUDA kernels. They say what dasp_kernels/_checks.py says, in
+// the same words, so that the wrapper, the fake kernel and the real kernel agree.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <string>
+
+namespace dasp_kernels {
+
+inline std::string dtype_name(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return "float32";
+    case at::kDouble: return "float64";
+    case at::kHalf: return "float16";
+    case at::kBFloat16: return "bfloat16";
+    default: return c10::toString(t);
+  }
+}
+
+constexpr int64_t kMaxK = 7;
+
+inline int64_t dwconv_out_size(int64_t size, int64_t k, int64_t stride, int64_t padding) {
+  return (size + 2 * padding - k) / stride + 1;
+}
+
+inline void check_rank4_floating(const char* op, const at::Tensor& x) {
+  TORCH_CHECK(x.dim() == 4, op, ": expected x to be 4-D (N, C, H, W), got ", x.dim(),
+              "-D of shape ", x.sizes());
+  auto t = x.scalar_type();
+  TORCH_CHECK(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16, op,
+              ": expected x of dtype float32, float64, float16 or bfloat16, got ", dtype_name(t));
+}
+
+inline void check_like_x(const char* op, const at::Tensor& x, const char* name,
+                         const at::Tensor& t) {
+  TORCH_CHECK(t.device() == x.device(), op, ": expected ", name, " on the device of x (",
+              x.device(), "), got ", t.device());
+  TORCH_CHECK(t.scalar_type() == x.scalar_type(), op, ": expected ", name,
+              " to have the dtype of x (", dtype_name(x.scalar_type()), "), got ",
+              dtype_name(t.scalar_type()));
+}
+
+// What a compiled backend accepts beyond the generic checks, e.g. {kFloat, kDouble} on the CPU.
+inline void check_backend_dtype(const char* op, const char* backend, const at::Tensor& x,
+                                std::initializer_list<at::ScalarType> ok) {
+  std::string names;
+  for (auto t : ok) {
+    if (t == x.scalar_type()) return;
+    names += (names.empty() ? "" : ", ") + dtype_name(t);
+  }
+  TORCH_CHECK(false, op, ": backend '", backend, "' supports ", names, ", got ",
+              dtype_name(x.scalar_type()));
+}
+
+inline void check_dwconv_bn_relu(const at::Tensor& x, const at::Tensor& weight,
+                                 const at::Tensor& scale, const at::Tensor& shift, int64_t stride,
+                                 int64_t padding) {
+  const char* op = "dwconv_bn_relu";
+  check_rank4_floating(op, x);
+  check_like_x(op, x, "weight", weight);
+  check_like_x(op, x, "scale", scale);
+  check_like_x(op, x, "shift", shift);
+  const int64_t c = x.size(1);
+  TORCH_CHECK(weight.dim() == 4 && weight.size(0) == c && weight.size(1) == 1 &&
+                  weight.size(2) == weight.size(3),
+              op, ": expected weight of shape [C, 1, K, K] with C = ", c, ", got ", weight.sizes());
+  const int64_t k = weight.size(2);
+  TORCH_CHECK(k >= 1 && k <= kMaxK, op, ": expected kernel size 1 <= K <= ", kMaxK, ", got K = ",
+              k);
+  TORCH_CHECK(scale.dim() == 1 && scale.size(0) == c, op, ": expected scale of shape [", c,
+              "], got ", scale.sizes());
+  TORCH_CHECK(shift.dim() == 1 && shift.size(0) == c, op, ": expected shift of shape [", c,
+              "], got ", shift.sizes());
+  TORCH_CHECK(stride == 1 || stride == 2, op, ": expected stride 1 or 2, got ", stride);
+  TORCH_CHECK(padding >= 0 && padding <= k - 1, op, ": expected 0 <= padding <= K - 1 = ", k - 1,
+              ", got ", padding);
+  const int64_t h = x.size(2), w = x.size(3);
+  TORCH_CHECK(h + 2 * padding >= k && w + 2 * padding >= k, op,
+              ": expected H + 2 * padding >= K and W + 2 * padding >= K, got H = ", h, ", W = ", w,
+              ", padding = ", padding, ", K = ", k);
+}
+
+inline void check_ppm_add(const at::Tensor& x, const at::Tensor& weight,
+                          const at::Tensor& residual) {
+  const char* op = "ppm_add";
+  check_rank4_floating(op, x);
+  check_like_x(op, x, "weight", weight);
+  check_like_x(op, x, "residual", residual);
+  const int64_t cin = x.size(1);
+  TORCH_CHECK(weight.dim() == 4 && weight.size(1) == cin && weight.size(2) == 1 &&
+                  weight.size(3) == 1,
+              op, ": expected weight of shape [Cout, Cin, 1, 1] with Cin = ", cin, ", got ",
+              weight.sizes());
+  std::vector<int64_t> expected = {x.size(0), weight.size(0), (x.size(2) + 1) / 2,
+                                   (x.size(3) + 1) / 2};
+  TORCH_CHECK(residual.dim() == 4 && residual.sizes() == at::IntArrayRef(expected), op,
+              ": expected residual of shape [N, Cout, ceil(H/2), ceil(W/2)] = ",
+              at::IntArrayRef(expected), ", got ", residual.sizes());
+}
+
+}  // namespace dasp_kernels

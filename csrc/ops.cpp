@@ -1,0 +1,27 @@
+// Every schema of the library, in one place. Kernels register themselves per backend in
+// csrc/cpu/<op>.cpp and csrc/cuda/<op>.cu; fakes and autograd are registered from Python
+// (dasp_kernels/ops.py).
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// Lets `import dasp_kernels._C` load this library (and so run the registrations below)
+// without binding any Python function: everything goes through torch.ops.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(dasp_kernels, m) {
+  // act(depthwise_conv2d(x, weight, stride, padding) * scale[c] + shift[c]), act = ReLU or identity.
+  m.def("dwconv_bn_relu(Tensor x, Tensor weight, Tensor scale, Tensor shift, int stride, "
+        "int padding, bool relu) -> Tensor");
+  // Returns (grad_x, grad_weight, grad_scale, grad_shift); recomputes the convolution.
+  m.def("_dwconv_bn_relu_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor scale, "
+        "Tensor shift, int stride, int padding, bool relu) -> (Tensor, Tensor, Tensor, Tensor)");
+  // conv1x1(maxpool2d(x, 2, 2, ceil_mode=True), weight) + residual.
+  m.def("ppm_add(Tensor x, Tensor weight, Tensor residual) -> Tensor");
+  // Returns (grad_x, grad_weight); grad_residual is grad_out itself.
+  m.def("_ppm_add_backward(Tensor grad_out, Tensor x, Tensor weight) -> (Tensor, Tensor)");
+}

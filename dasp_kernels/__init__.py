@@ -1,0 +1,19 @@
+"""Fused kernels for the Depthwise Attention Spatial Path (DASP) of BiSeNet.
+
+    import dasp_kernels
+    y = dasp_kernels.dwconv_bn_relu(x, w, scale, shift, stride=2, padding=3)
+    z = dasp_kernels.ppm_add(x, w_pw, residual)
+    dasp_kernels.available_backends()   # e.g. ['reference', 'cpu']
+
+Importing never fails for want of the compiled extension or of a GPU: `backend_status()` says what
+is missing and why.
+"""
+from dasp_kernels import _loader, ops as _ops
+from dasp_kernels._backends import available_backends, backend_status
+from dasp_kernels.functional import dwconv_bn_relu, ppm_add
+from dasp_kernels.reference import fold_bn
+
+_ops.register()
+
+__version__ = "0.1.0"
+__all__ = ["available_backends", "backend_status", "dwconv_bn_relu", "fold_bn", "ppm_add"]

@@ -1,0 +1,81 @@
+"""Which backends this install can run, and which one "auto" picks."""
+import functools
+import importlib.util
+import os
+
+import torch
+
+from dasp_kernels import _loader
+
+BACKENDS = ("reference", "cpu", "cuda", "triton")
+# dtypes each compiled backend accepts; "reference" takes whatever torch does.
+DTYPES = {
+    "cpu": (torch.float32, torch.float64),
+    "cuda": (torch.float32, torch.float64, torch.float16, torch.bfloat16),
+    "triton": (torch.float32, torch.float64, torch.float16, torch.bfloat16),
+}
+
+
+def triton_interpret():
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.lru_cache(None)
+def _triton_installed():
+    return importlib.util.find_spec("triton") is not None
+
+
+def backend_status():
+    """{backend: None if usable, else the reason it is not} for this install and machine."""
+    cuda_gpu = torch.cuda.is_available()
+    status = {"reference": None}
+    status["cpu"] = None if _loader.has_cpu_extension() else (
+        f"the C++ extension dasp_kernels._C did not load ({_loader.load_error})")
+    if not _loader.has_cpu_extension():
+        status["cuda"] = status["cpu"]
+    elif not _loader.built_with_cuda():
+        status["cuda"] = "the extension was built without CUDA sources (no toolkit at build time)"
+    elif not cuda_gpu:
+        status["cuda"] = "no CUDA device is visible (torch.cuda.is_available() is False)"
+    else:
+        status["cuda"] = None
+    if not _triton_installed():
+        status["triton"] = "triton is not installed"
+    elif not (cuda_gpu or triton_interpret()):
+        status["triton"] = "no CUDA device, and TRITON_INTERPRET=1 is not set for the CPU interpreter"
+    else:
+        status["triton"] = None
+    return status
+
+
+def available_backends():
+    """Backends this install can run now, best first per device: e.g. ['reference', 'cpu']."""
+    return [b for b, why in backend_status().items() if why is None]
+
+
+def pick(backend, x, op):
+    """Resolve `backend` for input x, raising a ValueError that says why one cannot be used."""
+    status = backend_status()
+    if backend == "auto":
+        order = ("cuda", "triton") if x.device.type == "cuda" else ("cpu",)
+        for b in order:
+            if status[b] is None:
+                return b
+        return "reference"
+    if backend not in BACKENDS:
+        raise ValueError(f"{op}: expected backend 'auto', 'reference', 'cpu', 'cuda' or 'triton', "
+                         f"got {backend!r}")
+    if status[backend] is not None:
+        raise ValueError(f"{op}: backend {backend!r} is not available: {status[backend]}")
+    if backend == "cpu" and x.device.type != "cpu":
+        raise ValueError(f"{op}: backend 'cpu' expects tensors on cpu, got {x.device}")
+    if backend == "cuda" and x.device.type != "cuda":
+        raise ValueError(f"{op}: backend 'cuda' expects tensors on a cuda device, got {x.device}")
+    if backend == "triton" and x.device.type == "cpu" and not triton_interpret():
+        raise ValueError(f"{op}: backend 'triton' got cpu tensors; set TRITON_INTERPRET=1 to run "
+                         "Triton kernels on the CPU interpreter")
+    if backend in DTYPES and x.dtype not in DTYPES[backend]:
+        names = ", ".join(str(d).removeprefix("torch.") for d in DTYPES[backend])
+        raise ValueError(f"{op}: backend {backend!r} supports {names}, got "
+                         f"{str(x.dtype).removeprefix('torch.')}")
+    return backend

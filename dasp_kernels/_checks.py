@@ -1,0 +1,94 @@
+"""Input checks shared by the public wrappers and the fake kernels.
+
+The C++ kernels (csrc/checks.h) say the same things in the same words: shapes are printed as
+[a, b, c], dtypes as float32/float64/float16/bfloat16, devices as cpu / cuda:0.
+`check(cond, make_msg)` is `torch._check` in fake kernels and a ValueError raiser in wrappers.
+"""
+import torch
+
+MAX_K = 7
+
+
+def shape_str(shape):
+    return "[" + ", ".join(str(int(s)) if not isinstance(s, torch.SymInt) else str(s) for s in shape) + "]"
+
+
+def dtype_str(dtype):
+    return str(dtype).removeprefix("torch.")
+
+
+def raise_value_error(cond, make_msg):
+    if not cond:
+        raise ValueError(make_msg())
+
+
+def _same_device_dtype(op, check, x, others):
+    for name, t in others:
+        check(t.device == x.device,
+              lambda: f"{op}: expected {name} on the device of x ({x.device}), got {t.device}")
+        check(t.dtype == x.dtype,
+              lambda: f"{op}: expected {name} to have the dtype of x ({dtype_str(x.dtype)}), "
+                      f"got {dtype_str(t.dtype)}")
+
+
+def _floating(op, check, x):
+    check(x.dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16),
+          lambda: f"{op}: expected x of dtype float32, float64, float16 or bfloat16, "
+                  f"got {dtype_str(x.dtype)}")
+
+
+def _rank4(op, check, name, t):
+    check(t.dim() == 4,
+          lambda: f"{op}: expected {name} to be 4-D (N, C, H, W), got {t.dim()}-D of shape "
+                  f"{shape_str(t.shape)}")
+
+
+def dwconv_out_size(size, k, stride, padding):
+    return (size + 2 * padding - k) // stride + 1
+
+
+def check_dwconv_bn_relu(x, weight, scale, shift, stride, padding, check):
+    op = "dwconv_bn_relu"
+    _rank4(op, check, "x", x)
+    _floating(op, check, x)
+    _same_device_dtype(op, check, x, [("weight", weight), ("scale", scale), ("shift", shift)])
+    c = x.shape[1]
+    check(weight.dim() == 4 and weight.shape[0] == c and weight.shape[1] == 1
+          and weight.shape[2] == weight.shape[3],
+          lambda: f"{op}: expected weight of shape [C, 1, K, K] with C = {c}, got "
+                  f"{shape_str(weight.shape)}")
+    k = weight.shape[2]
+    check(1 <= k <= MAX_K, lambda: f"{op}: expected kernel size 1 <= K <= {MAX_K}, got K = {k}")
+    for name, t in (("scale", scale), ("shift", shift)):
+        check(t.dim() == 1 and t.shape[0] == c,
+              lambda: f"{op}: expected {name} of shape [{c}], got {shape_str(t.shape)}")
+    check(stride in (1, 2), lambda: f"{op}: expected stride 1 or 2, got {stride}")
+    check(0 <= padding <= k - 1,
+          lambda: f"{op}: expected 0 <= padding <= K - 1 = {k - 1}, got {padding}")
+    h, w = x.shape[2], x.shape[3]
+    check(h + 2 * padding >= k and w + 2 * padding >= k,
+          lambda: f"{op}: expected H + 2 * padding >= K and W + 2 * padding >= K, got H = {h}, "
+                  f"W = {w}, padding = {padding}, K = {k}")
+
+
+def check_ppm_add(x, weight, residual, check):
+    op = "ppm_add"
+    _rank4(op, check, "x", x)
+    _floating(op, check, x)
+    _same_device_dtype(op, check, x, [("weight", weight), ("residual", residual)])
+    cin = x.shape[1]
+    check(weight.dim() == 4 and weight.shape[1] == cin and weight.shape[2] == 1
+          and weight.shape[3] == 1,
+          lambda: f"{op}: expected weight of shape [Cout, Cin, 1, 1] with Cin = {cin}, got "
+                  f"{shape_str(weight.shape)}")
+    expected = [x.shape[0], weight.shape[0], (x.shape[2] + 1) // 2, (x.shape[3] + 1) // 2]
+    check(residual.dim() == 4 and list(residual.shape) == expected,
+          lambda: f"{op}: expected residual of shape [N, Cout, ceil(H/2), ceil(W/2)] = "
+                  f"{shape_str(expected)}, got {shape_str(residual.shape)}")
+
+
+def output_memory_format(x):
+    """Outputs are channels_last exactly when the input's strides suggest it (as in C++)."""
+    from torch._prims_common import suggest_memory_format
+
+    return suggest_memory_format(x)

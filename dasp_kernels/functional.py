@@ -1,0 +1,46 @@
+"""Public functions: validate input (got vs expected), pick a backend, call exactly one op."""
+import torch
+
+from dasp_kernels import _backends, _checks, reference
+
+
+def _triton():
+    from dasp_kernels import triton as triton_ops  # registers the triton ops on first use
+
+    return triton_ops
+
+
+def dwconv_bn_relu(x, weight, scale, shift, *, stride=1, padding=0, relu=True, backend="auto"):
+    """act(depthwise_conv2d(x, weight, stride, padding) * scale[c] + shift[c]).
+
+    x: (N, C, H, W); weight: (C, 1, K, K) as nn.Conv2d(C, C, K, groups=C).weight, 1 <= K <= 7;
+    scale, shift: (C,), e.g. a folded eval-mode BatchNorm (see dasp_kernels.fold_bn).
+    stride 1 or 2, symmetric zero padding 0..K-1. The output has x's memory format
+    (channels_last when x's strides suggest it, contiguous otherwise).
+    """
+    _checks.check_dwconv_bn_relu(x, weight, scale, shift, stride, padding,
+                                 _checks.raise_value_error)
+    b = _backends.pick(backend, x, "dwconv_bn_relu")
+    if b == "reference":
+        return reference.dwconv_bn_relu(x, weight, scale, shift, stride, padding, relu)
+    if b == "triton":
+        _triton()
+        return torch.ops.dasp_kernels.dwconv_bn_relu_triton(x, weight, scale, shift, stride,
+                                                            padding, relu)
+    return torch.ops.dasp_kernels.dwconv_bn_relu(x, weight, scale, shift, stride, padding, relu)
+
+
+def ppm_add(x, weight, residual, *, backend="auto"):
+    """conv1x1(maxpool2d(x, 2, 2, ceil_mode=True), weight) + residual.
+
+    x: (N, Cin, H, W); weight: (Cout, Cin, 1, 1); residual: (N, Cout, ceil(H/2), ceil(W/2)).
+    The output has x's memory format.
+    """
+    _checks.check_ppm_add(x, weight, residual, _checks.raise_value_error)
+    b = _backends.pick(backend, x, "ppm_add")
+    if b == "reference":
+        return reference.ppm_add(x, weight, residual)
+    if b == "triton":
+        _triton()
+        return torch.ops.dasp_kernels.ppm_add_triton(x, weight, residual)
+    return torch.ops.dasp_kernels.ppm_add(x, weight, residual)

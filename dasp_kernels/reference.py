@@ -1,0 +1,31 @@
+"""Every op of the library in plain torch: the test oracle, the benchmark baseline and the fallback.
+
+One definition per op; the kernels in csrc/ and dasp_kernels/triton/ must agree with these to float
+rounding. Autograd through these functions is the reference for the backward kernels.
+"""
+import torch
+import torch.nn.functional as F
+
+
+def dwconv_bn_relu(x, weight, scale, shift, stride=1, padding=0, relu=True):
+    """act(depthwise_conv2d(x, weight, stride, padding) * scale[c] + shift[c])."""
+    y = F.conv2d(x, weight, None, stride, padding, 1, x.shape[1])
+    y = y * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
+    return torch.relu(y) if relu else y
+
+
+def ppm_add(x, weight, residual):
+    """conv1x1(maxpool2d(x, 2, 2, ceil_mode=True), weight) + residual."""
+    return F.conv2d(F.max_pool2d(x, 2, 2, ceil_mode=True), weight) + residual
+
+
+def fold_bn(bn):
+    """(scale, shift) of an eval-mode BatchNorm2d: scale = gamma / sqrt(var + eps)."""
+    var, mean = bn.running_var, bn.running_mean
+    scale = torch.rsqrt(var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    return scale, shift

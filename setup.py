@@ -1,0 +1,103 @@
+"""Build dasp_kernels._C: C++ CPU kernels always, CUDA kernels whenever a toolkit is found.
+
+DASP_KERNELS_CUDA=1 forces the CUDA sources on (fails if no toolkit), =0 forces them off.
+The toolkit root is found from nvcc itself (`nvcc --dryrun` reports its real bin folder), because
+nvcc is often a symlink or wrapper script on PATH and torch would otherwise guess the wrong root
+and fail to link libcudart.
+"""
+import glob
+import os
+import re
+import shutil
+import subprocess
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _real_cuda_home():
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        for cand in ("/usr/local/cuda",):
+            if os.path.exists(os.path.join(cand, "bin", "nvcc")):
+                return os.path.realpath(cand)
+        return None
+    try:
+        out = subprocess.run([nvcc, "--dryrun", "-v", "-c", "x.cu"], capture_output=True,
+                             text=True, timeout=60)
+        m = re.search(r"^#\$ _HERE_=(.+)$", out.stdout + out.stderr, re.M)
+        if m:
+            return os.path.realpath(os.path.join(m.group(1).strip(), ".."))
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+
+
+def _want_cuda(cuda_home):
+    flag = os.environ.get("DASP_KERNELS_CUDA", "auto").lower()
+    if flag in ("0", "off", "false", "no"):
+        return False
+    if flag in ("1", "on", "true", "yes"):
+        if cuda_home is None:
+            raise RuntimeError("DASP_KERNELS_CUDA=1 but no CUDA toolkit (nvcc) was found")
+        return True
+    return cuda_home is not None
+
+
+def extensions():
+    cuda_home = _real_cuda_home()
+    use_cuda = _want_cuda(cuda_home)
+    if use_cuda:
+        # cpp_extension reads CUDA_HOME at import time, so set it before importing it.
+        os.environ["CUDA_HOME"] = cuda_home
+        # No GPU to query at build time: pick a small set of real archs plus PTX for newer ones.
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
+    from torch.utils.cpp_extension import CppExtension, CUDAExtension
+
+    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    extra = {"cxx": ["-O3", "-std=c++17", "-fopenmp"]}
+    macros = [("Py_LIMITED_API", "0x03090000")]
+    if use_cuda:
+        sources += sorted(glob.glob("csrc/cuda/*.cu"))
+        extra["nvcc"] = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+        macros.append(("DASP_WITH_CUDA", None))
+        ext = CUDAExtension
+    else:
+        ext = CppExtension
+    return [ext("dasp_kernels._C", sources, extra_compile_args=extra, define_macros=macros,
+                extra_link_args=["-fopenmp"], py_limited_api=True)], use_cuda
+
+
+def main():
+    from torch.utils.cpp_extension import BuildExtension
+
+    exts, use_cuda = extensions()
+    print(f"dasp_kernels: building with CUDA sources: {use_cuda}")
+    setup(
+        name="dasp",
+        version="0.1.0",
+        description="Fused kernels for the Depthwise Attention Spatial Path of BiSeNet, and the models",
+        packages=find_packages(include=["dasp", "dasp.*", "dasp_kernels", "dasp_kernels.*"]),
+        python_requires=">=3.10",
+        # The extension is compiled against the torch it is built with; these are the releases
+        # whose torch.library API (triton_op, register_fake, register_autograd) it uses.
+        install_requires=["torch>=2.6,<2.16", "numpy"],
+        extras_require={
+            "test": ["pytest", "onnx", "onnxruntime", "onnxscript"],
+            "bench": ["onnx", "onnxruntime", "onnxscript", "matplotlib"],
+        },
+        ext_modules=exts,
+        cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+        entry_points={"console_scripts": [
+            "dasp=dasp.cli:main",
+            "dasp-kernels=dasp_kernels.__main__:main",
+        ]},
+        options={"bdist_wheel": {"py_limited_api": "cp39"}},
+    )
+
+
+if __name__ == "__main__":
+    main()
