@@ -24,4 +24,12 @@ TORCH_LIBRARY(dasp_kernels, m) {
   m.def("ppm_add(Tensor x, Tensor weight, Tensor residual) -> Tensor");
   // Returns (grad_x, grad_weight); grad_residual is grad_out itself.
   m.def("_ppm_add_backward(Tensor grad_out, Tensor x, Tensor weight) -> (Tensor, Tensor)");
+  // One whole DASP stage, Eq. (5): ppm_add(x, ppm_weight, relu(pw(dwconv_bn_relu(x)) * pw_scale +
+  // pw_shift)), depthwise stride 2, padding K // 2, K odd. No intermediate goes to memory.
+  m.def("dasp_stage(Tensor x, Tensor dw_weight, Tensor dw_scale, Tensor dw_shift, "
+        "Tensor pw_weight, Tensor pw_scale, Tensor pw_shift, Tensor ppm_weight) -> Tensor");
+  // Returns the gradients of all eight tensor inputs, in order.
+  m.def("_dasp_stage_backward(Tensor grad_out, Tensor x, Tensor dw_weight, Tensor dw_scale, "
+        "Tensor dw_shift, Tensor pw_weight, Tensor pw_scale, Tensor pw_shift, Tensor ppm_weight) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }

@@ -87,6 +87,44 @@ def check_ppm_add(x, weight, residual, check):
                   f"{shape_str(expected)}, got {shape_str(residual.shape)}")
 
 
+def check_dasp_stage(x, dw_weight, dw_scale, dw_shift, pw_weight, pw_scale, pw_shift,
+                     ppm_weight, check):
+    op = "dasp_stage"
+    _rank4(op, check, "x", x)
+    _floating(op, check, x)
+    _same_device_dtype(op, check, x, [
+        ("dw_weight", dw_weight), ("dw_scale", dw_scale), ("dw_shift", dw_shift),
+        ("pw_weight", pw_weight), ("pw_scale", pw_scale), ("pw_shift", pw_shift),
+        ("ppm_weight", ppm_weight)])
+    cin = x.shape[1]
+    check(dw_weight.dim() == 4 and dw_weight.shape[0] == cin and dw_weight.shape[1] == 1
+          and dw_weight.shape[2] == dw_weight.shape[3],
+          lambda: f"{op}: expected dw_weight of shape [Cin, 1, K, K] with Cin = {cin}, got "
+                  f"{shape_str(dw_weight.shape)}")
+    k = dw_weight.shape[2]
+    check(k in (1, 3, 5, 7), lambda: f"{op}: expected an odd kernel size K in 1, 3, 5, 7, got K = {k}")
+    check(dw_scale.dim() == 1 and dw_scale.shape[0] == cin,
+          lambda: f"{op}: expected dw_scale of shape [{cin}], got {shape_str(dw_scale.shape)}")
+    check(dw_shift.dim() == 1 and dw_shift.shape[0] == cin,
+          lambda: f"{op}: expected dw_shift of shape [{cin}], got {shape_str(dw_shift.shape)}")
+    check(pw_weight.dim() == 4 and pw_weight.shape[1] == cin and pw_weight.shape[2] == 1
+          and pw_weight.shape[3] == 1,
+          lambda: f"{op}: expected pw_weight of shape [Cout, Cin, 1, 1] with Cin = {cin}, got "
+                  f"{shape_str(pw_weight.shape)}")
+    cout = pw_weight.shape[0]
+    check(pw_scale.dim() == 1 and pw_scale.shape[0] == cout,
+          lambda: f"{op}: expected pw_scale of shape [{cout}], got {shape_str(pw_scale.shape)}")
+    check(pw_shift.dim() == 1 and pw_shift.shape[0] == cout,
+          lambda: f"{op}: expected pw_shift of shape [{cout}], got {shape_str(pw_shift.shape)}")
+    check(list(ppm_weight.shape) == [cout, cin, 1, 1],
+          lambda: f"{op}: expected ppm_weight of shape {shape_str([cout, cin, 1, 1])}, got "
+                  f"{shape_str(ppm_weight.shape)}")
+
+
+def dasp_stage_out_shape(x, pw_weight):
+    return (x.shape[0], pw_weight.shape[0], (x.shape[2] + 1) // 2, (x.shape[3] + 1) // 2)
+
+
 def output_memory_format(x):
     """Outputs are channels_last exactly when the input's strides suggest it (as in C++)."""
     from torch._prims_common import suggest_memory_format

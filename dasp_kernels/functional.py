@@ -44,3 +44,23 @@ def ppm_add(x, weight, residual, *, backend="auto"):
         _triton()
         return torch.ops.dasp_kernels.ppm_add_triton(x, weight, residual)
     return torch.ops.dasp_kernels.ppm_add(x, weight, residual)
+
+
+def dasp_stage(x, dw_weight, dw_scale, dw_shift, pw_weight, pw_scale, pw_shift, ppm_weight, *,
+               backend="auto"):
+    """One whole DASP stage (Eq. 5) in one pass: PPM(x) + pw(dw(x)).
+
+    dw: depthwise KxK (K odd), stride 2, padding K // 2, then scale/shift (folded BN) and ReLU;
+    pw: 1x1 conv (pw_weight (Cout, Cin, 1, 1)), scale/shift and ReLU; PPM: 2x2 ceil-mode max pool,
+    then 1x1 conv (ppm_weight (Cout, Cin, 1, 1)). Output (N, Cout, ceil(H/2), ceil(W/2)) in x's
+    memory format.
+    """
+    args = (x, dw_weight, dw_scale, dw_shift, pw_weight, pw_scale, pw_shift, ppm_weight)
+    _checks.check_dasp_stage(*args, _checks.raise_value_error)
+    b = _backends.pick(backend, x, "dasp_stage")
+    if b == "reference":
+        return reference.dasp_stage(*args)
+    if b == "triton":
+        _triton()
+        return torch.ops.dasp_kernels.dasp_stage_triton(*args)
+    return torch.ops.dasp_kernels.dasp_stage(*args)

@@ -45,6 +45,25 @@ def _ppm_backward_fake(grad_out, x, weight):
             torch.empty_like(weight, memory_format=torch.contiguous_format))
 
 
+def _stage_fake(x, dw_weight, dw_scale, dw_shift, pw_weight, pw_scale, pw_shift, ppm_weight):
+    _checks.check_dasp_stage(x, dw_weight, dw_scale, dw_shift, pw_weight, pw_scale, pw_shift,
+                             ppm_weight, torch._check)
+    return _empty_like_format(x, _checks.dasp_stage_out_shape(x, pw_weight))
+
+
+def _stage_backward_fake(grad_out, x, *params):
+    return (_empty_like_format(x, x.shape),
+            *(torch.empty_like(p, memory_format=torch.contiguous_format) for p in params))
+
+
+def _stage_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _stage_backward(ctx, grad):
+    return torch.ops.dasp_kernels._dasp_stage_backward(grad, *ctx.saved_tensors)
+
+
 def _dwconv_setup(ctx, inputs, output):
     x, weight, scale, shift, stride, padding, relu = inputs
     ctx.save_for_backward(x, weight, scale, shift)
@@ -79,3 +98,7 @@ def register():
     torch.library.register_autograd(f"{LIB}::dwconv_bn_relu", _dwconv_backward,
                                     setup_context=_dwconv_setup)
     torch.library.register_autograd(f"{LIB}::ppm_add", _ppm_backward, setup_context=_ppm_setup)
+    torch.library.register_fake(f"{LIB}::dasp_stage")(_stage_fake)
+    torch.library.register_fake(f"{LIB}::_dasp_stage_backward")(_stage_backward_fake)
+    torch.library.register_autograd(f"{LIB}::dasp_stage", _stage_backward,
+                                    setup_context=_stage_setup)

@@ -19,6 +19,14 @@ def ppm_add(x, weight, residual):
     return F.conv2d(F.max_pool2d(x, 2, 2, ceil_mode=True), weight) + residual
 
 
+def dasp_stage(x, dw_weight, dw_scale, dw_shift, pw_weight, pw_scale, pw_shift, ppm_weight):
+    """One DASP stage, Eq. (5): PPM(x) + pw(dw(x)), depthwise stride 2 and padding K // 2."""
+    k = dw_weight.shape[-1]
+    y = dwconv_bn_relu(x, dw_weight, dw_scale, dw_shift, 2, k // 2, True)
+    y = F.conv2d(y, pw_weight) * pw_scale.view(1, -1, 1, 1) + pw_shift.view(1, -1, 1, 1)
+    return ppm_add(x, ppm_weight, torch.relu(y))
+
+
 def fold_bn(bn):
     """(scale, shift) of an eval-mode BatchNorm2d: scale = gamma / sqrt(var + eps)."""
     var, mean = bn.running_var, bn.running_mean
