@@ -98,4 +98,45 @@ inline void check_ppm_add(const at::Tensor& x, const at::Tensor& weight,
               at::IntArrayRef(expected), ", got ", residual.sizes());
 }
 
+inline void check_vector(const char* op, const char* name, const at::Tensor& t, int64_t n) {
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == n, op, ": expected ", name, " of shape [", n, "], got ",
+              t.sizes());
+}
+
+inline void check_dasp_stage(const at::Tensor& x, const at::Tensor& dw_weight,
+                             const at::Tensor& dw_scale, const at::Tensor& dw_shift,
+                             const at::Tensor& pw_weight, const at::Tensor& pw_scale,
+                             const at::Tensor& pw_shift, const at::Tensor& ppm_weight) {
+  const char* op = "dasp_stage";
+  check_rank4_floating(op, x);
+  check_like_x(op, x, "dw_weight", dw_weight);
+  check_like_x(op, x, "dw_scale", dw_scale);
+  check_like_x(op, x, "dw_shift", dw_shift);
+  check_like_x(op, x, "pw_weight", pw_weight);
+  check_like_x(op, x, "pw_scale", pw_scale);
+  check_like_x(op, x, "pw_shift", pw_shift);
+  check_like_x(op, x, "ppm_weight", ppm_weight);
+  const int64_t cin = x.size(1);
+  TORCH_CHECK(dw_weight.dim() == 4 && dw_weight.size(0) == cin && dw_weight.size(1) == 1 &&
+                  dw_weight.size(2) == dw_weight.size(3),
+              op, ": expected dw_weight of shape [Cin, 1, K, K] with Cin = ", cin, ", got ",
+              dw_weight.sizes());
+  const int64_t k = dw_weight.size(2);
+  TORCH_CHECK(k == 1 || k == 3 || k == 5 || k == 7, op,
+              ": expected an odd kernel size K in 1, 3, 5, 7, got K = ", k);
+  check_vector(op, "dw_scale", dw_scale, cin);
+  check_vector(op, "dw_shift", dw_shift, cin);
+  TORCH_CHECK(pw_weight.dim() == 4 && pw_weight.size(1) == cin && pw_weight.size(2) == 1 &&
+                  pw_weight.size(3) == 1,
+              op, ": expected pw_weight of shape [Cout, Cin, 1, 1] with Cin = ", cin, ", got ",
+              pw_weight.sizes());
+  const int64_t cout = pw_weight.size(0);
+  check_vector(op, "pw_scale", pw_scale, cout);
+  check_vector(op, "pw_shift", pw_shift, cout);
+  std::vector<int64_t> expected = {cout, cin, 1, 1};
+  TORCH_CHECK(ppm_weight.sizes() == at::IntArrayRef(expected), op,
+              ": expected ppm_weight of shape ", at::IntArrayRef(expected), ", got ",
+              ppm_weight.sizes());
+}
+
 }  // namespace dasp_kernels
