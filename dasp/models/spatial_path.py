@@ -25,6 +25,21 @@ class SpatialPath(nn.Module):
         return self.conv_out(self.conv3(self.conv2(self.conv1(x))))
 
 
+class PaperSpatialPath(nn.Module):
+    """The original spatial path as the paper's Table I counts it: 7x7 3->64, 3x3 64->64,
+    3x3 64->128, all stride 2 (T_i -> T_7x7 -> T^1_3x3 -> T^2_3x3). Used for Table I only: the
+    checkpoint-compatible `SpatialPath` has 64->64 then a 1x1 64->128 instead."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = ConvBNReLU(3, 64, 7, 2, 3)
+        self.conv2 = ConvBNReLU(64, 64, 3, 2, 1)
+        self.conv3 = ConvBNReLU(64, 128, 3, 2, 1)
+
+    def forward(self, x):
+        return self.conv3(self.conv2(self.conv1(x)))
+
+
 class PoolingPointwise(nn.Module):
     """PPM: 2x2 max pooling (ceil mode, so odd sizes match the stride-2 branch) then a 1x1 conv."""
 

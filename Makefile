@@ -1,0 +1,14 @@
+# The two commands of the README's quick start. Both set the machine up first (.ci/setup.sh).
+.PHONY: run test setup
+
+setup:
+	bash .ci/setup.sh
+
+# Table I, then the kernel benchmark summary.
+run: setup
+	.venv/bin/python -m benchmarks.table1
+	@if [ -f benchmarks/bench_cpu.py ]; then .venv/bin/python -m benchmarks.bench_cpu --quick; fi
+
+# The whole test suite; Triton kernels run on the CPU interpreter when there is no GPU.
+test: setup
+	TRITON_INTERPRET=$${TRITON_INTERPRET:-1} .venv/bin/python -m pytest tests -q
