@@ -8,12 +8,13 @@
 Importing never fails for want of the compiled extension or of a GPU: `backend_status()` says what
 is missing and why.
 """
-from dasp_kernels import _loader, ops as _ops
+from dasp_kernels import ops as _ops  # loads _C and registers fakes and autograd, if it loads
+from dasp_kernels import nn
 from dasp_kernels._backends import available_backends, backend_status
 from dasp_kernels.functional import dasp_stage, dwconv_bn_relu, ppm_add
+from dasp_kernels.nn import fuse
 from dasp_kernels.reference import fold_bn
 
-_ops.register()
-
 __version__ = "0.1.0"
-__all__ = ["available_backends", "backend_status", "dasp_stage", "dwconv_bn_relu", "fold_bn", "ppm_add"]
+__all__ = ["available_backends", "backend_status", "dasp_stage", "dwconv_bn_relu", "fold_bn",
+           "fuse", "nn", "ppm_add"]

@@ -102,3 +102,6 @@ def register():
     torch.library.register_fake(f"{LIB}::_dasp_stage_backward")(_stage_backward_fake)
     torch.library.register_autograd(f"{LIB}::dasp_stage", _stage_backward,
                                     setup_context=_stage_setup)
+
+
+register()

@@ -58,6 +58,9 @@ class DASPStage(nn.Module):
     DSC = depthwise KxK stride-2 conv + BN + ReLU (`dw`), then 1x1 conv + BN + ReLU (`pw`).
     """
 
+    # Tells dasp_kernels.fuse that forward is exactly PPM(x) + pw(dw(x)).
+    dasp_kernels_pattern = "dasp_stage"
+
     def __init__(self, cin, cout, k):
         super().__init__()
         self.dw = ConvBNReLU(cin, cin, k, 2, k // 2, groups=cin)

@@ -1,0 +1,250 @@
+"""Drop-in fused modules and `fuse(model)`.
+
+Each fused module keeps the children of the unfused module it replaces (`conv`, `bn`, `relu`;
+`dw`, `pw`, `ppm`), so state_dicts load both ways with strict=True. Eval mode folds BatchNorm on
+every call from the current parameters and buffers (C values: no cache to go stale) and runs the
+fused kernels; train mode runs the same kernels for the convolutions and the stock BatchNorm2d for
+batch statistics, so running stats, momentum, eps and num_batches_tracked behave exactly as
+nn.BatchNorm2d. Under ONNX export the modules emit folded standard ops (Conv, Relu, MaxPool, Add).
+"""
+import copy
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from dasp_kernels import functional
+from dasp_kernels.reference import fold_bn
+
+
+def _is_relu(m):
+    return type(m) is nn.ReLU
+
+
+def _depthwise_conv_problem(conv):
+    """None if `conv` fits dwconv_bn_relu, else why not (for fuse's report)."""
+    if type(conv) is not nn.Conv2d:
+        return "not an nn.Conv2d"
+    k, s, p, d = conv.kernel_size, conv.stride, conv.padding, conv.dilation
+    if not (conv.groups == conv.in_channels == conv.out_channels):
+        return "not depthwise (groups == in == out channels)"
+    if k[0] != k[1] or not 1 <= k[0] <= 7:
+        return f"kernel {k} is not square with 1 <= K <= 7"
+    if s[0] != s[1] or s[0] not in (1, 2):
+        return f"stride {s} is not 1 or 2"
+    if isinstance(p, str) or p[0] != p[1] or not 0 <= p[0] <= k[0] - 1:
+        return f"padding {p} is not symmetric in 0..K-1"
+    if d != (1, 1) or conv.padding_mode != "zeros":
+        return "dilated or not zero-padded"
+    return None
+
+
+def _folded(conv, bn):
+    scale, shift = fold_bn(bn)
+    if conv.bias is not None:
+        shift = shift + conv.bias * scale
+    return scale, shift
+
+
+def _onnx_exporting():
+    return torch.onnx.is_in_onnx_export()
+
+
+class FusedDWConvBNReLU(nn.Module):
+    """Depthwise Conv2d + BatchNorm2d (+ ReLU) as one kernel; children `conv`, `bn` (and `relu`)."""
+
+    def __init__(self, conv, bn, relu=True, backend="auto"):
+        super().__init__()
+        why = _depthwise_conv_problem(conv)
+        if why:
+            raise ValueError(f"FusedDWConvBNReLU: expected a depthwise conv, got {conv} ({why})")
+        if type(bn) is not nn.BatchNorm2d or bn.num_features != conv.out_channels:
+            raise ValueError(f"FusedDWConvBNReLU: expected BatchNorm2d({conv.out_channels}), got {bn}")
+        if not bn.track_running_stats:
+            raise ValueError("FusedDWConvBNReLU: BatchNorm2d without running stats cannot be folded")
+        self.conv, self.bn = conv, bn
+        if relu:
+            self.relu = nn.ReLU(inplace=True)
+        self.backend = backend
+
+    @property
+    def has_relu(self):
+        return hasattr(self, "relu")
+
+    @classmethod
+    def from_unfused(cls, module, backend="auto"):
+        """From a module with children conv, bn and optionally relu (e.g. ConvBNReLU); shares
+        nothing with it (deep copy)."""
+        module = copy.deepcopy(module)
+        relu = getattr(module, "relu", None)
+        return cls(module.conv, module.bn, relu=relu is not None, backend=backend)
+
+    def forward(self, x):
+        conv = self.conv
+        stride, padding = conv.stride[0], conv.padding[0]
+        if self.training and self.bn.training:
+            ones = torch.ones_like(self.bn.running_var)
+            shift = conv.bias if conv.bias is not None else torch.zeros_like(ones)
+            y = functional.dwconv_bn_relu(x, conv.weight, ones, shift, stride=stride,
+                                          padding=padding, relu=False, backend=self.backend)
+            y = self.bn(y)
+            return F.relu(y) if self.has_relu else y
+        scale, shift = _folded(conv, self.bn)
+        if _onnx_exporting():
+            w = conv.weight * scale.view(-1, 1, 1, 1)
+            y = F.conv2d(x, w, shift, stride, padding, 1, conv.groups)
+            return F.relu(y) if self.has_relu else y
+        return functional.dwconv_bn_relu(x, conv.weight, scale, shift, stride=stride,
+                                         padding=padding, relu=self.has_relu,
+                                         backend=self.backend)
+
+
+class FusedPoolingPointwise(nn.Module):
+    """PPM: 2x2 ceil-mode max pool + 1x1 conv, plus an optional residual, in one kernel.
+
+    Children `pool` and `conv` as in dasp.models.PoolingPointwise. forward(x, residual=None).
+    """
+
+    def __init__(self, pool, conv, backend="auto"):
+        super().__init__()
+        ok_pool = (type(pool) is nn.MaxPool2d and pool.kernel_size in (2, (2, 2))
+                   and pool.stride in (2, (2, 2)) and pool.padding in (0, (0, 0))
+                   and pool.dilation in (1, (1, 1)) and pool.ceil_mode)
+        if not ok_pool:
+            raise ValueError(f"FusedPoolingPointwise: expected MaxPool2d(2, 2, ceil_mode=True), got {pool}")
+        if type(conv) is not nn.Conv2d or conv.kernel_size != (1, 1) or conv.groups != 1 \
+                or conv.stride != (1, 1) or conv.padding != (0, 0) or conv.bias is not None:
+            raise ValueError(f"FusedPoolingPointwise: expected a 1x1 conv without bias, got {conv}")
+        self.pool, self.conv, self.backend = pool, conv, backend
+
+    @classmethod
+    def from_unfused(cls, module, backend="auto"):
+        module = copy.deepcopy(module)
+        return cls(module.pool, module.conv, backend=backend)
+
+    def forward(self, x, residual=None):
+        if residual is None:
+            n, _, h, w = x.shape
+            residual = x.new_zeros(n, self.conv.out_channels, (h + 1) // 2, (w + 1) // 2)
+        if _onnx_exporting():
+            return self.conv(self.pool(x)) + residual
+        return functional.ppm_add(x, self.conv.weight, residual, backend=self.backend)
+
+
+class FusedDASPStage(nn.Module):
+    """A whole DASP stage, PPM(x) + pw(dw(x)), with children `dw`, `pw`, `ppm` as in
+    dasp.models.DASPStage. Eval mode runs the whole-stage kernel when the backend has it."""
+
+    def __init__(self, dw, pw, ppm, backend="auto"):
+        super().__init__()
+        self.dw = dw if isinstance(dw, FusedDWConvBNReLU) else FusedDWConvBNReLU(
+            dw.conv, dw.bn, relu=True, backend=backend)
+        if self.dw.conv.stride != (2, 2) or self.dw.conv.padding[0] != self.dw.conv.kernel_size[0] // 2 \
+                or self.dw.conv.kernel_size[0] % 2 == 0 or not self.dw.has_relu:
+            raise ValueError("FusedDASPStage: expected dw to be an odd-K depthwise conv with stride 2, "
+                             f"padding K // 2 and ReLU, got {self.dw.conv}")
+        if type(pw.conv) is not nn.Conv2d or pw.conv.kernel_size != (1, 1) or pw.conv.groups != 1 \
+                or pw.conv.stride != (1, 1):
+            raise ValueError(f"FusedDASPStage: expected pw.conv to be a 1x1 conv, got {pw.conv}")
+        self.pw = pw
+        self.ppm = ppm if isinstance(ppm, FusedPoolingPointwise) else FusedPoolingPointwise(
+            ppm.pool, ppm.conv, backend=backend)
+        self.backend = backend
+
+    @classmethod
+    def from_unfused(cls, stage, backend="auto"):
+        stage = copy.deepcopy(stage)
+        return cls(stage.dw, stage.pw, stage.ppm, backend=backend)
+
+    def forward(self, x):
+        if self.training or _onnx_exporting():
+            return self.ppm(x, self.pw(self.dw(x)))
+        dw_scale, dw_shift = _folded(self.dw.conv, self.dw.bn)
+        pw_scale, pw_shift = _folded(self.pw.conv, self.pw.bn)
+        return functional.dasp_stage(x, self.dw.conv.weight, dw_scale, dw_shift, self.pw.conv.weight,
+                                     pw_scale, pw_shift, self.ppm.conv.weight, backend=self.backend)
+
+
+def _is_conv_bn_relu_seq(m):
+    """nn.Sequential-like module whose children are exactly conv, bn[, relu] in that order."""
+    names = list(m._modules)
+    if not isinstance(m, nn.Sequential) or names[:2] != ["conv", "bn"] or len(names) > 3:
+        return False
+    if len(names) == 3 and not (names[2] == "relu" and _is_relu(m.relu)):
+        return False
+    return _depthwise_conv_problem(m.conv) is None and type(m.bn) is nn.BatchNorm2d
+
+
+def _is_dasp_stage(m):
+    """Modules that declare they compute PPM(x) + pw(dw(x)) (dasp.models.DASPStage does)."""
+    if getattr(type(m), "dasp_kernels_pattern", None) != "dasp_stage":
+        return False
+    try:
+        FusedDASPStage(m.dw, m.pw, m.ppm)
+        return True
+    except (ValueError, AttributeError):
+        return False
+
+
+def _fuse_sequential_runs(seq, backend, counts):
+    """In an nn.Sequential, [depthwise Conv2d, BatchNorm2d, ReLU?] runs become one fused module
+    at the conv's index and Identity after it (their state_dict keys change: see fuse)."""
+    names = list(seq._modules)
+    i = 0
+    while i < len(names) - 1:
+        conv, bn = seq._modules[names[i]], seq._modules[names[i + 1]]
+        if (_depthwise_conv_problem(conv) is None and type(bn) is nn.BatchNorm2d
+                and bn.num_features == conv.out_channels and bn.track_running_stats):
+            relu = i + 2 < len(names) and _is_relu(seq._modules[names[i + 2]])
+            seq._modules[names[i]] = FusedDWConvBNReLU(conv, bn, relu=relu, backend=backend)
+            seq._modules[names[i + 1]] = nn.Identity()
+            if relu:
+                seq._modules[names[i + 2]] = nn.Identity()
+            counts["dwconv_bn_relu"] += 1
+            i += 3 if relu else 2
+        else:
+            i += 1
+
+
+def fuse(model, backend="auto"):
+    """Return a copy of `model` with its depthwise conv + BN (+ ReLU) and DASP stages fused.
+
+    The model given is left untouched. Patterns found:
+    - modules marked `dasp_kernels_pattern = "dasp_stage"` (dasp.models.DASPStage) -> FusedDASPStage;
+    - nn.Sequential modules with children conv (depthwise), bn[, relu] (ConvBNReLU) ->
+      FusedDWConvBNReLU, same state_dict keys;
+    - inside any nn.Sequential, consecutive [depthwise Conv2d, BatchNorm2d, ReLU?] children ->
+      FusedDWConvBNReLU at the conv's index and nn.Identity after it. Keys move from `i.weight`
+      / `i+1.*` to `i.conv.weight` / `i.bn.*`: load checkpoints before fusing.
+    The returned model has `model.dasp_fused = {"dasp_stage": n, "dwconv_bn_relu": m}`.
+    """
+    model = copy.deepcopy(model)
+    counts = {"dasp_stage": 0, "dwconv_bn_relu": 0}
+
+    def visit(parent):
+        for name, child in list(parent._modules.items()):
+            if child is None or isinstance(child, (FusedDASPStage, FusedDWConvBNReLU)):
+                continue
+            if _is_dasp_stage(child):
+                parent._modules[name] = FusedDASPStage(child.dw, child.pw, child.ppm, backend)
+                counts["dasp_stage"] += 1
+            elif _is_conv_bn_relu_seq(child):
+                fused = FusedDWConvBNReLU(child.conv, child.bn, relu=hasattr(child, "relu"),
+                                          backend=backend)
+                fused.train(child.training)
+                parent._modules[name] = fused
+                counts["dwconv_bn_relu"] += 1
+            else:
+                visit(child)
+                if isinstance(child, nn.Sequential):
+                    _fuse_sequential_runs(child, backend, counts)
+
+    if _is_dasp_stage(model):
+        model = FusedDASPStage(model.dw, model.pw, model.ppm, backend)
+        counts["dasp_stage"] += 1
+    else:
+        visit(model)
+        if isinstance(model, nn.Sequential):
+            _fuse_sequential_runs(model, backend, counts)
+    model.dasp_fused = counts
+    return model
