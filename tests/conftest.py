@@ -1,0 +1,27 @@
+import os
+
+import pytest
+import torch
+
+import dasp_kernels
+
+# fp32 references must be true fp32 on a GPU too.
+torch.backends.cuda.matmul.allow_tf32 = False
+torch.backends.cudnn.allow_tf32 = False
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def backend_skip(backend):
+    """A pytest mark that skips, with the reason, when `backend` cannot run here."""
+    why = dasp_kernels.backend_status()[backend]
+    return pytest.mark.skipif(why is not None, reason=f"backend {backend!r}: {why}")
+
+
+needs_cpu_ext = backend_skip("cpu")
+needs_cuda = backend_skip("cuda")
+needs_triton = backend_skip("triton")
+TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
