@@ -1,0 +1,151 @@
+"""Helpers shared by the Triton ops: device rules, launch gating, tile sizes, the 2x2 pool tile.
+
+On a GPU the ops are ordinary `triton_op`s: torch.compile traces into their bodies and sees the
+kernels. Under TRITON_INTERPRET=1 `@triton.jit` makes interpreter functions, which `wrap_triton`
+returns unwrapped and which can only run on real CPU tensors; there the ops stay opaque to tracing
+(see `keep_opaque_when_interpreted`) and their bodies skip the launches when given fake tensors,
+so the same body still serves as the fake kernel.
+"""
+import torch
+import triton
+import triton.language as tl
+from torch._subclasses.fake_tensor import is_fake
+
+LIB = "dasp_kernels"
+
+
+@triton.jit
+def _probe():
+    pass
+
+
+# What `triton.jit` did when this package was imported: TRITON_INTERPRET is read at decoration time.
+try:
+    from triton.runtime.interpreter import InterpretedFunction as _Interpreted
+
+    INTERPRET = isinstance(_probe, _Interpreted)
+except ImportError:  # pragma: no cover - every triton with an interpreter has this class
+    INTERPRET = False
+
+
+def check_device(op, x):
+    """GPU tensors, or CPU tensors when the kernels were built for the interpreter."""
+    if x.device.type == "cpu":
+        torch._check(INTERPRET, lambda: (
+            f"{op}: got cpu tensors, but the Triton kernels run on the CPU only under the "
+            "interpreter: set TRITON_INTERPRET=1 before triton is imported"))
+    else:
+        torch._check(x.device.type == "cuda",
+                     lambda: f"{op}: expected tensors on a cuda device or on cpu, got {x.device}")
+
+
+def should_launch(*tensors):
+    """False while tracing with fake tensors under the interpreter: there is nothing to run on."""
+    return not (INTERPRET and any(is_fake(t) for t in tensors))
+
+
+def keep_opaque_when_interpreted(op):
+    """Under the interpreter, keep `op` as one opaque node when torch.compile / AOT functionalizes.
+
+    The default rule of `triton_op` decomposes the op into its body so that compile sees the
+    kernels, which needs `wrap_triton` capture; interpreter kernels cannot be captured.
+    """
+    if not INTERPRET:
+        return
+    from torch._subclasses.functional_tensor import FunctionalTensorMode
+
+    def opaque(mode, func, types, args, kwargs):
+        return mode.__torch_dispatch__(func, types, args, kwargs)
+
+    op.register_torch_dispatch(FunctionalTensorMode, opaque)
+
+
+def on_interpreter(x):
+    return x.device.type == "cpu"
+
+
+def pow2(n, lo=1, hi=None):
+    """Next power of two of n, clamped to [lo, hi]."""
+    p = triton.next_power_of_2(max(int(n), 1))
+    p = max(p, lo)
+    return min(p, hi) if hi is not None else p
+
+
+def acc_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def out_like(x, shape, dtype=None):
+    """Uninitialised output of `shape` in x's suggested memory format (as the C++ kernels do)."""
+    from dasp_kernels._checks import output_memory_format
+
+    return torch.empty(shape, dtype=dtype or x.dtype, device=x.device).contiguous(
+        memory_format=output_memory_format(x))
+
+
+def num_programs_target(x):
+    """Programs worth launching for the split reductions: the interpreter pays per program."""
+    if on_interpreter(x):
+        return 1
+    return 4 * torch.cuda.get_device_properties(x.device).multi_processor_count
+
+
+def check_index_range(op, *tensors):
+    # Tile indices are int32; element offsets are computed in int64.
+    for t in tensors:
+        torch._check(t.numel() < 2**31 - 2**16,
+                     lambda: f"{op}: expected fewer than 2**31 elements per tensor, got "
+                             f"{t.numel()}")
+
+
+@triton.jit
+def pool2x2_tile(x_ptr, base, ih0, iw0, H, W, sxh, sxw, mask):
+    """2x2 window max starting at (ih0, iw0), with PyTorch's scan order, ties and NaN rule.
+
+    Scans (0,0), (0,1), (1,0), (1,1) and takes an element when it is greater than the best so far
+    or NaN, as ATen's max_pool2d does; returns (max, index 0..3 of the chosen element). `base` is
+    the int64 offset of (n, c) for each element of the tile; `mask` the valid elements. (0,0) is
+    always inside x in ceil mode. Invalid elements give 0 so they add nothing to a dot.
+    """
+    ih0 = ih0.to(tl.int64)
+    iw0 = iw0.to(tl.int64)
+    in_w = (iw0 + 1) < W
+    in_h = (ih0 + 1) < H
+    p = x_ptr + base + ih0 * sxh + iw0 * sxw
+    best = tl.load(p, mask=mask, other=0.0)
+    idx = tl.zeros(best.shape, dtype=tl.int32)
+    v = tl.load(p + sxw, mask=mask & in_w, other=float("-inf"))
+    take = (v > best) | (v != v)
+    best = tl.where(take, v, best)
+    idx = tl.where(take, 1, idx)
+    v = tl.load(p + sxh, mask=mask & in_h, other=float("-inf"))
+    take = (v > best) | (v != v)
+    best = tl.where(take, v, best)
+    idx = tl.where(take, 2, idx)
+    v = tl.load(p + sxh + sxw, mask=mask & in_h & in_w, other=float("-inf"))
+    take = (v > best) | (v != v)
+    best = tl.where(take, v, best)
+    idx = tl.where(take, 3, idx)
+    return best, idx
+
+
+@triton.jit
+def dw_tile(x_ptr, w_ptr, xbase, wbase, oh, ow, mask, wmask, H, W, sxh, sxw, swh, sww,
+            K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, ACC: tl.constexpr):
+    """Depthwise KxK correlation at output pixels (oh, ow), in the ACC dtype.
+
+    Tiles are [channels, pixels]: `xbase` the int64 offsets of (n, c) in x and `mask` the valid
+    elements, both [C, P]; `oh`, `ow` [1, P]; `wbase` the offsets of c in the weight and `wmask`,
+    both [C, 1], so each weight is loaded once per channel.
+    """
+    acc = tl.zeros(mask.shape, dtype=ACC)
+    for kh in tl.static_range(K):
+        ih = (oh * STRIDE - PAD + kh).to(tl.int64)
+        mh = mask & (ih >= 0) & (ih < H)
+        for kw in tl.static_range(K):
+            iw = (ow * STRIDE - PAD + kw).to(tl.int64)
+            m = mh & (iw >= 0) & (iw < W)
+            xv = tl.load(x_ptr + xbase + ih * sxh + iw * sxw, mask=m, other=0.0)
+            wv = tl.load(w_ptr + wbase + kh * swh + kw * sww, mask=wmask, other=0.0)
+            acc += xv.to(ACC) * wv.to(ACC)
+    return acc

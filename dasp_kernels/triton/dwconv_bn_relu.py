@@ -1,0 +1,270 @@
+"""Depthwise KxK conv + per-channel scale/shift (folded BN) + optional ReLU, in Triton.
+
+Forward: one program per [channels x output pixels] tile, pixels counted over N * OH * OW so that
+small maps still fill a tile. Backward: one kernel recomputes the convolution for the ReLU mask,
+writes grad_y (the gradient before the scale) and reduces, per channel, sum(grad_y) and
+S[c, tap] = sum(grad_y * x[tap]) in a fixed split (deterministic, no atomics); then
+grad_weight = scale * S, grad_scale = sum_tap(weight * S), grad_shift = sum(grad_y). A second kernel
+gathers grad_x from grad_y. All index arithmetic that can exceed int32 is int64.
+"""
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from dasp_kernels import _checks
+from dasp_kernels.triton._common import (acc_dtype, check_device, check_index_range, dw_tile,
+                                         keep_opaque_when_interpreted, num_programs_target,
+                                         on_interpreter, out_like, pow2, should_launch)
+
+OP = "dwconv_bn_relu"
+
+
+@triton.jit
+def _dw_fwd_kernel(x_ptr, w_ptr, scale_ptr, shift_ptr, y_ptr, C, H, W, OH, OW, Q,
+                   sxn, sxc, sxh, sxw, swc, swh, sww, syn, syc, syh, syw,
+                   K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, RELU: tl.constexpr,
+                   ACC64: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_Q: tl.constexpr):
+    ACC: tl.constexpr = tl.float64 if ACC64 else tl.float32
+    q = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mq = q < Q
+    mc = c < C
+    n = q // (OH * OW)
+    r = q % (OH * OW)
+    oh = (r // OW)[None, :]
+    ow = (r % OW)[None, :]
+    c64 = c.to(tl.int64)[:, None]
+    n64 = n.to(tl.int64)[None, :]
+    mask = mc[:, None] & mq[None, :]
+    acc = dw_tile(x_ptr, w_ptr, c64 * sxc + n64 * sxn, c64 * swc, oh, ow, mask, mc[:, None],
+                  H, W, sxh, sxw, swh, sww, K, STRIDE, PAD, ACC)
+    sc = tl.load(scale_ptr + c, mask=mc, other=0.0).to(ACC)
+    sh = tl.load(shift_ptr + c, mask=mc, other=0.0).to(ACC)
+    y = acc * sc[:, None] + sh[:, None]
+    if RELU:
+        y = tl.where(y < 0, 0.0, y)  # keeps NaN, as torch.relu does
+    off = c64 * syc + n64 * syn + oh.to(tl.int64) * syh + ow.to(tl.int64) * syw
+    tl.store(y_ptr + off, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _dw_bwd_param_kernel(x_ptr, w_ptr, scale_ptr, shift_ptr, go_ptr, gy_ptr, part_s_ptr,
+                         part_b_ptr, C, H, W, OH, OW, Q, N_QBLOCKS, SPLIT,
+                         sxn, sxc, sxh, sxw, swc, swh, sww, sgn, sgc, sgh, sgw, syc, syq,
+                         K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr,
+                         RELU: tl.constexpr, ACC64: tl.constexpr, KK_PAD: tl.constexpr,
+                         BLOCK_C: tl.constexpr, BLOCK_Q: tl.constexpr):
+    ACC: tl.constexpr = tl.float64 if ACC64 else tl.float32
+    c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    split = tl.program_id(1)
+    mc = c < C
+    c64 = c.to(tl.int64)[:, None]
+    taps = tl.arange(0, KK_PAD)[None, :]
+    s_acc = tl.zeros([BLOCK_C, KK_PAD], dtype=ACC)
+    b_acc = tl.zeros([BLOCK_C], dtype=ACC)
+    sc = tl.load(scale_ptr + c, mask=mc, other=0.0).to(ACC)[:, None]
+    sh = tl.load(shift_ptr + c, mask=mc, other=0.0).to(ACC)[:, None]
+    for qb in range(split, N_QBLOCKS, SPLIT):
+        q = qb * BLOCK_Q + tl.arange(0, BLOCK_Q)
+        mq = q < Q
+        n = q // (OH * OW)
+        r = q % (OH * OW)
+        oh = (r // OW)[None, :]
+        ow = (r % OW)[None, :]
+        n64 = n.to(tl.int64)[None, :]
+        mask = mc[:, None] & mq[None, :]
+        goff = c64 * sgc + n64 * sgn + oh.to(tl.int64) * sgh + ow.to(tl.int64) * sgw
+        gy = tl.load(go_ptr + goff, mask=mask, other=0.0).to(ACC)
+        xbase = c64 * sxc + n64 * sxn
+        if RELU:
+            conv = dw_tile(x_ptr, w_ptr, xbase, c64 * swc, oh, ow, mask, mc[:, None],
+                           H, W, sxh, sxw, swh, sww, K, STRIDE, PAD, ACC)
+            gy = tl.where(conv * sc + sh > 0, gy, 0.0)  # relu'(0) = 0, as autograd
+        tl.store(gy_ptr + c64 * syc + q.to(tl.int64)[None, :] * syq, gy, mask=mask)
+        b_acc += tl.sum(gy, axis=1)
+        for kh in tl.static_range(K):
+            ih = (oh * STRIDE - PAD + kh).to(tl.int64)
+            mh = mask & (ih >= 0) & (ih < H)
+            for kw in tl.static_range(K):
+                iw = (ow * STRIDE - PAD + kw).to(tl.int64)
+                m = mh & (iw >= 0) & (iw < W)
+                xv = tl.load(x_ptr + xbase + ih * sxh + iw * sxw, mask=m, other=0.0).to(ACC)
+                s = tl.sum(gy * xv, axis=1)
+                # KK_PAD columns, one per tap: a select is cheap next to the [C, Q] product.
+                s_acc += tl.where(taps == kh * K + kw, s[:, None], 0.0)
+    row = (split * C + c).to(tl.int64)
+    tl.store(part_s_ptr + row[:, None] * (K * K) + taps, s_acc,
+             mask=mc[:, None] & (taps < K * K))
+    tl.store(part_b_ptr + row, b_acc, mask=mc)
+
+
+@triton.jit
+def _dw_bwd_x_kernel(gy_ptr, w_ptr, scale_ptr, gx_ptr, C, H, W, OH, OW, P,
+                     swc, swh, sww, syc, syq, sxn, sxc, sxh, sxw,
+                     K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr,
+                     ACC64: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_Q: tl.constexpr):
+    ACC: tl.constexpr = tl.float64 if ACC64 else tl.float32
+    p = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mp = p < P
+    mc = c < C
+    n = p // (H * W)
+    r = p % (H * W)
+    ih = r // W
+    iw = r % W
+    c64 = c.to(tl.int64)[:, None]
+    mask = mc[:, None] & mp[None, :]
+    acc = tl.zeros([BLOCK_C, BLOCK_Q], dtype=ACC)
+    for kh in tl.static_range(K):
+        # Output row oh reads input row ih through tap kh when oh * STRIDE = ih + PAD - kh.
+        th = ih + PAD - kh
+        thc = tl.where(th >= 0, th, 0)  # keep // and % on non-negative operands
+        oh = thc // STRIDE
+        vh = (th >= 0) & (thc % STRIDE == 0) & (oh < OH)
+        for kw in tl.static_range(K):
+            tw = iw + PAD - kw
+            twc = tl.where(tw >= 0, tw, 0)
+            ow = twc // STRIDE
+            v = vh & (tw >= 0) & (twc % STRIDE == 0) & (ow < OW)
+            q = (n.to(tl.int64) * OH + oh) * OW + ow
+            g = tl.load(gy_ptr + c64 * syc + q[None, :] * syq, mask=mask & v[None, :], other=0.0)
+            wv = tl.load(w_ptr + c64 * swc + kh * swh + kw * sww, mask=mc[:, None], other=0.0)
+            acc += g.to(ACC) * wv.to(ACC)
+    sc = tl.load(scale_ptr + c, mask=mc, other=0.0).to(ACC)
+    acc = acc * sc[:, None]
+    off = (c64 * sxc + n.to(tl.int64)[None, :] * sxn + ih.to(tl.int64)[None, :] * sxh
+           + iw.to(tl.int64)[None, :] * sxw)
+    tl.store(gx_ptr + off, acc.to(gx_ptr.dtype.element_ty), mask=mask)
+
+
+def _tile(x, channels, pixels):
+    """(BLOCK_C, BLOCK_Q, num_warps) for a [channels x pixels] problem."""
+    if on_interpreter(x):
+        # The interpreter costs per program, not per element: few, large tiles.
+        bc = pow2(channels, hi=64)
+        return bc, pow2(pixels, lo=16, hi=max(16, 2**15 // bc)), 4
+    if x.stride(1) == 1 and channels > 1:  # channels_last: channels are the contiguous axis
+        bc = pow2(channels, hi=32)
+    else:
+        bc = pow2(channels, hi=4)
+    return bc, pow2(pixels, lo=16, hi=2048 // bc), 4
+
+
+def dw_forward(x, weight, scale, shift, stride, padding, relu, out_dtype=None):
+    n, c, h, w = x.shape
+    k = weight.shape[2]
+    oh = _checks.dwconv_out_size(h, k, stride, padding)
+    ow = _checks.dwconv_out_size(w, k, stride, padding)
+    y = out_like(x, (n, c, oh, ow), out_dtype)
+    q = n * oh * ow
+    if y.numel() == 0 or not should_launch(x, weight, scale, shift):
+        return y
+    scale, shift = scale.contiguous(), shift.contiguous()
+    bc, bq, nw = _tile(x, c, q)
+    grid = (triton.cdiv(q, bq), triton.cdiv(c, bc))
+    wrap_triton(_dw_fwd_kernel)[grid](
+        x, weight, scale, shift, y, c, h, w, oh, ow, q,
+        x.stride(0), x.stride(1), x.stride(2), x.stride(3),
+        weight.stride(0), weight.stride(2), weight.stride(3),
+        y.stride(0), y.stride(1), y.stride(2), y.stride(3),
+        K=k, STRIDE=stride, PAD=padding, RELU=relu, ACC64=x.dtype == torch.float64,
+        BLOCK_C=bc, BLOCK_Q=bq, num_warps=nw)
+    return y
+
+
+def dw_backward(grad_out, x, weight, scale, shift, stride, padding, relu, gx_dtype=None):
+    """(grad_x, grad_weight, grad_scale, grad_shift); grad_x in gx_dtype (default x.dtype)."""
+    n, c, h, w = x.shape
+    k = weight.shape[2]
+    oh = _checks.dwconv_out_size(h, k, stride, padding)
+    ow = _checks.dwconv_out_size(w, k, stride, padding)
+    q = n * oh * ow
+    acc = acc_dtype(x.dtype)
+    gx = out_like(x, x.shape, gx_dtype)
+    channels_last = x.dim() == 4 and gx.stride(1) == 1 and c > 1
+    # grad_y in the pixel order of x, so both kernels read it along x's contiguous axis.
+    gy = torch.empty((q, c) if channels_last else (c, q), dtype=acc, device=x.device)
+    syc, syq = (1, c) if channels_last else (q, 1)
+    bc, bq, nw = _tile(x, c, q)
+    n_qblocks = triton.cdiv(q, bq)
+    split = max(1, min(n_qblocks, num_programs_target(x) // triton.cdiv(c, bc)))
+    part_s = torch.zeros((split, c, k * k), dtype=acc, device=x.device)
+    part_b = torch.zeros((split, c), dtype=acc, device=x.device)
+    if q > 0 and c > 0 and should_launch(grad_out, x, weight, scale, shift):
+        scale, shift = scale.contiguous(), shift.contiguous()
+        wrap_triton(_dw_bwd_param_kernel)[(triton.cdiv(c, bc), split)](
+            x, weight, scale, shift, grad_out, gy, part_s, part_b,
+            c, h, w, oh, ow, q, n_qblocks, split,
+            x.stride(0), x.stride(1), x.stride(2), x.stride(3),
+            weight.stride(0), weight.stride(2), weight.stride(3),
+            grad_out.stride(0), grad_out.stride(1), grad_out.stride(2), grad_out.stride(3),
+            syc, syq,
+            K=k, STRIDE=stride, PAD=padding, RELU=relu, ACC64=acc == torch.float64,
+            KK_PAD=pow2(k * k), BLOCK_C=bc, BLOCK_Q=bq, num_warps=nw)
+        p = n * h * w
+        bcx, bqx, nwx = _tile(x, c, p)
+        wrap_triton(_dw_bwd_x_kernel)[(triton.cdiv(p, bqx), triton.cdiv(c, bcx))](
+            gy, weight, scale, gx, c, h, w, oh, ow, p,
+            weight.stride(0), weight.stride(2), weight.stride(3), syc, syq,
+            gx.stride(0), gx.stride(1), gx.stride(2), gx.stride(3),
+            K=k, STRIDE=stride, PAD=padding, ACC64=acc == torch.float64,
+            BLOCK_C=bcx, BLOCK_Q=bqx, num_warps=nwx)
+    s = part_s.sum(0)
+    grad_weight = (s * scale.to(acc)[:, None]).to(x.dtype).view(c, 1, k, k)
+    grad_scale = (s * weight.reshape(c, k * k).to(acc)).sum(1).to(x.dtype)
+    grad_shift = part_b.sum(0).to(x.dtype)
+    return gx, grad_weight, grad_scale, grad_shift
+
+
+def _out_shape(x, weight, stride, padding):
+    k = weight.shape[2]
+    return [x.shape[0], x.shape[1], _checks.dwconv_out_size(x.shape[2], k, stride, padding),
+            _checks.dwconv_out_size(x.shape[3], k, stride, padding)]
+
+
+@triton_op("dasp_kernels::dwconv_bn_relu_triton", mutates_args=())
+def dwconv_bn_relu_triton(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
+                          shift: torch.Tensor, stride: int, padding: int,
+                          relu: bool) -> torch.Tensor:
+    _checks.check_dwconv_bn_relu(x, weight, scale, shift, stride, padding, torch._check)
+    check_device(OP, x)
+    check_index_range(OP, x)
+    return dw_forward(x, weight, scale, shift, stride, padding, relu)
+
+
+@triton_op("dasp_kernels::_dwconv_bn_relu_backward_triton", mutates_args=())
+def _dwconv_bn_relu_backward_triton(
+        grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
+        shift: torch.Tensor, stride: int, padding: int, relu: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    _checks.check_dwconv_bn_relu(x, weight, scale, shift, stride, padding, torch._check)
+    check_device(OP, x)
+    expected = _out_shape(x, weight, stride, padding)
+    torch._check(list(grad_out.shape) == expected,
+                 lambda: f"_dwconv_bn_relu_backward: expected grad_out of shape "
+                         f"{_checks.shape_str(expected)}, got {_checks.shape_str(grad_out.shape)}")
+    torch._check(grad_out.device == x.device and grad_out.dtype == x.dtype,
+                 lambda: f"_dwconv_bn_relu_backward: expected grad_out on {x.device} with dtype "
+                         f"{_checks.dtype_str(x.dtype)}, got {grad_out.device} and "
+                         f"{_checks.dtype_str(grad_out.dtype)}")
+    check_index_range(OP, x, grad_out)
+    return dw_backward(grad_out, x, weight, scale, shift, stride, padding, relu)
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, scale, shift, stride, padding, relu = inputs
+    ctx.save_for_backward(x, weight, scale, shift)
+    ctx.conf = (stride, padding, relu)
+
+
+def _backward(ctx, grad):
+    x, weight, scale, shift = ctx.saved_tensors
+    gx, gw, gscale, gshift = torch.ops.dasp_kernels._dwconv_bn_relu_backward_triton(
+        grad, x, weight, scale, shift, *ctx.conf)
+    return gx, gw, gscale, gshift, None, None, None
+
+
+dwconv_bn_relu_triton.register_autograd(_backward, setup_context=_setup_context)
+keep_opaque_when_interpreted(dwconv_bn_relu_triton)
+keep_opaque_when_interpreted(_dwconv_bn_relu_backward_triton)
