@@ -1,0 +1,203 @@
+"""Markdown summary of benchmark rows (from one run of benchmarks.bench_cpu, or read from its CSV)."""
+import math
+
+from benchmarks.suite import PEER_PROVIDERS, is_ours
+
+# Issue 4's targets.
+TARGET_VS_PEER = 1.8
+TARGET_VS_ORIGINAL = 3.0
+TARGET_COPY_FRACTION = 0.7
+
+
+def num(v):
+    """float(v), or nan for '', None and text (CSV cells are strings)."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return math.nan
+    return f
+
+
+def _ms(v):
+    v = num(v)
+    if math.isnan(v):
+        return "—"
+    return f"{v:.2f}" if v < 10 else f"{v:.1f}"
+
+
+def _ok(r):
+    return r.get("status") == "ok" and not math.isnan(num(r.get("median_ms")))
+
+
+def provider_order(rows):
+    names = []
+    for r in rows:
+        if r["provider"] not in names:
+            names.append(r["provider"])
+    peers = [p for p in PEER_PROVIDERS if p in names]
+    rest = sorted(p for p in names if p not in peers and p != "torch")
+    return peers + [p for p in rest if not is_ours(p)] + [p for p in rest if is_ours(p)]
+
+
+def _key(r):
+    return (r["size"], int(num(r["threads"])), r["workload"], r["allocator"])
+
+
+def _best(rows, pred):
+    cands = [r for r in rows if _ok(r) and pred(r["provider"])]
+    return min(cands, key=lambda r: num(r["median_ms"])) if cands else None
+
+
+def _table(header, body):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def _groups(rows, keyfn):
+    out = {}
+    for r in rows:
+        out.setdefault(keyfn(r), []).append(r)
+    return out
+
+
+def _env_lines(rows):
+    r0 = rows[0]
+    lines = [f"- run `{r0.get('run_id', '')}` at {r0.get('timestamp', '')}, commit "
+             f"`{r0.get('git_commit', '')}`",
+             f"- command: `{r0.get('command', '')}`",
+             f"- {r0.get('device_name', '')} ({r0.get('cpu_count', '')} logical CPUs); torch "
+             f"{r0.get('torch_version', '')}, triton {r0.get('triton_version', '')}, onnxruntime "
+             f"{r0.get('onnxruntime_version', '')}, numpy {r0.get('numpy_version', '')}, "
+             f"dasp_kernels {r0.get('dasp_kernels_version', '')} (backends: "
+             f"{r0.get('dasp_backends', '')})"]
+    for alloc, rs in _groups(rows, lambda r: r["allocator"]).items():
+        lines.append(f"- allocator `{alloc}`: {rs[0].get('allocator_env', '')}; 1-minute load "
+                     f"average at its start: {rs[0].get('loadavg_1m', '')}")
+    return lines
+
+
+def markdown(rows):
+    if not rows:
+        return "No benchmark rows.\n"
+    out = ["# DASP benchmark", ""] + _env_lines(rows) + [""]
+    out += ["Median ms (20%–80% quantiles) per call, fp32, eval mode, no_grad. Every provider's "
+            "output is checked against eager before it is timed. `ours:*` are this library "
+            "(`dasp_kernels.fuse(model)` or the op called directly; `+cl`: channels_last input); "
+            "`ours:reference` is the same code path on the pure-PyTorch reference ops.", ""]
+
+    stream = [r for r in rows if r["kind"] == "stream" and _ok(r)]
+    copy_gbps = {}
+    if stream:
+        out += ["## Memory bandwidth ceiling", ""]
+        body = []
+        for (alloc, threads), rs in _groups(stream, lambda r: (r["allocator"], r["threads"])).items():
+            by = {r["workload"]: r for r in rs}
+            c, t = by.get("stream/copy"), by.get("stream/triad")
+            if c:
+                copy_gbps[(alloc, int(num(threads)))] = num(c["gbps"])
+            body.append([alloc, threads, rs[0]["size"],
+                         f"{num(c['gbps']):.1f}" if c else "—", f"{num(t['gbps']):.1f}" if t else "—"])
+        out += [_table(["allocator", "threads", "buffer", "copy GB/s", "triad GB/s"], body), ""]
+
+    work = [r for r in rows if r["kind"] != "stream"]
+    provs = provider_order(work)
+    for (size, threads), rs in _groups(work, lambda r: (r["size"], int(num(r["threads"])))).items():
+        out += [f"## Latency, {size}, {threads} thread{'s' if threads > 1 else ''}", ""]
+        body = []
+        for (_, _, wl, alloc), cell_rows in _groups(rs, _key).items():
+            by = {r["provider"]: r for r in cell_rows}
+            cells = []
+            for p in provs:
+                r = by.get(p)
+                if r is None or r["status"] == "skipped":
+                    cells.append("—")
+                elif r["status"] != "ok":
+                    cells.append(r["status"].upper())
+                else:
+                    cells.append(f"{_ms(r['median_ms'])} ({_ms(r['p20_ms'])}–{_ms(r['p80_ms'])})")
+            ours = _best(cell_rows, is_ours)
+            peer = _best(cell_rows, lambda p: p in PEER_PROVIDERS)
+            ratio = (f"{num(peer['median_ms']) / num(ours['median_ms']):.2f}x vs {peer['provider']}"
+                     if ours and peer else "—")
+            body.append([wl, alloc] + cells + [ratio])
+        out += [_table(["workload", "allocator"] + provs + ["best ours vs best peer"], body), ""]
+
+    out += _targets(work, copy_gbps)
+    out += _details(work, provs)
+    notes = sorted({(r["provider"], r["status"], r.get("note", "")) for r in work
+                    if r["status"] not in ("ok", "")})
+    if notes:
+        out += ["## Not timed", ""]
+        out += [f"- `{p}` {s}: {n}" for p, s, n in notes]
+        out.append("")
+    return "\n".join(out) + "\n"
+
+
+def _targets(rows, copy_gbps):
+    """Issue 4's targets, per (size, threads, allocator)."""
+    body = []
+    for (size, threads, alloc), rs in _groups(
+            rows, lambda r: (r["size"], int(num(r["threads"])), r["allocator"])).items():
+        dasp = [r for r in rs if r["workload"] == "DASP"]
+        sp = [r for r in rs if r["workload"] == "SpatialPath"]
+        dw = [r for r in rs if r["workload"] == "dwconv_bn_relu/s1"]
+        if not (dasp or dw):
+            continue
+        ours = _best(dasp, is_ours)
+        peer = _best(dasp, lambda p: p in PEER_PROVIDERS)
+        orig = _best(sp, lambda p: True)
+        cells = [size, threads, alloc]
+        cells.append(_ms(ours["median_ms"]) + f" ({ours['provider']})" if ours else "—")
+        if ours and peer:
+            s = num(peer["median_ms"]) / num(ours["median_ms"])
+            cells.append(f"{s:.2f}x vs {peer['provider']} {_ms(peer['median_ms'])} "
+                         f"({'meets' if s >= TARGET_VS_PEER else 'below'} {TARGET_VS_PEER}x)")
+        else:
+            cells.append("—")
+        if ours and orig:
+            s = num(orig["median_ms"]) / num(ours["median_ms"])
+            cells.append(f"{s:.2f}x vs {orig['provider']} {_ms(orig['median_ms'])} "
+                         f"({'meets' if s >= TARGET_VS_ORIGINAL else 'below'} {TARGET_VS_ORIGINAL}x)")
+        else:
+            cells.append("—")
+        dw_ours = _best(dw, is_ours)
+        ceiling = copy_gbps.get((alloc, threads))
+        if dw_ours and ceiling:
+            f = num(dw_ours["gbps"]) / ceiling
+            cells.append(f"{num(dw_ours['gbps']):.1f} / {ceiling:.1f} GB/s = {f:.0%} "
+                         f"({'meets' if f >= TARGET_COPY_FRACTION else 'below'} "
+                         f"{TARGET_COPY_FRACTION:.0%})")
+        else:
+            cells.append("—")
+        body.append(cells)
+    if not body:
+        return []
+    return ["## Targets of issue 4", "",
+            _table(["size", "threads", "allocator", "DASP path, fastest ours (ms)",
+                    "vs fastest peer's DASP path", "vs fastest original spatial path",
+                    "dwconv_bn_relu/s1 GB/s vs copy"], body), ""]
+
+
+def _details(rows, provs):
+    body = []
+    order = {p: i for i, p in enumerate(provs)}
+    for key, rs in _groups(rows, _key).items():
+        for r in sorted(rs, key=lambda r: order.get(r["provider"], 99)):
+            if r["status"] == "skipped":
+                continue
+            sp = num(r.get("speedup_of_ours"))
+            body.append([r["workload"], r["input_shape"], r["threads"], r["allocator"], r["provider"],
+                         r["status"], _ms(r.get("median_ms")), _ms(r.get("p20_ms")),
+                         _ms(r.get("p80_ms")), f"{num(r.get('gflops')):.1f}",
+                         f"{num(r.get('gbps')):.2f}", f"{num(r.get('max_abs_diff')):.1e}",
+                         f"{num(r.get('faults_per_call')):.0f}",
+                         f"{sp:.2f}" if not math.isnan(sp) else ""])
+    return ["## Details", "",
+            "GFLOP/s: 2 x multiply-accumulates of the convolutions (FlopCounterMode on the "
+            "reference) per second; GB/s: inputs + output + weights, each moved once, per second; "
+            "faults: minor page faults per call; ours speed-up: this median / the fastest `ours` "
+            "median.", "",
+            _table(["workload", "input", "threads", "allocator", "provider", "status", "median ms",
+                    "p20", "p80", "GFLOP/s", "GB/s", "max abs diff", "faults", "ours speed-up"],
+                   body), ""]

@@ -1,0 +1,454 @@
+"""Workloads and providers of the DASP benchmark, and running one case: build every provider, check
+its output against the eager reference, then time those that pass side by side.
+
+Workloads (names for --workloads; a group name or a prefix selects several):
+  ops     dwconv_bn_relu/s{1,2,3}, ppm_add/s{1,2,3}, dasp_stage/s{1,2,3}: each fused op at the input
+          of DASP stage 1, 2, 3 (Table I: 3x1024x1024 K7 3->64, 64x512x512 K3 64->64,
+          64x256x256 K3 64->128 for a 1x3x1024x1024 image), called directly
+  stages  DASPStage/s{1,2,3}: the nn.Module of each stage
+  paths   SpatialPath (original), DASP (DepthwiseAttentionSpatialPath)
+  models  BiSeNetV1/original, BiSeNetV1/dasp
+  stream  stream/copy, stream/triad: the memory-bandwidth ceiling for the GB/s figures
+Providers: eager (model as built), eager+fold+cl (BN folded into the conv, channels_last),
+compile (inductor, freezing), onnxruntime (the unfused model exported, all graph optimisations),
+ours:<backend> (dasp_kernels.fuse(model, backend) or the op called directly) and
+ours:<backend>+cl (the same with channels_last input).
+"""
+import copy
+import gc
+import io
+import math
+import time
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
+
+import dasp_kernels
+from benchmarks import harness
+from dasp.models import BiSeNetV1, DASPStage, DepthwiseAttentionSpatialPath, SpatialPath
+from dasp_kernels import reference
+
+# (cin, cout, k) of the three DASP stages; stage i sees the image downsampled 2**(i-1) times.
+STAGES = {"s1": (3, 64, 7), "s2": (64, 64, 3), "s3": (64, 128, 3)}
+OPS = ("dwconv_bn_relu", "ppm_add", "dasp_stage")
+GROUPS = {
+    "ops": [f"{op}/{s}" for op in OPS for s in STAGES],
+    "stages": [f"DASPStage/{s}" for s in STAGES],
+    "paths": ["SpatialPath", "DASP"],
+    "models": ["BiSeNetV1/original", "BiSeNetV1/dasp"],
+    "stream": ["stream/copy", "stream/triad"],
+}
+ALL_WORKLOADS = [w for g in GROUPS.values() for w in g]
+PEER_PROVIDERS = ("eager", "eager+fold+cl", "compile", "onnxruntime")
+
+
+def select_workloads(names):
+    """Expands group names and prefixes ("ops", "dasp_stage", "DASPStage/s1") in ALL_WORKLOADS order."""
+    chosen = set()
+    for name in names:
+        hits = GROUPS.get(name) or [w for w in ALL_WORKLOADS if w == name or w.startswith(name + "/")]
+        if not hits:
+            raise ValueError(f"unknown workload {name!r}; expected one of {sorted(GROUPS)} or "
+                             f"{ALL_WORKLOADS}")
+        chosen.update(hits)
+    return [w for w in ALL_WORKLOADS if w in chosen]
+
+
+def parse_size(text):
+    """'1x3x1024x1024' -> (1, 3, 1024, 1024); the models take 3-channel images."""
+    try:
+        dims = tuple(int(v) for v in text.lower().split("x"))
+    except ValueError:
+        dims = ()
+    if len(dims) != 4 or dims[1] != 3 or min(dims) < 1:
+        raise ValueError(f"size must look like Nx3xHxW (e.g. 1x3x1024x1024), got {text!r}")
+    return dims
+
+
+def size_str(shape):
+    return "x".join(str(d) for d in shape)
+
+
+def _randomize_bn(module, gen):
+    """Non-trivial running stats and affine parameters, so that a wrong BN fold shows."""
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            c = m.num_features
+            m.weight.data = torch.rand(c, generator=gen) + 0.5
+            m.bias.data = torch.randn(c, generator=gen) * 0.1
+            m.running_mean = torch.randn(c, generator=gen) * 0.1
+            m.running_var = torch.rand(c, generator=gen) + 0.5
+    return module
+
+
+class _DWConvOp(nn.Module):
+    def __init__(self, stage, backend=None):
+        super().__init__()
+        conv = stage.dw.conv
+        scale, shift = reference.fold_bn(stage.dw.bn)
+        self.weight = nn.Parameter(conv.weight.detach().clone(), requires_grad=False)
+        self.scale = nn.Parameter(scale.detach().clone(), requires_grad=False)
+        self.shift = nn.Parameter(shift.detach().clone(), requires_grad=False)
+        self.stride, self.padding, self.backend = conv.stride[0], conv.padding[0], backend
+
+    def forward(self, x):
+        if self.backend is None:
+            return reference.dwconv_bn_relu(x, self.weight, self.scale, self.shift, self.stride,
+                                            self.padding, True)
+        return dasp_kernels.dwconv_bn_relu(x, self.weight, self.scale, self.shift, stride=self.stride,
+                                           padding=self.padding, backend=self.backend)
+
+
+class _PPMAddOp(nn.Module):
+    def __init__(self, stage, backend=None):
+        super().__init__()
+        self.weight = nn.Parameter(stage.ppm.conv.weight.detach().clone(), requires_grad=False)
+        self.backend = backend
+
+    def forward(self, x, residual):
+        if self.backend is None:
+            return reference.ppm_add(x, self.weight, residual)
+        return dasp_kernels.ppm_add(x, self.weight, residual, backend=self.backend)
+
+
+class _StageOp(nn.Module):
+    def __init__(self, stage, backend=None):
+        super().__init__()
+
+        def p(t):
+            return nn.Parameter(t.detach().clone(), requires_grad=False)
+
+        dws, dwb = reference.fold_bn(stage.dw.bn)
+        pws, pwb = reference.fold_bn(stage.pw.bn)
+        self.params = nn.ParameterList([p(stage.dw.conv.weight), p(dws), p(dwb), p(stage.pw.conv.weight),
+                                        p(pws), p(pwb), p(stage.ppm.conv.weight)])
+        self.backend = backend
+
+    def forward(self, x):
+        if self.backend is None:
+            return reference.dasp_stage(x, *self.params)
+        return dasp_kernels.dasp_stage(x, *self.params, backend=self.backend)
+
+
+_OP_MODULES = {"dwconv_bn_relu": _DWConvOp, "ppm_add": _PPMAddOp, "dasp_stage": _StageOp}
+
+
+@dataclass
+class Case:
+    """One workload at one size: the reference module and its inputs."""
+    workload: str
+    kind: str            # op | stage | path | model | stream
+    size: str            # the image size the case derives from, e.g. 1x3x1024x1024
+    module: nn.Module    # the eager reference, eval mode (None for stream)
+    inputs: tuple
+    op_stage: DASPStage = None  # for ops: the stage the weights come from
+
+    @property
+    def input_shape(self):
+        return size_str(self.inputs[0].shape) if self.inputs else ""
+
+
+def make_case(workload, shape, device="cpu", stream_mb=256, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    n, _, h, w = shape
+    size = size_str(shape)
+    if workload.startswith("stream/"):
+        numel = stream_mb * 2**20 // 4
+        arrays = tuple(torch.rand(numel, generator=gen).to(device) for _ in range(3))
+        return Case(workload, "stream", size, None, arrays)
+    name, _, stage_id = workload.partition("/")
+    if name in OPS or name == "DASPStage":
+        cin, cout, k = STAGES[stage_id]
+        div = 2 ** (int(stage_id[1]) - 1)
+        x_shape = (n, cin, math.ceil(h / div), math.ceil(w / div))
+        stage = _randomize_bn(DASPStage(cin, cout, k), gen).eval()
+        x = torch.randn(x_shape, generator=gen)
+        if name == "DASPStage":
+            return Case(workload, "stage", size, stage.to(device), (x.to(device),))
+        inputs = (x,)
+        if name == "ppm_add":
+            inputs += (torch.randn(n, cout, math.ceil(x_shape[2] / 2), math.ceil(x_shape[3] / 2),
+                                   generator=gen),)
+        module = _OP_MODULES[name](stage).eval()
+        return Case(workload, "op", size, module.to(device), tuple(t.to(device) for t in inputs),
+                    op_stage=stage.to(device))
+    if workload in ("SpatialPath", "DASP"):
+        module = SpatialPath() if workload == "SpatialPath" else DepthwiseAttentionSpatialPath()
+        kind = "path"
+    elif workload in ("BiSeNetV1/original", "BiSeNetV1/dasp"):
+        module = BiSeNetV1(spatial_path=stage_id, aux=True)
+        kind = "model"
+    else:
+        raise ValueError(f"unknown workload {workload!r}")
+    module = _randomize_bn(module, gen).eval().to(device)
+    return Case(workload, kind, size, module, (torch.randn(shape, generator=gen).to(device),))
+
+
+# ---- work per call: FLOPs and the bytes that must move ---------------------------------------
+
+def count_flops(case):
+    if case.kind == "stream":
+        return 2 * case.inputs[0].numel() if case.workload == "stream/triad" else 0
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        case.module(*case.inputs)
+    return counter.get_total_flops()
+
+
+def min_bytes(case, out):
+    """Inputs + output + weights once: what any implementation must at least read and write."""
+    if case.kind == "stream":
+        a = case.inputs[0]
+        return a.numel() * a.element_size() * (2 if case.workload == "stream/copy" else 3)
+    nbytes = sum(t.numel() * t.element_size() for t in case.inputs)
+    nbytes += out.numel() * out.element_size()
+    nbytes += sum(t.numel() * t.element_size() for t in case.module.parameters())
+    nbytes += sum(t.numel() * t.element_size() for t in case.module.buffers() if t.is_floating_point())
+    return nbytes
+
+
+# ---- providers ---------------------------------------------------------------------------------
+
+class Skip(Exception):
+    """A provider that cannot run here; the message says why."""
+
+
+@dataclass
+class Provider:
+    name: str
+    fn: object                    # the timed call
+    to_tensor: object = None      # turns fn()'s result into a torch tensor for the check
+    note: str = ""
+
+
+def _cl(t):
+    return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
+
+
+def fold_conv_bn(module):
+    """A copy of `module` with every BatchNorm2d that directly follows a Conv2d (in registration
+    order, as in ConvBNReLU, BasicBlock, downsample) folded into that conv; checked numerically
+    against the unfolded model like every provider."""
+    module = copy.deepcopy(module)
+    for parent in list(module.modules()):
+        names = list(parent._modules)
+        for a, b in zip(names, names[1:]):
+            conv, bn = parent._modules[a], parent._modules[b]
+            if (type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d
+                    and bn.num_features == conv.out_channels):
+                parent._modules[a] = torch.nn.utils.fusion.fuse_conv_bn_eval(conv, bn)
+                parent._modules[b] = nn.Identity()
+    return module
+
+
+def _eager(case):
+    m, xs = case.module, case.inputs
+    return Provider("eager", lambda: m(*xs))
+
+
+def _eager_fold_cl(case):
+    m = fold_conv_bn(case.module).to(memory_format=torch.channels_last)
+    xs = tuple(_cl(t) for t in case.inputs)
+    return Provider("eager+fold+cl", lambda: m(*xs))
+
+
+def _compile(case):
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True
+    torch._dynamo.reset()
+    m = torch.compile(copy.deepcopy(case.module), backend="inductor", dynamic=False)
+    xs = case.inputs
+    return Provider("compile", lambda: m(*xs), note="inductor, freezing")
+
+
+def export_onnx(module, inputs):
+    """ONNX bytes of `module`: the TorchScript exporter (fast, and exact on these models), else the
+    dynamo one. Returns (bytes, which)."""
+    errors = []
+    for dynamo in (False, True):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if dynamo:
+                    prog = torch.onnx.export(module, tuple(inputs), dynamo=True, verbose=False)
+                    return prog.model_proto.SerializeToString(), "dynamo exporter"
+                f = io.BytesIO()
+                torch.onnx.export(module, tuple(inputs), f, dynamo=False)
+                return f.getvalue(), "torchscript exporter"
+        except Exception as e:  # noqa: BLE001 - any exporter failure: try the other one
+            errors.append(f"{'dynamo' if dynamo else 'torchscript'}: {type(e).__name__}: {e}")
+    raise Skip("ONNX export failed: " + " | ".join(m[:200] for m in errors))
+
+
+def _onnxruntime(case, threads):
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise Skip("onnxruntime is not installed (pip install onnxruntime onnx onnxscript)")
+    device = case.inputs[0].device
+    if device.type == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise Skip("onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu)")
+        eps = ["CUDAExecutionProvider"]
+    else:
+        eps = ["CPUExecutionProvider"]
+    model_bytes, how = export_onnx(case.module, case.inputs)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(model_bytes, so, providers=eps)
+    names = [i.name for i in sess.get_inputs()]
+    feeds = {n: t.detach().cpu().contiguous().numpy() for n, t in zip(names, case.inputs)}
+    return Provider("onnxruntime", lambda: sess.run(None, feeds)[0], torch.from_numpy,
+                    note=f"{how}, ORT_ENABLE_ALL, {threads} intra-op threads")
+
+
+def _ours(case, backend, channels_last):
+    why = dasp_kernels.backend_status().get(backend)
+    if why is not None:
+        raise Skip(f"backend {backend!r}: {why}")
+    if backend == "triton" and case.inputs[0].device.type == "cpu":
+        raise Skip("triton on the CPU runs only in the interpreter: not a performance backend")
+    name = f"ours:{backend}" + ("+cl" if channels_last else "")
+    if case.kind == "op":
+        m = type(case.module)(case.op_stage, backend=backend).eval()
+        note = f"dasp_kernels.{case.workload.split('/')[0]}(backend={backend!r})"
+    else:
+        m = dasp_kernels.fuse(case.module, backend=backend)
+        counts = getattr(m, "dasp_fused", {})
+        if not any(counts.values()):
+            raise Skip("dasp_kernels.fuse found no DASP stage or depthwise conv to fuse")
+        note = "fuse(): " + ", ".join(f"{v} {k}" for k, v in counts.items() if v)
+    xs = case.inputs
+    if channels_last:
+        m = m.to(memory_format=torch.channels_last)
+        xs = tuple(_cl(t) for t in xs)
+    return Provider(name, lambda: m(*xs), note=note)
+
+
+def provider_builders(case, threads, backends):
+    """[(name, build)] in table order; build() returns a Provider or raises Skip."""
+    out = [("eager", lambda: _eager(case)),
+           ("eager+fold+cl", lambda: _eager_fold_cl(case)),
+           ("compile", lambda: _compile(case)),
+           ("onnxruntime", lambda: _onnxruntime(case, threads))]
+    for b in backends:
+        out.append((f"ours:{b}", lambda b=b: _ours(case, b, False)))
+        if b != "reference":
+            out.append((f"ours:{b}+cl", lambda b=b: _ours(case, b, True)))
+    return out
+
+
+def default_backends(device):
+    return ["reference", "cpu"] if torch.device(device).type == "cpu" else ["cuda", "triton"]
+
+
+# ---- one case ----------------------------------------------------------------------------------
+
+def _stream_fn(case):
+    a, b, c = case.inputs
+    if case.workload == "stream/copy":
+        return lambda: a.copy_(b)
+    return lambda: torch.add(b, c, alpha=3.0, out=a)
+
+
+def run_case(case, *, threads, backends, providers=None, extra=None, timing=None, log=print):
+    """Builds, checks and times every provider of `case`; returns one row dict per provider.
+
+    providers: names to keep (None: all). extra: {name: build(case) -> Provider}, appended (tests
+    use it to inject a wrong provider). timing: kwargs for harness.measure_interleaved.
+    """
+    timing = dict(timing or {})
+    device = case.inputs[0].device
+    base = {"workload": case.workload, "kind": case.kind, "size": case.size,
+            "input_shape": case.input_shape, "threads": threads}
+    if case.kind == "stream":
+        t = harness.measure(_stream_fn(case), device=device, **timing)
+        nbytes = min_bytes(case, None)
+        return [{**base, "provider": "torch", "status": "ok", "note": "", "setup_s": 0.0,
+                 "max_abs_diff": 0.0, **_timing_fields(t), "gflop": count_flops(case) / 1e9,
+                 "gflops": count_flops(case) / t.median_ms / 1e6, "min_mb": nbytes / 1e6,
+                 "gbps": nbytes / t.median_ms / 1e6}]
+
+    with torch.no_grad():
+        ref = case.module(*case.inputs)
+        flops = count_flops(case)
+        nbytes = min_bytes(case, ref)
+        builders = provider_builders(case, threads, backends)
+        builders += [(k, (lambda b=b: b(case))) for k, b in (extra or {}).items()]
+        rows, live = {}, {}
+        for name, build in builders:
+            if providers is not None and name not in providers:
+                continue
+            row = {**base, "provider": name, "status": "", "note": "", "gflop": flops / 1e9,
+                   "min_mb": nbytes / 1e6}
+            rows[name] = row
+            t0 = time.perf_counter()
+            try:
+                p = build()
+                out = p.fn()  # first call: compiles, exports, warms up
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                row["setup_s"] = round(time.perf_counter() - t0, 3)
+                row["note"] = p.note
+                ok, diff = harness.check_output(p.to_tensor(out) if p.to_tensor else out, ref)
+                row["max_abs_diff"] = diff
+                if ok:
+                    live[name] = p.fn
+                else:
+                    row["status"] = "wrong"
+                    row["note"] = (row["note"] + "; " if row["note"] else "") + \
+                        f"output differs from eager (max abs diff {diff:.3g}); not timed"
+            except Skip as e:
+                row["status"], row["note"] = "skipped", str(e)
+            except Exception as e:  # noqa: BLE001 - a broken provider is reported, not fatal
+                row["status"], row["note"] = "error", f"{type(e).__name__}: {str(e)[:300]}"
+            row["setup_s"] = row.get("setup_s", round(time.perf_counter() - t0, 3))
+        del ref
+        gc.collect()
+        if live:
+            timings = harness.measure_interleaved(live, device=device, **timing)
+            for name, t in timings.items():
+                rows[name].update(status="ok", **_timing_fields(t),
+                                  gflops=flops / t.median_ms / 1e6, gbps=nbytes / t.median_ms / 1e6)
+    torch._dynamo.reset()
+    gc.collect()
+    out = list(rows.values())
+    _add_ratios(out)
+    log(_progress_line(case, threads, out))
+    return out
+
+
+def _timing_fields(t):
+    return {"median_ms": t.median_ms, "p20_ms": t.p20_ms, "p80_ms": t.p80_ms, "reps": t.reps,
+            "faults_per_call": t.faults_per_call}
+
+
+def is_ours(name):
+    return name.startswith("ours:") and not name.startswith("ours:reference")
+
+
+def _add_ratios(rows):
+    """speedup_of_ours: this provider's median / the fastest compiled 'ours' median (>1: ours wins)."""
+    ours = [r["median_ms"] for r in rows if r.get("status") == "ok" and is_ours(r["provider"])]
+    best = min(ours) if ours else None
+    for r in rows:
+        r["best_ours_ms"] = best if best is not None else ""
+        r["speedup_of_ours"] = (r["median_ms"] / best if best and r.get("status") == "ok"
+                                and not is_ours(r["provider"]) else "")
+
+
+def _progress_line(case, threads, rows):
+    parts = []
+    for r in rows:
+        if r["status"] == "ok":
+            parts.append(f"{r['provider']} {r['median_ms']:.2f}")
+        else:
+            parts.append(f"{r['provider']} {r['status']}")
+    return f"  {case.workload} [{case.input_shape}, {threads}t]: " + ", ".join(parts) + " (ms)"
