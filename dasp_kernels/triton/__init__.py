@@ -5,3 +5,5 @@ be set before triton is imported.
 """
 from dasp_kernels.triton import dwconv_bn_relu  # noqa: F401
 from dasp_kernels.triton._common import INTERPRET  # noqa: F401
+from dasp_kernels.triton import ppm_add  # noqa: F401
+from dasp_kernels.triton import dasp_stage  # noqa: F401

@@ -75,6 +75,15 @@ def acc_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def dot16(x):
+    """Whether tl.dot takes x's half dtype (tensor cores) rather than the accumulator's.
+
+    Both give the same products (exact in float32) accumulated in float32; the interpreter stores
+    bfloat16 as raw bits and cannot multiply it, so there the operands go up to float32.
+    """
+    return x.dtype in (torch.float16, torch.bfloat16) and not on_interpreter(x)
+
+
 def out_like(x, shape, dtype=None):
     """Uninitialised output of `shape` in x's suggested memory format (as the C++ kernels do)."""
     from dasp_kernels._checks import output_memory_format
@@ -99,31 +108,35 @@ def check_index_range(op, *tensors):
 
 
 @triton.jit
-def pool2x2_tile(x_ptr, base, ih0, iw0, H, W, sxh, sxw, mask):
+def pool2x2_tile(x_ptr, base, ih0, iw0, H, W, sxh, sxw, mask, ACC: tl.constexpr):
     """2x2 window max starting at (ih0, iw0), with PyTorch's scan order, ties and NaN rule.
 
     Scans (0,0), (0,1), (1,0), (1,1) and takes an element when it is greater than the best so far
     or NaN, as ATen's max_pool2d does; returns (max, index 0..3 of the chosen element). `base` is
     the int64 offset of (n, c) for each element of the tile; `mask` the valid elements. (0,0) is
-    always inside x in ceil mode. Invalid elements give 0 so they add nothing to a dot.
+    always inside x in ceil mode. Invalid elements give 0 so they add nothing to a dot. Values are
+    compared in ACC (exact for every input dtype; the interpreter keeps bfloat16 as raw bits).
     """
     ih0 = ih0.to(tl.int64)
     iw0 = iw0.to(tl.int64)
     in_w = (iw0 + 1) < W
     in_h = (ih0 + 1) < H
     p = x_ptr + base + ih0 * sxh + iw0 * sxw
-    best = tl.load(p, mask=mask, other=0.0)
+    best = tl.load(p, mask=mask, other=0.0).to(ACC)
     idx = tl.zeros(best.shape, dtype=tl.int32)
-    v = tl.load(p + sxw, mask=mask & in_w, other=float("-inf"))
-    take = (v > best) | (v != v)
+    m = mask & in_w
+    v = tl.load(p + sxw, mask=m, other=0.0).to(ACC)
+    take = m & ((v > best) | (v != v))
     best = tl.where(take, v, best)
     idx = tl.where(take, 1, idx)
-    v = tl.load(p + sxh, mask=mask & in_h, other=float("-inf"))
-    take = (v > best) | (v != v)
+    m = mask & in_h
+    v = tl.load(p + sxh, mask=m, other=0.0).to(ACC)
+    take = m & ((v > best) | (v != v))
     best = tl.where(take, v, best)
     idx = tl.where(take, 2, idx)
-    v = tl.load(p + sxh + sxw, mask=mask & in_h & in_w, other=float("-inf"))
-    take = (v > best) | (v != v)
+    m = mask & in_h & in_w
+    v = tl.load(p + sxh + sxw, mask=m, other=0.0).to(ACC)
+    take = m & ((v > best) | (v != v))
     best = tl.where(take, v, best)
     idx = tl.where(take, 3, idx)
     return best, idx
