@@ -120,6 +120,11 @@ def run_child(args):
 
     allocator = args.allocators[0]
     device = args.device
+    if device == "cuda":
+        # fp32 means fp32 (as in the tests); cuDNN picks its fastest algorithm per shape.
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cudnn.benchmark = True
     backends = args.backends or suite.default_backends(device)
     env = harness.environment(device)
     env["allocator_env"] = allocator_env_str(allocator)

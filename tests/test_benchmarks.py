@@ -1,0 +1,208 @@
+"""Smoke tests of the benchmark harness on tiny shapes: it runs, it measures what it should, it
+catches a provider that computes the wrong thing, and it writes rows with their environment."""
+import importlib.util
+import math
+import random
+import time
+
+import pytest
+import torch
+
+from benchmarks import bench_cpu, harness, report, suite
+
+FAST = {"warmup": 0, "min_reps": 1, "max_reps": 1, "min_time_s": 0.0}
+TINY = (1, 3, 32, 32)
+
+
+def _quiet(_line):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny shapes gain nothing from threads, and on a shared 2-core machine a second OpenMP
+    # thread waits at every barrier.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_measure_times_a_sleep_of_known_length():
+    t = harness.measure(lambda: time.sleep(0.02), warmup=1, min_reps=5, max_reps=5, min_time_s=0)
+    assert t.reps == 5 and len(t.samples_ms) == 5
+    # sleep never returns early; it may overshoot on a loaded machine, but not by 3x
+    assert 19.9 <= t.p20_ms <= t.median_ms <= t.p80_ms < 60
+
+
+def test_measure_runs_until_min_time():
+    t = harness.measure(lambda: time.sleep(0.002), warmup=0, min_reps=2, max_reps=1000,
+                        min_time_s=0.05)
+    assert 2 <= t.reps <= 26  # >= 50 ms spent, at >= 2 ms a call
+
+
+def test_interleaved_timing_keeps_callables_apart():
+    ts = harness.measure_interleaved({"short": lambda: time.sleep(0.002),
+                                      "long": lambda: time.sleep(0.02)},
+                                     warmup=0, min_reps=4, max_reps=4, min_time_s=0)
+    assert ts["short"].reps == ts["long"].reps == 4
+    assert ts["short"].median_ms < ts["long"].median_ms
+    assert ts["long"].median_ms >= 19.9
+
+
+def test_quantile_matches_numpy():
+    np = pytest.importorskip("numpy")
+    rng = random.Random(0)
+    for n in (1, 2, 7, 50):
+        vals = [rng.random() for _ in range(n)]
+        for q in (0.2, 0.5, 0.8):
+            assert math.isclose(harness.quantile(vals, q), float(np.quantile(vals, q)))
+
+
+def test_check_output_flags_wrong_values_shape_and_nan():
+    ref = torch.randn(2, 8, 5, 5)
+    assert harness.check_output(ref + 1e-6, ref)[0]
+    assert harness.check_output(ref.contiguous(memory_format=torch.channels_last), ref)[0]
+    ok, diff = harness.check_output(ref * 1.05, ref)
+    assert not ok and diff > 0
+    assert not harness.check_output(ref[:1], ref)[0]
+    bad = ref.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    assert not harness.check_output(bad, ref)[0]
+
+
+def test_wrong_provider_is_flagged_and_not_timed():
+    case = suite.make_case("dasp_stage/s2", (1, 3, 16, 24))
+
+    def slightly_wrong(c):
+        return suite.Provider("slightly_wrong", lambda: c.module(*c.inputs) * 1.01)
+
+    def fast_garbage(c):
+        out = torch.zeros_like(c.module(*c.inputs))
+        return suite.Provider("fast_garbage", lambda: out)
+
+    rows = suite.run_case(case, threads=1, backends=[], timing=FAST, log=_quiet,
+                          providers=["eager", "slightly_wrong", "fast_garbage"],
+                          extra={"slightly_wrong": slightly_wrong, "fast_garbage": fast_garbage})
+    by = {r["provider"]: r for r in rows}
+    assert by["eager"]["status"] == "ok" and by["eager"]["median_ms"] > 0
+    for name in ("slightly_wrong", "fast_garbage"):
+        assert by[name]["status"] == "wrong"
+        assert "median_ms" not in by[name]
+        assert by[name]["max_abs_diff"] > 0
+        assert "differs from eager" in by[name]["note"]
+
+
+def test_every_available_provider_runs_and_agrees_on_tiny_shapes():
+    backends = ["reference", "cpu"]
+    for workload in ("DASP",):  # one compile: each costs seconds
+        case = suite.make_case(workload, TINY)
+        rows = suite.run_case(case, threads=1, backends=backends, timing=FAST, log=_quiet)
+        by = {r["provider"]: r for r in rows}
+        for name, r in by.items():
+            assert r["status"] in ("ok", "skipped"), (workload, name, r["status"], r["note"])
+            if r["status"] == "skipped":
+                assert r["note"], (workload, name)
+        for name in ("eager", "eager+fold+cl", "compile", "ours:reference"):
+            assert by[name]["status"] == "ok", (workload, name, by[name]["note"])
+        if importlib.util.find_spec("onnxruntime"):
+            assert by["onnxruntime"]["status"] == "ok", by["onnxruntime"]["note"]
+        import dasp_kernels
+        if dasp_kernels.backend_status()["cpu"] is None:
+            assert by["ours:cpu"]["status"] == "ok" and by["ours:cpu+cl"]["status"] == "ok"
+            assert by["eager"]["speedup_of_ours"] > 0
+        assert by["eager"]["gflop"] > 0 and by["eager"]["gbps"] > 0
+
+
+def test_fold_conv_bn_matches_unfolded_bisenet():
+    case = suite.make_case("BiSeNetV1/dasp", TINY)
+    folded = suite.fold_conv_bn(case.module)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    with torch.no_grad():
+        assert harness.check_output(folded(*case.inputs), case.module(*case.inputs))[0]
+
+
+def test_cli_writes_rows_with_environment_per_allocator(tmp_path, capsys):
+    rc = bench_cpu.main(["--sizes", "1x3x32x32", "--threads", "1", "--reps", "2",
+                         "--workloads", "dwconv_bn_relu/s1", "DASP", "stream", "--stream-mb", "1",
+                         "--allocators", "default", "nommap",
+                         "--providers", "eager", "onnxruntime", "ours:reference",
+                         "--results-dir", str(tmp_path)])
+    assert rc == 0
+    rows = harness.read_csv(tmp_path / "cpu.csv")
+    assert {r["allocator"] for r in rows} == {"default", "nommap"}
+    assert len({r["run_id"] for r in rows}) == 1
+    for r in rows:
+        for field in ("timestamp", "cpu_model", "torch_version", "numpy_version", "triton_version",
+                      "onnxruntime_version", "git_commit", "allocator_env", "command"):
+            assert r[field], field
+        assert r["threads"] == "1"
+    nommap = [r for r in rows if r["allocator"] == "nommap"]
+    assert all(r["allocator_env"] == "MALLOC_MMAP_MAX_=0" for r in nommap)
+    stream = [r for r in rows if r["kind"] == "stream"]
+    assert {r["workload"] for r in stream} == {"stream/copy", "stream/triad"}
+    assert all(float(r["gbps"]) > 0 for r in stream)
+    timed = [r for r in rows if r["kind"] != "stream" and r["status"] == "ok"]
+    assert {r["provider"] for r in timed} >= {"eager", "ours:reference"}
+    assert all(float(r["p20_ms"]) <= float(r["median_ms"]) <= float(r["p80_ms"]) for r in timed)
+    md = (tmp_path / "latest.md").read_text()
+    assert "| DASP | nommap |" in md and "copy GB/s" in md
+    assert "| DASP | nommap |" in capsys.readouterr().out
+
+
+def test_append_csv_keeps_old_rows_when_columns_grow(tmp_path):
+    path = str(tmp_path / "x.csv")
+    harness.append_csv(path, [{"a": 1, "b": 2}])
+    harness.append_csv(path, [{"a": 3, "b": 4}])
+    harness.append_csv(path, [{"a": 5, "c": 6}])
+    rows = harness.read_csv(path)
+    assert [r["a"] for r in rows] == ["1", "3", "5"]
+    assert rows[0]["c"] == "" and rows[2]["c"] == "6" and rows[2]["b"] == ""
+
+
+def test_report_and_plot_from_rows(tmp_path):
+    pytest.importorskip("matplotlib")
+    from benchmarks import plot
+
+    rows = []
+    for alloc in ("default", "nommap"):
+        for wl, prov, ms in (("DASP", "eager", 10.0), ("DASP", "onnxruntime", 4.0),
+                             ("DASP", "ours:cpu", 1.0), ("SpatialPath", "onnxruntime", 8.0),
+                             ("dwconv_bn_relu/s1", "ours:cpu", 2.0)):
+            rows.append({"run_id": "r1", "device": "cpu", "allocator": alloc, "threads": 2,
+                         "workload": wl, "kind": "op" if "/" in wl else "path",
+                         "size": "1x3x64x64", "input_shape": "1x3x64x64", "provider": prov,
+                         "status": "ok", "median_ms": ms, "p20_ms": ms * 0.9, "p80_ms": ms * 1.1,
+                         "gbps": 5.0})
+        rows.append({"run_id": "r1", "device": "cpu", "allocator": alloc, "threads": 2,
+                     "workload": "stream/copy", "kind": "stream", "size": "1MB", "input_shape": "",
+                     "provider": "torch", "status": "ok", "median_ms": 1.0, "p20_ms": 1.0,
+                     "p80_ms": 1.0, "gbps": 10.0})
+    md = report.markdown(rows)
+    assert "4.00x vs onnxruntime" in md  # ours vs the fastest peer on the DASP path
+    assert "8.00x vs onnxruntime" in md  # ours vs the fastest original spatial path
+    assert "5.0 / 10.0 GB/s = 50% (below 70%)" in md
+    path = tmp_path / "cpu.csv"
+    harness.append_csv(str(path), rows)
+    assert plot.main(["--csv", str(path)]) == 0
+    pngs = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert pngs == ["cpu_bandwidth_1x3x64x64_t2.png", "cpu_latency_1x3x64x64_t2.png",
+                    "cpu_paths_1x3x64x64_t2.png"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: GPU mode would run")
+def test_gpu_mode_skips_clearly_without_a_gpu(tmp_path, capsys):
+    assert bench_cpu.main(["--device", "cuda", "--results-dir", str(tmp_path)]) == 0
+    assert "GPU mode skipped" in capsys.readouterr().out
+    assert not list(tmp_path.iterdir())
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="Nx3xHxW"):
+        suite.parse_size("1x4x32x32")
+    with pytest.raises(ValueError, match="unknown workload"):
+        suite.select_workloads(["nope"])
+    assert suite.select_workloads(["dasp_stage", "paths"]) == [
+        "dasp_stage/s1", "dasp_stage/s2", "dasp_stage/s3", "SpatialPath", "DASP"]
+    with pytest.raises(SystemExit):
+        bench_cpu.parse_args(["--sizes", "64x64"])
