@@ -5,7 +5,7 @@ small maps still fill a tile. Backward: one kernel recomputes the convolution fo
 writes grad_y (the gradient before the scale) and reduces, per channel, sum(grad_y) and
 S[c, tap] = sum(grad_y * x[tap]) in a fixed split (deterministic, no atomics); then
 grad_weight = scale * S, grad_scale = sum_tap(weight * S), grad_shift = sum(grad_y). A second kernel
-gathers grad_x from grad_y. All index arithmetic that can exceed int32 is int64.
+gathers grad_x from grad_y. Offsets are int32, or int64 (IDX64) when a tensor is that large.
 """
 import torch
 import triton
@@ -13,7 +13,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from dasp_kernels import _checks
-from dasp_kernels.triton._common import (acc_dtype, check_device, check_index_range, dw_tile,
+from dasp_kernels.triton._common import (acc_dtype, check_device, dw_tile, index64,
                                          keep_opaque_when_interpreted, num_programs_target,
                                          on_interpreter, out_like, pow2, should_launch)
 
@@ -24,76 +24,78 @@ OP = "dwconv_bn_relu"
 def _dw_fwd_kernel(x_ptr, w_ptr, scale_ptr, shift_ptr, y_ptr, C, H, W, OH, OW, Q,
                    sxn, sxc, sxh, sxw, swc, swh, sww, syn, syc, syh, syw,
                    K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, RELU: tl.constexpr,
-                   ACC64: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_Q: tl.constexpr):
+                   ACC64: tl.constexpr, IDX64: tl.constexpr, BLOCK_C: tl.constexpr,
+                   BLOCK_Q: tl.constexpr):
     ACC: tl.constexpr = tl.float64 if ACC64 else tl.float32
-    q = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    IDX: tl.constexpr = tl.int64 if IDX64 else tl.int32
+    q = tl.program_id(0).to(IDX) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     mq = q < Q
     mc = c < C
-    n = q // (OH * OW)
+    n = (q // (OH * OW))[None, :]
     r = q % (OH * OW)
     oh = (r // OW)[None, :]
     ow = (r % OW)[None, :]
-    c64 = c.to(tl.int64)[:, None]
-    n64 = n.to(tl.int64)[None, :]
+    ci = c.to(IDX)[:, None]
     mask = mc[:, None] & mq[None, :]
-    acc = dw_tile(x_ptr, w_ptr, c64 * sxc + n64 * sxn, c64 * swc, oh, ow, mask, mc[:, None],
+    acc = dw_tile(x_ptr, w_ptr, ci * sxc + n * sxn, ci * swc, oh, ow, mask, mc[:, None],
                   H, W, sxh, sxw, swh, sww, K, STRIDE, PAD, ACC)
     sc = tl.load(scale_ptr + c, mask=mc, other=0.0).to(ACC)
     sh = tl.load(shift_ptr + c, mask=mc, other=0.0).to(ACC)
     y = acc * sc[:, None] + sh[:, None]
     if RELU:
         y = tl.where(y < 0, 0.0, y)  # keeps NaN, as torch.relu does
-    off = c64 * syc + n64 * syn + oh.to(tl.int64) * syh + ow.to(tl.int64) * syw
+    off = ci * syc + n * syn + oh * syh + ow * syw
     tl.store(y_ptr + off, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _dw_bwd_param_kernel(x_ptr, w_ptr, scale_ptr, shift_ptr, go_ptr, gy_ptr, part_s_ptr,
-                         part_b_ptr, C, H, W, OH, OW, Q, N_QBLOCKS, SPLIT,
+                         part_b_ptr, C, H, W, OH, OW, Q, SPLIT,
                          sxn, sxc, sxh, sxw, swc, swh, sww, sgn, sgc, sgh, sgw, syc, syq,
                          K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr,
-                         RELU: tl.constexpr, ACC64: tl.constexpr, KK_PAD: tl.constexpr,
-                         BLOCK_C: tl.constexpr, BLOCK_Q: tl.constexpr):
+                         RELU: tl.constexpr, ACC64: tl.constexpr, IDX64: tl.constexpr,
+                         KK_PAD: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_Q: tl.constexpr):
     ACC: tl.constexpr = tl.float64 if ACC64 else tl.float32
+    IDX: tl.constexpr = tl.int64 if IDX64 else tl.int32
     c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     split = tl.program_id(1)
     mc = c < C
-    c64 = c.to(tl.int64)[:, None]
+    ci = c.to(IDX)[:, None]
     taps = tl.arange(0, KK_PAD)[None, :]
     s_acc = tl.zeros([BLOCK_C, KK_PAD], dtype=ACC)
     b_acc = tl.zeros([BLOCK_C], dtype=ACC)
     sc = tl.load(scale_ptr + c, mask=mc, other=0.0).to(ACC)[:, None]
     sh = tl.load(shift_ptr + c, mask=mc, other=0.0).to(ACC)[:, None]
-    for qb in range(split, N_QBLOCKS, SPLIT):
-        q = qb * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    # Pixel blocks split, SPLIT + split, ...: a fixed order, so the sums are deterministic.
+    for q0 in range(split.to(IDX) * BLOCK_Q, Q, SPLIT * BLOCK_Q):
+        q = q0 + tl.arange(0, BLOCK_Q)
         mq = q < Q
-        n = q // (OH * OW)
+        n = (q // (OH * OW))[None, :]
         r = q % (OH * OW)
         oh = (r // OW)[None, :]
         ow = (r % OW)[None, :]
-        n64 = n.to(tl.int64)[None, :]
         mask = mc[:, None] & mq[None, :]
-        goff = c64 * sgc + n64 * sgn + oh.to(tl.int64) * sgh + ow.to(tl.int64) * sgw
-        gy = tl.load(go_ptr + goff, mask=mask, other=0.0).to(ACC)
-        xbase = c64 * sxc + n64 * sxn
+        gy = tl.load(go_ptr + ci * sgc + n * sgn + oh * sgh + ow * sgw, mask=mask,
+                     other=0.0).to(ACC)
+        xbase = ci * sxc + n * sxn
         if RELU:
-            conv = dw_tile(x_ptr, w_ptr, xbase, c64 * swc, oh, ow, mask, mc[:, None],
+            conv = dw_tile(x_ptr, w_ptr, xbase, ci * swc, oh, ow, mask, mc[:, None],
                            H, W, sxh, sxw, swh, sww, K, STRIDE, PAD, ACC)
             gy = tl.where(conv * sc + sh > 0, gy, 0.0)  # relu'(0) = 0, as autograd
-        tl.store(gy_ptr + c64 * syc + q.to(tl.int64)[None, :] * syq, gy, mask=mask)
+        tl.store(gy_ptr + ci * syc + q[None, :] * syq, gy, mask=mask)
         b_acc += tl.sum(gy, axis=1)
         for kh in tl.static_range(K):
-            ih = (oh * STRIDE - PAD + kh).to(tl.int64)
+            ih = oh * STRIDE - PAD + kh
             mh = mask & (ih >= 0) & (ih < H)
             for kw in tl.static_range(K):
-                iw = (ow * STRIDE - PAD + kw).to(tl.int64)
+                iw = ow * STRIDE - PAD + kw
                 m = mh & (iw >= 0) & (iw < W)
                 xv = tl.load(x_ptr + xbase + ih * sxh + iw * sxw, mask=m, other=0.0).to(ACC)
                 s = tl.sum(gy * xv, axis=1)
                 # KK_PAD columns, one per tap: a select is cheap next to the [C, Q] product.
                 s_acc += tl.where(taps == kh * K + kw, s[:, None], 0.0)
-    row = (split * C + c).to(tl.int64)
+    row = split * C + c
     tl.store(part_s_ptr + row[:, None] * (K * K) + taps, s_acc,
              mask=mc[:, None] & (taps < K * K))
     tl.store(part_b_ptr + row, b_acc, mask=mc)
@@ -103,9 +105,11 @@ def _dw_bwd_param_kernel(x_ptr, w_ptr, scale_ptr, shift_ptr, go_ptr, gy_ptr, par
 def _dw_bwd_x_kernel(gy_ptr, w_ptr, scale_ptr, gx_ptr, C, H, W, OH, OW, P,
                      swc, swh, sww, syc, syq, sxn, sxc, sxh, sxw,
                      K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr,
-                     ACC64: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_Q: tl.constexpr):
+                     ACC64: tl.constexpr, IDX64: tl.constexpr, BLOCK_C: tl.constexpr,
+                     BLOCK_Q: tl.constexpr):
     ACC: tl.constexpr = tl.float64 if ACC64 else tl.float32
-    p = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    IDX: tl.constexpr = tl.int64 if IDX64 else tl.int32
+    p = tl.program_id(0).to(IDX) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     mp = p < P
     mc = c < C
@@ -113,7 +117,7 @@ def _dw_bwd_x_kernel(gy_ptr, w_ptr, scale_ptr, gx_ptr, C, H, W, OH, OW, P,
     r = p % (H * W)
     ih = r // W
     iw = r % W
-    c64 = c.to(tl.int64)[:, None]
+    ci = c.to(IDX)[:, None]
     mask = mc[:, None] & mp[None, :]
     acc = tl.zeros([BLOCK_C, BLOCK_Q], dtype=ACC)
     for kh in tl.static_range(K):
@@ -127,28 +131,28 @@ def _dw_bwd_x_kernel(gy_ptr, w_ptr, scale_ptr, gx_ptr, C, H, W, OH, OW, P,
             twc = tl.where(tw >= 0, tw, 0)
             ow = twc // STRIDE
             v = vh & (tw >= 0) & (twc % STRIDE == 0) & (ow < OW)
-            q = (n.to(tl.int64) * OH + oh) * OW + ow
-            g = tl.load(gy_ptr + c64 * syc + q[None, :] * syq, mask=mask & v[None, :], other=0.0)
-            wv = tl.load(w_ptr + c64 * swc + kh * swh + kw * sww, mask=mc[:, None], other=0.0)
+            q = (n * OH + oh) * OW + ow
+            g = tl.load(gy_ptr + ci * syc + q[None, :] * syq, mask=mask & v[None, :], other=0.0)
+            wv = tl.load(w_ptr + ci * swc + kh * swh + kw * sww, mask=mc[:, None], other=0.0)
             acc += g.to(ACC) * wv.to(ACC)
     sc = tl.load(scale_ptr + c, mask=mc, other=0.0).to(ACC)
     acc = acc * sc[:, None]
-    off = (c64 * sxc + n.to(tl.int64)[None, :] * sxn + ih.to(tl.int64)[None, :] * sxh
-           + iw.to(tl.int64)[None, :] * sxw)
+    off = ci * sxc + (n * sxn + ih * sxh + iw * sxw)[None, :]
     tl.store(gx_ptr + off, acc.to(gx_ptr.dtype.element_ty), mask=mask)
 
 
 def _tile(x, channels, pixels):
     """(BLOCK_C, BLOCK_Q, num_warps) for a [channels x pixels] problem."""
     if on_interpreter(x):
-        # The interpreter costs per program, not per element: few, large tiles.
+        # The interpreter costs per program and per op, not per element: few, large tiles.
         bc = pow2(channels, hi=64)
         return bc, pow2(pixels, lo=16, hi=max(16, 2**15 // bc)), 4
-    if x.stride(1) == 1 and channels > 1:  # channels_last: channels are the contiguous axis
+    # About 1024 elements per tile along x's contiguous axis: channels for channels_last.
+    if x.stride(1) == 1 and channels > 1:
         bc = pow2(channels, hi=32)
     else:
         bc = pow2(channels, hi=4)
-    return bc, pow2(pixels, lo=16, hi=2048 // bc), 4
+    return bc, pow2(pixels, lo=16, hi=1024 // bc), 4
 
 
 def dw_forward(x, weight, scale, shift, stride, padding, relu, out_dtype=None):
@@ -169,7 +173,7 @@ def dw_forward(x, weight, scale, shift, stride, padding, relu, out_dtype=None):
         weight.stride(0), weight.stride(2), weight.stride(3),
         y.stride(0), y.stride(1), y.stride(2), y.stride(3),
         K=k, STRIDE=stride, PAD=padding, RELU=relu, ACC64=x.dtype == torch.float64,
-        BLOCK_C=bc, BLOCK_Q=bq, num_warps=nw)
+        IDX64=index64(x, y), BLOCK_C=bc, BLOCK_Q=bq, num_warps=nw, num_stages=1)
     return y
 
 
@@ -195,13 +199,14 @@ def dw_backward(grad_out, x, weight, scale, shift, stride, padding, relu, gx_dty
         scale, shift = scale.contiguous(), shift.contiguous()
         wrap_triton(_dw_bwd_param_kernel)[(triton.cdiv(c, bc), split)](
             x, weight, scale, shift, grad_out, gy, part_s, part_b,
-            c, h, w, oh, ow, q, n_qblocks, split,
+            c, h, w, oh, ow, q, split,
             x.stride(0), x.stride(1), x.stride(2), x.stride(3),
             weight.stride(0), weight.stride(2), weight.stride(3),
             grad_out.stride(0), grad_out.stride(1), grad_out.stride(2), grad_out.stride(3),
             syc, syq,
             K=k, STRIDE=stride, PAD=padding, RELU=relu, ACC64=acc == torch.float64,
-            KK_PAD=pow2(k * k), BLOCK_C=bc, BLOCK_Q=bq, num_warps=nw)
+            IDX64=index64(x, grad_out, gy), KK_PAD=pow2(k * k), BLOCK_C=bc, BLOCK_Q=bq,
+            num_warps=nw, num_stages=1)
         p = n * h * w
         bcx, bqx, nwx = _tile(x, c, p)
         wrap_triton(_dw_bwd_x_kernel)[(triton.cdiv(p, bqx), triton.cdiv(c, bcx))](
@@ -209,7 +214,8 @@ def dw_backward(grad_out, x, weight, scale, shift, stride, padding, relu, gx_dty
             weight.stride(0), weight.stride(2), weight.stride(3), syc, syq,
             gx.stride(0), gx.stride(1), gx.stride(2), gx.stride(3),
             K=k, STRIDE=stride, PAD=padding, ACC64=acc == torch.float64,
-            BLOCK_C=bcx, BLOCK_Q=bqx, num_warps=nwx)
+            IDX64=index64(gx, gy), BLOCK_C=bcx, BLOCK_Q=bqx, num_warps=nwx,
+            num_stages=1)
     s = part_s.sum(0)
     grad_weight = (s * scale.to(acc)[:, None]).to(x.dtype).view(c, 1, k, k)
     grad_scale = (s * weight.reshape(c, k * k).to(acc)).sum(1).to(x.dtype)
@@ -229,7 +235,6 @@ def dwconv_bn_relu_triton(x: torch.Tensor, weight: torch.Tensor, scale: torch.Te
                           relu: bool) -> torch.Tensor:
     _checks.check_dwconv_bn_relu(x, weight, scale, shift, stride, padding, torch._check)
     check_device(OP, x)
-    check_index_range(OP, x)
     return dw_forward(x, weight, scale, shift, stride, padding, relu)
 
 
@@ -248,7 +253,6 @@ def _dwconv_bn_relu_backward_triton(
                  lambda: f"_dwconv_bn_relu_backward: expected grad_out on {x.device} with dtype "
                          f"{_checks.dtype_str(x.dtype)}, got {grad_out.device} and "
                          f"{_checks.dtype_str(grad_out.dtype)}")
-    check_index_range(OP, x, grad_out)
     return dw_backward(grad_out, x, weight, scale, shift, stride, padding, relu)
 
 
