@@ -58,11 +58,13 @@ def extensions():
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
-    extra = {"cxx": ["-O3", "-std=c++17", "-fopenmp"]}
+    # No -std flag: torch's BuildExtension adds the standard its headers need (C++20 since 2.10;
+    # its headers use std::strong_ordering), and a -std=c++17 here would override it.
+    extra = {"cxx": ["-O3", "-fopenmp"]}
     macros = [("Py_LIMITED_API", "0x03090000")]
     if use_cuda:
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
-        extra["nvcc"] = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+        extra["nvcc"] = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
         macros.append(("DASP_WITH_CUDA", None))
         ext = CUDAExtension
     else:

@@ -1,0 +1,89 @@
+// Raw-pointer CPU kernels shared by the ops in csrc/cpu/*.cpp. The same kernel source
+// (dwconv_bn_relu_kernel.h, ppm_add_kernel.h) is compiled twice: once with the build's flags
+// (namespace base) and, on x86-64 with GCC, once more with AVX2+FMA enabled (namespace avx2, in
+// cpu_avx2.cpp). kernels<T>() picks the table at run time, so the extension still loads and runs on
+// CPUs without AVX2, and no -march flag is needed in setup.py.
+#pragma once
+#include <cstdint>
+
+#if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(_M_X64))
+#define DASP_CPU_HAVE_AVX2_BUILD 1
+#else
+#define DASP_CPU_HAVE_AVX2_BUILD 0
+#endif
+
+namespace dasp_kernels::cpu {
+
+// Depthwise conv geometry. NCHW kernels run tasks (plane n * C + c, band); NHWC kernels run tasks
+// (n, band). A band is a fixed range of output rows, so the per-task partial sums of the backward
+// (and hence the gradients) do not depend on the number of threads.
+struct DwShape {
+  int64_t N, C, H, W, Ho, Wo, K, S, pad;
+  bool relu;
+  int64_t bands;
+};
+
+template <typename T>
+struct DwArgs {
+  const T* x;      // NCHW or NHWC, contiguous
+  const T* w;      // NCHW: [C][K*K]; NHWC: [K*K][C]
+  const T* scale;  // [C]
+  const T* shift;  // [C]
+  T* y;            // forward output, layout of x
+  const T* gout;   // backward: grad of y, layout of x
+  T* gx;           // backward: grad of x, layout of x
+  // Backward partial sums, one block per task. NCHW: [task][K*K], [task], [task].
+  // NHWC: [task][K*K][C], [task][C], [task][C].
+  T* gw_part;
+  T* gscale_part;
+  T* gshift_part;
+};
+
+// Pool-then-1x1 geometry. Tasks are (n, band of pooled rows).
+struct PpmShape {
+  int64_t N, Cin, Cout, H, W, Ho, Wo;
+  int64_t bands;
+};
+
+template <typename T>
+struct PpmArgs {
+  const T* x;         // NCHW or NHWC, contiguous
+  const T* w;         // [Cout][Cin]
+  const T* wt;        // [Cin][Cout]
+  const T* residual;  // layout of x
+  T* out;             // layout of x
+  const T* gout;      // backward
+  T* gx;              // backward, layout of x
+  T* gw_part;         // backward: [task][Cout][Cin]
+};
+
+template <typename T>
+using DwFn = void (*)(const DwShape&, const DwArgs<T>&, int64_t, int64_t);
+template <typename T>
+using PpmFn = void (*)(const PpmShape&, const PpmArgs<T>&, int64_t, int64_t);
+
+template <typename T>
+struct Kernels {
+  const char* isa;
+  int vec_size;  // elements per at::vec::Vectorized<T> in that build
+  DwFn<T> dw_fwd_nchw, dw_fwd_nhwc, dw_bwd_nchw, dw_bwd_nhwc;
+  PpmFn<T> ppm_fwd_nchw, ppm_fwd_nhwc, ppm_bwd_nchw, ppm_bwd_nhwc;
+};
+
+namespace base {
+template <typename T>
+Kernels<T> kernels();
+}
+#if DASP_CPU_HAVE_AVX2_BUILD
+namespace avx2 {
+template <typename T>
+Kernels<T> kernels();
+}
+#endif
+
+// The table for this CPU: AVX2 when the CPU has AVX2 and FMA and ATen itself was not told to stay
+// below AVX2 (ATEN_CPU_CAPABILITY=default), the portable build otherwise.
+template <typename T>
+const Kernels<T>& kernels();
+
+}  // namespace dasp_kernels::cpu

@@ -1,0 +1,163 @@
+// CPU dwconv_bn_relu and its backward: checks, layout, threading. The arithmetic lives in
+// dwconv_bn_relu_kernel.h (compiled per instruction set, see cpu_kernels.h).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <tuple>
+#include <vector>
+
+#include "../checks.h"
+#include "cpu_kernels.h"
+
+namespace dasp_kernels {
+namespace {
+
+// Enough bands per plane (or image) that `units * bands` tasks keep every thread busy, but no
+// band thinner than min_rows (each band recomputes a few halo rows).
+int64_t pick_bands(int64_t units, int64_t rows, int64_t min_rows) {
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  if (threads == 1) return 1;
+  const int64_t want = (8 * threads + units - 1) / units;
+  return std::clamp<int64_t>(want, 1, std::max<int64_t>(1, rows / min_rows));
+}
+
+struct Geometry {
+  cpu::DwShape p;
+  bool nhwc;
+  at::MemoryFormat fmt;
+};
+
+Geometry geometry(const at::Tensor& x, const at::Tensor& weight, int64_t stride, int64_t padding,
+                  bool relu) {
+  Geometry g;
+  g.fmt = x.suggest_memory_format();
+  g.nhwc = g.fmt == at::MemoryFormat::ChannelsLast;
+  auto& p = g.p;
+  p.N = x.size(0);
+  p.C = x.size(1);
+  p.H = x.size(2);
+  p.W = x.size(3);
+  p.K = weight.size(2);
+  p.S = stride;
+  p.pad = padding;
+  p.Ho = dwconv_out_size(p.H, p.K, stride, padding);
+  p.Wo = dwconv_out_size(p.W, p.K, stride, padding);
+  p.relu = relu;
+  p.bands = g.nhwc ? pick_bands(p.N, p.Ho, 4) : pick_bands(p.N * p.C, p.Ho, 16);
+  return g;
+}
+
+int64_t num_tasks(const Geometry& g) { return (g.nhwc ? g.p.N : g.p.N * g.p.C) * g.p.bands; }
+
+// Weights as the kernels read them: [C][K*K] for NCHW, [K*K][C] for NHWC.
+at::Tensor kernel_weight(const at::Tensor& weight, const Geometry& g) {
+  auto w = weight.reshape({g.p.C, g.p.K * g.p.K});
+  return g.nhwc ? w.t().contiguous() : w.contiguous();
+}
+
+at::Tensor dwconv_bn_relu_cpu(const at::Tensor& x, const at::Tensor& weight,
+                              const at::Tensor& scale, const at::Tensor& shift, int64_t stride,
+                              int64_t padding, bool relu) {
+  check_dwconv_bn_relu(x, weight, scale, shift, stride, padding);
+  check_backend_dtype("dwconv_bn_relu", "cpu", x, {at::kFloat, at::kDouble});
+  const Geometry g = geometry(x, weight, stride, padding, relu);
+  const auto& p = g.p;
+  at::Tensor y = at::empty({p.N, p.C, p.Ho, p.Wo}, x.options().memory_format(g.fmt));
+  if (y.numel() == 0) return y;
+  const at::Tensor xc = x.contiguous(g.fmt);
+  const at::Tensor w = kernel_weight(weight, g);
+  const at::Tensor sc = scale.contiguous(), sh = shift.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dwconv_bn_relu_cpu", [&] {
+    const auto& k = cpu::kernels<scalar_t>();
+    cpu::DwArgs<scalar_t> a{};
+    a.x = xc.const_data_ptr<scalar_t>();
+    a.w = w.const_data_ptr<scalar_t>();
+    a.scale = sc.const_data_ptr<scalar_t>();
+    a.shift = sh.const_data_ptr<scalar_t>();
+    a.y = y.mutable_data_ptr<scalar_t>();
+    const auto fn = g.nhwc ? k.dw_fwd_nhwc : k.dw_fwd_nchw;
+    at::parallel_for(0, num_tasks(g), 1, [&](int64_t t0, int64_t t1) { fn(p, a, t0, t1); });
+  });
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_bn_relu_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
+    const at::Tensor& scale, const at::Tensor& shift, int64_t stride, int64_t padding, bool relu) {
+  check_dwconv_bn_relu(x, weight, scale, shift, stride, padding);
+  check_backend_dtype("dwconv_bn_relu", "cpu", x, {at::kFloat, at::kDouble});
+  const char* op = "_dwconv_bn_relu_backward";
+  const Geometry g = geometry(x, weight, stride, padding, relu);
+  const auto& p = g.p;
+  const std::vector<int64_t> out_shape = {p.N, p.C, p.Ho, p.Wo};
+  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef(out_shape), op,
+              ": expected grad_out of shape ", at::IntArrayRef(out_shape), ", got ",
+              grad_out.sizes());
+  check_like_x(op, x, "grad_out", grad_out);
+
+  at::Tensor gx = at::empty(x.sizes(), x.options().memory_format(g.fmt));
+  at::Tensor gw = at::zeros({p.C, 1, p.K, p.K}, weight.options());
+  at::Tensor gscale = at::zeros({p.C}, scale.options());
+  at::Tensor gshift = at::zeros({p.C}, shift.options());
+  if (x.numel() == 0) return {gx, gw, gscale, gshift};
+
+  const at::Tensor xc = x.contiguous(g.fmt);
+  const at::Tensor go = grad_out.contiguous(g.fmt);
+  const at::Tensor w = kernel_weight(weight, g);
+  const at::Tensor sc = scale.contiguous(), sh = shift.contiguous();
+  const int64_t tasks = num_tasks(g), KK = p.K * p.K;
+  // Per-task partial sums, reduced below in task order: the result does not depend on threads.
+  const int64_t per_task = g.nhwc ? p.C : 1;
+  at::Tensor gw_part = at::empty({tasks, KK * per_task}, x.options());
+  at::Tensor gsc_part = at::empty({tasks, per_task}, x.options());
+  at::Tensor gsh_part = at::empty({tasks, per_task}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dwconv_bn_relu_backward_cpu", [&] {
+    const auto& k = cpu::kernels<scalar_t>();
+    cpu::DwArgs<scalar_t> a{};
+    a.x = xc.const_data_ptr<scalar_t>();
+    a.w = w.const_data_ptr<scalar_t>();
+    a.scale = sc.const_data_ptr<scalar_t>();
+    a.shift = sh.const_data_ptr<scalar_t>();
+    a.gout = go.const_data_ptr<scalar_t>();
+    a.gx = gx.mutable_data_ptr<scalar_t>();
+    a.gw_part = gw_part.mutable_data_ptr<scalar_t>();
+    a.gscale_part = gsc_part.mutable_data_ptr<scalar_t>();
+    a.gshift_part = gsh_part.mutable_data_ptr<scalar_t>();
+    const auto fn = g.nhwc ? k.dw_bwd_nhwc : k.dw_bwd_nchw;
+    at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) { fn(p, a, t0, t1); });
+
+    scalar_t* gwp = gw.mutable_data_ptr<scalar_t>();
+    scalar_t* gsp = gscale.mutable_data_ptr<scalar_t>();
+    scalar_t* ghp = gshift.mutable_data_ptr<scalar_t>();
+    const scalar_t* pw = a.gw_part;
+    const scalar_t* ps = a.gscale_part;
+    const scalar_t* ph = a.gshift_part;
+    for (int64_t t = 0; t < tasks; ++t) {
+      if (g.nhwc) {
+        for (int64_t i = 0; i < KK; ++i)
+          for (int64_t c = 0; c < p.C; ++c) gwp[c * KK + i] += pw[(t * KK + i) * p.C + c];
+        for (int64_t c = 0; c < p.C; ++c) {
+          gsp[c] += ps[t * p.C + c];
+          ghp[c] += ph[t * p.C + c];
+        }
+      } else {
+        const int64_t c = (t / p.bands) % p.C;
+        for (int64_t i = 0; i < KK; ++i) gwp[c * KK + i] += pw[t * KK + i];
+        gsp[c] += ps[t];
+        ghp[c] += ph[t];
+      }
+    }
+  });
+  return {gx, gw, gscale, gshift};
+}
+
+}  // namespace
+}  // namespace dasp_kernels
+
+TORCH_LIBRARY_IMPL(dasp_kernels, CPU, m) {
+  m.impl("dwconv_bn_relu", &dasp_kernels::dwconv_bn_relu_cpu);
+  m.impl("_dwconv_bn_relu_backward", &dasp_kernels::dwconv_bn_relu_backward_cpu);
+}

@@ -1,0 +1,602 @@
+// Depthwise KxK conv + per-channel scale/shift + optional ReLU: forward and backward kernels.
+// Included once per instruction set, inside namespace dasp_kernels::cpu::DASP_ISA (see
+// cpu_kernels.h); hence no include guard.
+//
+// NCHW: one task = rows [oyA, oyB) of one (n, c) plane, vectorised along the output width. Input
+//   rows are copied once into a small ring of zero-padded rows, split into S phase rows
+//   (ph_r[j] = xpad[S*j + r]), so that every tap of a stride-2 conv is a contiguous vector load.
+// NHWC: one task = rows [oyA, oyB) of one image, vectorised across channels.
+// Backward recomputes y, keeps the last K rows of gy = dL/dconv in a ring, and writes each grad_x
+// row once all of its gy rows exist (a gather, no atomics); a band recomputes the few gy rows
+// before it that its first grad_x rows need. Weight/scale/shift gradients are summed per task.
+#ifndef DASP_ISA
+#error "define DASP_ISA before including dwconv_bn_relu_kernel.h"
+#endif
+
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <cstring>
+#include <type_traits>
+
+#include "cpu_kernels.h"
+#include "kernel_util.h"
+
+namespace dasp_kernels::cpu::DASP_ISA {
+namespace dw {
+
+using namespace util;
+
+template <typename T>
+using Vec = at::vec::Vectorized<T>;
+
+// ---------------------------------------------------------------------------------------------
+// NCHW
+
+// ph[r * L + j] = xpad[S * j + r], xpad[q] = xrow[q - pad] inside the row, 0 outside. L % V == 0.
+template <typename T, int S>
+inline void fill_phases(const T* xrow, int64_t W, int64_t pad, int64_t L, T* ph, T* tmp) {
+  constexpr int V = Vec<T>::size();
+  T* dst = S == 1 ? ph : tmp;
+  const int64_t n = S * L;
+  const int64_t cnt = imax(0, imin(W, n - pad));
+  fill(dst, pad, T(0));
+  if (cnt > 0) std::memcpy(dst + pad, xrow, cnt * sizeof(T));
+  fill(dst + pad + cnt, n - pad - cnt, T(0));
+  if constexpr (S == 2) {
+    for (int64_t j = 0; j < L; j += V) {
+      auto ab = at::vec::deinterleave2(Vec<T>::loadu(tmp + 2 * j), Vec<T>::loadu(tmp + 2 * j + V));
+      ab.first.store(ph + j);
+      ab.second.store(ph + L + j);
+    }
+  }
+}
+
+// The rows of input ring shared by forward and backward for one plane.
+template <typename T, int K, int S>
+struct PlaneRing {
+  int64_t L;
+  T* ring;  // K slots of S phase rows of length L
+  T* tmp;   // S * L
+  int64_t tag[K];
+
+  void reset() { fill(tag, K, int64_t(-1)); }
+  // Phase rows of input row iy (0 <= iy < H).
+  const T* row(const T* xp, int64_t iy, int64_t W, int64_t pad) {
+    const int64_t slot = iy % K;
+    T* r = ring + slot * S * L;
+    if (tag[slot] != iy) {
+      fill_phases<T, S>(xp + iy * W, W, pad, L, r, tmp);
+      tag[slot] = iy;
+    }
+    return r;
+  }
+};
+
+// acc[u] = sum over taps of one output-row block of NU vectors starting at ox.
+template <typename T, int K, int S, int NU>
+inline void conv_block(const T* const* rows, int ky0, int ky1, const Vec<T>* wv, int64_t L,
+                       int64_t ox, Vec<T>* acc) {
+  constexpr int V = Vec<T>::size();
+  DASP_UNROLL
+  for (int u = 0; u < NU; ++u) acc[u] = Vec<T>(T(0));
+  for (int ky = ky0; ky < ky1; ++ky) {
+    const T* r = rows[ky] + ox;
+    DASP_UNROLL
+    for (int kx = 0; kx < K; ++kx) {
+      const T* src = r + (kx % S) * L + kx / S;
+      const Vec<T> w = wv[ky * K + kx];
+      DASP_UNROLL
+      for (int u = 0; u < NU; ++u) acc[u] = at::vec::fmadd(Vec<T>::loadu(src + u * V), w, acc[u]);
+    }
+  }
+}
+
+template <typename T>
+inline Vec<T> bn_act(const Vec<T>& acc, const Vec<T>& sc, const Vec<T>& sh, bool relu) {
+  Vec<T> z = at::vec::fmadd(acc, sc, sh);
+  // maximum() keeps NaN, like torch.relu.
+  return relu ? at::vec::maximum(z, Vec<T>(T(0))) : z;
+}
+
+template <typename T, int K, int S>
+struct NchwGeom {
+  int64_t Wv, L;
+  explicit NchwGeom(const DwShape& p) {
+    constexpr int V = Vec<T>::size();
+    Wv = round_up(p.Wo, V);
+    L = round_up(Wv + (K - 1) / S, V);
+  }
+};
+
+// Valid ky range of output row oy: 0 <= oy*S - pad + ky < H.
+inline void ky_range(int64_t oy, int64_t S, int64_t pad, int64_t H, int64_t K, int& ky0, int& ky1) {
+  ky0 = static_cast<int>(imax(0, pad - oy * S));
+  ky1 = static_cast<int>(imin(K, H + pad - oy * S));
+}
+
+template <typename T, int K, int S>
+void fwd_nchw(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) {
+  constexpr int V = Vec<T>::size();
+  constexpr int NU = 4;
+  const int64_t H = p.H, W = p.W, Ho = p.Ho, Wo = p.Wo, pad = p.pad;
+  const NchwGeom<T, K, S> g(p);
+  Scratch<T> buf((K + 1) * S * g.L);
+  PlaneRing<T, K, S> ring{g.L, buf.data(), buf.data() + K * S * g.L, {}};
+  Vec<T> wv[K * K];
+  int64_t cur = -1;
+  for (int64_t task = t0; task < t1; ++task) {
+    const int64_t plane = task / p.bands, band = task % p.bands;
+    const int64_t c = plane % p.C;
+    if (plane != cur) {
+      ring.reset();
+      cur = plane;
+      for (int i = 0; i < K * K; ++i) wv[i] = Vec<T>(a.w[c * K * K + i]);
+    }
+    const Vec<T> sc(a.scale[c]), sh(a.shift[c]);
+    const T* xp = a.x + plane * H * W;
+    T* yp = a.y + plane * Ho * Wo;
+    const int64_t oyA = band * Ho / p.bands, oyB = (band + 1) * Ho / p.bands;
+    for (int64_t oy = oyA; oy < oyB; ++oy) {
+      int ky0, ky1;
+      ky_range(oy, S, pad, H, K, ky0, ky1);
+      const T* rows[K];
+      for (int ky = ky0; ky < ky1; ++ky) rows[ky] = ring.row(xp, oy * S - pad + ky, W, pad);
+      T* yrow = yp + oy * Wo;
+      int64_t ox = 0;
+      Vec<T> acc[NU];
+      for (; ox + NU * V <= Wo; ox += NU * V) {
+        conv_block<T, K, S, NU>(rows, ky0, ky1, wv, g.L, ox, acc);
+        DASP_UNROLL
+        for (int u = 0; u < NU; ++u) bn_act(acc[u], sc, sh, p.relu).store(yrow + ox + u * V);
+      }
+      for (; ox < Wo; ox += V) {
+        conv_block<T, K, S, 1>(rows, ky0, ky1, wv, g.L, ox, acc);
+        bn_act(acc[0], sc, sh, p.relu).store(yrow + ox, imin(V, Wo - ox));
+      }
+    }
+  }
+}
+
+template <typename T, int K, int S>
+void bwd_nchw(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) {
+  constexpr int V = Vec<T>::size();
+  constexpr int NU = 2;
+  constexpr int64_t lp = (K - 1) / S;  // gy columns needed left of j
+  const int64_t H = p.H, W = p.W, Ho = p.Ho, Wo = p.Wo, pad = p.pad;
+  const NchwGeom<T, K, S> g(p);
+  const int64_t J = (pad + W - 1) / S + 1;  // phase positions j covering the input row
+  const int64_t Jv = round_up(J, V);
+  const int64_t LG = round_up(lp + pad + round_up(W, V) + Jv + V, V);
+  Scratch<T> buf((K + 1) * S * g.L + K * LG + S * Jv);
+  PlaneRing<T, K, S> ring{g.L, buf.data(), buf.data() + K * S * g.L, {}};
+  T* gring = buf.data() + (K + 1) * S * g.L;  // K rows of zero-padded gy, slot oy % K
+  T* qrow = gring + K * LG;                    // interleaved stride-2 grad row
+  Vec<T> wv[K * K];
+  Vec<T> gw[K * K];
+  int64_t cur = -1;
+  const Vec<T> zero(T(0));
+  for (int64_t task = t0; task < t1; ++task) {
+    const int64_t plane = task / p.bands, band = task % p.bands;
+    const int64_t c = plane % p.C;
+    if (plane != cur) {
+      ring.reset();
+      cur = plane;
+      for (int i = 0; i < K * K; ++i) wv[i] = Vec<T>(a.w[c * K * K + i]);
+    }
+    // A band starts from scratch: the gy ring is re-made from its halo rows.
+    fill(gring, K * LG, T(0));
+    for (int i = 0; i < K * K; ++i) gw[i] = zero;
+    Vec<T> gs = zero, gh = zero;
+    const Vec<T> sc(a.scale[c]), sh(a.shift[c]);
+    const T* xp = a.x + plane * H * W;
+    const T* gp = a.gout + plane * Ho * Wo;
+    T* gxp = a.gx + plane * H * W;
+    const int64_t oyA = band * Ho / p.bands, oyB = (band + 1) * Ho / p.bands;
+    // grad_x row iy belongs to the band holding last(iy), the last output row that reads it.
+    auto last = [&](int64_t iy) { return imin(Ho - 1, (iy + pad) / S); };
+    const int64_t iyA = band == 0 ? 0 : iclamp(oyA * S - pad, 0, H);
+    const int64_t iyB = band == p.bands - 1 ? H : iclamp(oyB * S - pad, 0, H);
+    const int64_t oyH =
+        iyA < iyB ? imax(0, ceil_div(iyA + pad - K + 1, S)) : oyA;
+    int64_t next_iy = iyA;
+
+    auto emit = [&](int64_t iy) {
+      const T* gys[K] = {};
+      int kys[K];
+      int n = 0;
+      for (int ky = 0; ky < K; ++ky) {
+        const int64_t t = iy + pad - ky;
+        if (t < 0) break;
+        if (t % S) continue;
+        const int64_t oy = t / S;
+        if (oy >= Ho) continue;
+        gys[n] = gring + (oy % K) * LG + lp;
+        kys[n++] = ky;
+      }
+      T* gxrow = gxp + iy * W;
+      if constexpr (S == 1) {
+        // grad_x[ix] = sum_{ky, kx} w[ky][kx] * gy[ix + pad - kx]
+        auto block = [&](int64_t ix, Vec<T>* acc, auto nu_tag) {
+          constexpr int nu = decltype(nu_tag)::value;
+          for (int u = 0; u < nu; ++u) acc[u] = zero;
+          for (int i = 0; i < n; ++i) {
+            const T* gr = gys[i] + ix + pad;
+            const Vec<T>* wr = wv + kys[i] * K;
+            DASP_UNROLL
+            for (int kx = 0; kx < K; ++kx) {
+              DASP_UNROLL
+              for (int u = 0; u < nu; ++u)
+                acc[u] = at::vec::fmadd(Vec<T>::loadu(gr + u * V - kx), wr[kx], acc[u]);
+            }
+          }
+        };
+        Vec<T> acc[NU];
+        int64_t ix = 0;
+        for (; ix + NU * V <= W; ix += NU * V) {
+          block(ix, acc, std::integral_constant<int, NU>{});
+          for (int u = 0; u < NU; ++u) acc[u].store(gxrow + ix + u * V);
+        }
+        for (; ix < W; ix += V) {
+          block(ix, acc, std::integral_constant<int, 1>{});
+          acc[0].store(gxrow + ix, imin(V, W - ix));
+        }
+      } else {
+        // Phase r of the padded grad row: q = 2j + r gets w[ky][r + 2m] * gy[j - m].
+        for (int64_t j = 0; j < Jv; j += V) {
+          Vec<T> a0 = zero, a1 = zero;
+          for (int i = 0; i < n; ++i) {
+            const T* gr = gys[i] + j;
+            const Vec<T>* wr = wv + kys[i] * K;
+            DASP_UNROLL
+            for (int m = 0; 2 * m < K; ++m) {
+              const Vec<T> gv = Vec<T>::loadu(gr - m);
+              a0 = at::vec::fmadd(gv, wr[2 * m], a0);
+              if (2 * m + 1 < K) a1 = at::vec::fmadd(gv, wr[2 * m + 1], a1);
+            }
+          }
+          auto lohi = at::vec::interleave2(a0, a1);
+          lohi.first.store(qrow + 2 * j);
+          lohi.second.store(qrow + 2 * j + V);
+        }
+        std::memcpy(gxrow, qrow + pad, W * sizeof(T));
+      }
+    };
+
+    for (int64_t oy = oyH; oy < oyB; ++oy) {
+      int ky0, ky1;
+      ky_range(oy, S, pad, H, K, ky0, ky1);
+      const T* rows[K];
+      for (int ky = ky0; ky < ky1; ++ky) rows[ky] = ring.row(xp, oy * S - pad + ky, W, pad);
+      const bool own = oy >= oyA;
+      const T* grow = gp + oy * Wo;
+      T* G = gring + (oy % K) * LG + lp;
+      Vec<T> acc[NU];
+      auto finish = [&](int64_t ox, const Vec<T>& accv) {
+        const int64_t cnt = imin(V, Wo - ox);
+        // Lanes past Wo read real input columns: zero them so inf/NaN there cannot leak.
+        const Vec<T> y = cnt < V ? Vec<T>::set(zero, accv, cnt) : accv;
+        Vec<T> gv = load_n<T>(grow + ox, cnt);
+        if (p.relu) gv = Vec<T>::blendv(zero, gv, at::vec::fmadd(y, sc, sh) > zero);
+        (gv * sc).store(G + ox, cnt);
+        if (own) {
+          gs = at::vec::fmadd(gv, y, gs);
+          gh = gh + gv;
+        }
+      };
+      int64_t ox = 0;
+      for (; ox + NU * V <= Wo; ox += NU * V) {
+        conv_block<T, K, S, NU>(rows, ky0, ky1, wv, g.L, ox, acc);
+        for (int u = 0; u < NU; ++u) finish(ox + u * V, acc[u]);
+      }
+      for (; ox < Wo; ox += V) {
+        conv_block<T, K, S, 1>(rows, ky0, ky1, wv, g.L, ox, acc);
+        finish(ox, acc[0]);
+      }
+      if (own) {
+        // gw[ky][kx] += sum_ox gy[ox] * xpad[S*ox + kx]
+        for (int ky = ky0; ky < ky1; ++ky) {
+          const T* r = rows[ky];
+          Vec<T> s[K];
+          DASP_UNROLL
+          for (int kx = 0; kx < K; ++kx) s[kx] = zero;
+          int64_t o = 0;
+          for (; o + V <= Wo; o += V) {
+            const Vec<T> gv = Vec<T>::loadu(G + o);
+            DASP_UNROLL
+            for (int kx = 0; kx < K; ++kx)
+              s[kx] = at::vec::fmadd(gv, Vec<T>::loadu(r + (kx % S) * g.L + kx / S + o), s[kx]);
+          }
+          if (o < Wo) {
+            const int64_t cnt = Wo - o;
+            const Vec<T> gv = Vec<T>::loadu(G + o);
+            DASP_UNROLL
+            for (int kx = 0; kx < K; ++kx) {
+              const Vec<T> xv = Vec<T>::set(zero, Vec<T>::loadu(r + (kx % S) * g.L + kx / S + o), cnt);
+              s[kx] = at::vec::fmadd(gv, xv, s[kx]);
+            }
+          }
+          DASP_UNROLL
+          for (int kx = 0; kx < K; ++kx) gw[ky * K + kx] = gw[ky * K + kx] + s[kx];
+        }
+      }
+      while (next_iy < iyB && last(next_iy) <= oy) emit(next_iy++);
+    }
+    while (next_iy < iyB) emit(next_iy++);
+    for (int i = 0; i < K * K; ++i) a.gw_part[task * K * K + i] = hsum(gw[i]);
+    a.gscale_part[task] = hsum(gs);
+    a.gshift_part[task] = hsum(gh);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// NHWC
+
+// y (or the pre-activation acc) of PX pixels ox, ox+1, ... for channels [c, c + CV*V), the last
+// vector holding only `cl` channels when PARTIAL. Taps kx in [kx0, kx1) for every pixel.
+template <typename T, int PX, int CV, bool PARTIAL>
+inline void nhwc_taps(const T* xn, const T* wt, int64_t W, int64_t C, int64_t K, int64_t S,
+                      int64_t pad, int64_t iy0, int ky0, int ky1, int kx0, int kx1, int64_t ox,
+                      int64_t c, int64_t cl, Vec<T> (&acc)[PX][CV]) {
+  constexpr int V = Vec<T>::size();
+  for (int px = 0; px < PX; ++px)
+    for (int v = 0; v < CV; ++v) acc[px][v] = Vec<T>(T(0));
+  for (int ky = ky0; ky < ky1; ++ky) {
+    const T* xr = xn + (iy0 + ky) * W * C + c;
+    const T* wr = wt + ky * K * C + c;
+    for (int kx = kx0; kx < kx1; ++kx) {
+      Vec<T> wv[CV];
+      DASP_UNROLL
+      for (int v = 0; v < CV; ++v)
+        wv[v] = (PARTIAL && v == CV - 1) ? Vec<T>::loadu(wr + kx * C + v * V, cl)
+                                         : Vec<T>::loadu(wr + kx * C + v * V);
+      const T* xs = xr + ((ox * S) - pad + kx) * C;
+      DASP_UNROLL
+      for (int px = 0; px < PX; ++px) {
+        DASP_UNROLL
+        for (int v = 0; v < CV; ++v) {
+          const T* src = xs + px * S * C + v * V;
+          const Vec<T> xv = (PARTIAL && v == CV - 1) ? Vec<T>::loadu(src, cl) : Vec<T>::loadu(src);
+          acc[px][v] = at::vec::fmadd(xv, wv[v], acc[px][v]);
+        }
+      }
+    }
+  }
+}
+
+// Calls f(ox, npix_tag, kx0, kx1) over the pixels of an output row: border pixels one by one
+// with their clipped tap range, interior pixels in blocks of 4 with all K taps.
+template <typename F>
+inline void nhwc_row_pixels(int64_t Wo, int64_t W, int64_t K, int64_t S, int64_t pad, F&& f) {
+  const int64_t oxL = imin(Wo, ceil_div(pad, S));
+  const int64_t oxR = iclamp(floor_div(W + pad - K, S) + 1, oxL, Wo);
+  auto border = [&](int64_t ox) {
+    const int64_t ix0 = ox * S - pad;
+    const int kx0 = static_cast<int>(imax(0, -ix0));
+    const int kx1 = static_cast<int>(imin(K, W - ix0));
+    f(ox, std::integral_constant<int, 1>{}, kx0, kx1);
+  };
+  for (int64_t ox = 0; ox < oxL; ++ox) border(ox);
+  int64_t ox = oxL;
+  for (; ox + 4 <= oxR; ox += 4) f(ox, std::integral_constant<int, 4>{}, 0, static_cast<int>(K));
+  for (; ox < oxR; ++ox) f(ox, std::integral_constant<int, 1>{}, 0, static_cast<int>(K));
+  for (ox = oxR; ox < Wo; ++ox) border(ox);
+}
+
+// Runs g(c, cv_tag, partial_tag, cl) over channel chunks of 2 vectors, then 1, then a partial one.
+template <typename T, typename G>
+inline void channel_chunks(int64_t C, G&& g) {
+  constexpr int V = Vec<T>::size();
+  int64_t c = 0;
+  for (; c + 2 * V <= C; c += 2 * V)
+    g(c, std::integral_constant<int, 2>{}, std::false_type{}, int64_t(V));
+  for (; c + V <= C; c += V) g(c, std::integral_constant<int, 1>{}, std::false_type{}, int64_t(V));
+  if (c < C) g(c, std::integral_constant<int, 1>{}, std::true_type{}, C - c);
+}
+
+template <typename T>
+void fwd_nhwc(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) {
+  constexpr int V = Vec<T>::size();
+  const int64_t C = p.C, H = p.H, W = p.W, Ho = p.Ho, Wo = p.Wo, K = p.K, S = p.S, pad = p.pad;
+  for (int64_t task = t0; task < t1; ++task) {
+    const int64_t n = task / p.bands, band = task % p.bands;
+    const T* xn = a.x + n * H * W * C;
+    T* yn = a.y + n * Ho * Wo * C;
+    const int64_t oyA = band * Ho / p.bands, oyB = (band + 1) * Ho / p.bands;
+    for (int64_t oy = oyA; oy < oyB; ++oy) {
+      int ky0, ky1;
+      ky_range(oy, S, pad, H, K, ky0, ky1);
+      const int64_t iy0 = oy * S - pad;
+      T* yrow = yn + oy * Wo * C;
+      nhwc_row_pixels(Wo, W, K, S, pad, [&](int64_t ox, auto px_tag, int kx0, int kx1) {
+        constexpr int PX = decltype(px_tag)::value;
+        channel_chunks<T>(C, [&](int64_t c, auto cv_tag, auto part_tag, int64_t cl) {
+          constexpr int CV = decltype(cv_tag)::value;
+          constexpr bool PART = decltype(part_tag)::value;
+          Vec<T> acc[PX][CV];
+          nhwc_taps<T, PX, CV, PART>(xn, a.w, W, C, K, S, pad, iy0, ky0, ky1, kx0, kx1, ox, c, cl,
+                                     acc);
+          for (int v = 0; v < CV; ++v) {
+            const bool part = PART && v == CV - 1;
+            const int64_t cc = c + v * V;
+            const Vec<T> sc = part ? Vec<T>::loadu(a.scale + cc, cl) : Vec<T>::loadu(a.scale + cc);
+            const Vec<T> sh = part ? Vec<T>::loadu(a.shift + cc, cl) : Vec<T>::loadu(a.shift + cc);
+            for (int px = 0; px < PX; ++px)
+              bn_act(acc[px][v], sc, sh, p.relu).store(yrow + (ox + px) * C + cc, part ? cl : V);
+          }
+        });
+      });
+    }
+  }
+}
+
+template <typename T, int K>
+void bwd_nhwc(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) {
+  constexpr int V = Vec<T>::size();
+  const int64_t C = p.C, H = p.H, W = p.W, Ho = p.Ho, Wo = p.Wo, S = p.S, pad = p.pad;
+  const int64_t lp = (K - 1) / S;                    // zero gy pixels left of ox = 0
+  const int64_t LGp = lp + (W - 1 + pad) / S + 2;    // gy pixels per ring row
+  Scratch<T> gring(K * LGp * C);
+  const Vec<T> zero(T(0));
+  for (int64_t task = t0; task < t1; ++task) {
+    const int64_t n = task / p.bands, band = task % p.bands;
+    const T* xn = a.x + n * H * W * C;
+    const T* gn = a.gout + n * Ho * Wo * C;
+    T* gxn = a.gx + n * H * W * C;
+    T* gw = a.gw_part + task * K * K * C;
+    T* gsc = a.gscale_part + task * C;
+    T* gsh = a.gshift_part + task * C;
+    fill(gw, K * K * C, T(0));
+    fill(gsc, C, T(0));
+    fill(gsh, C, T(0));
+    fill(gring.data(), K * LGp * C, T(0));
+    const int64_t oyA = band * Ho / p.bands, oyB = (band + 1) * Ho / p.bands;
+    auto last = [&](int64_t iy) { return imin(Ho - 1, (iy + pad) / S); };
+    const int64_t iyA = band == 0 ? 0 : iclamp(oyA * S - pad, 0, H);
+    const int64_t iyB = band == p.bands - 1 ? H : iclamp(oyB * S - pad, 0, H);
+    const int64_t oyH =
+        iyA < iyB ? imax(0, ceil_div(iyA + pad - K + 1, S)) : oyA;
+    int64_t next_iy = iyA;
+
+    auto emit = [&](int64_t iy) {
+      const T* gys[K] = {};
+      int kys[K];
+      int n_ky = 0;
+      for (int ky = 0; ky < K; ++ky) {
+        const int64_t t = iy + pad - ky;
+        if (t < 0) break;
+        if (t % S) continue;
+        const int64_t oy = t / S;
+        if (oy >= Ho) continue;
+        gys[n_ky] = gring.data() + ((oy % K) * LGp + lp) * C;
+        kys[n_ky++] = ky;
+      }
+      T* gxrow = gxn + iy * W * C;
+      // Pixels ix, ix + S, ... share their taps kx = (ix + pad) mod S, mod S + S, ...
+      auto pix = [&](int64_t ix, auto px_tag) {
+        constexpr int PX = decltype(px_tag)::value;
+        const int kxs = static_cast<int>((ix + pad) % S);
+        channel_chunks<T>(C, [&](int64_t c, auto cv_tag, auto part_tag, int64_t cl) {
+          constexpr int CV = decltype(cv_tag)::value;
+          constexpr bool PART = decltype(part_tag)::value;
+          Vec<T> acc[PX][CV];
+          for (int px = 0; px < PX; ++px)
+            for (int v = 0; v < CV; ++v) acc[px][v] = zero;
+          for (int i = 0; i < n_ky; ++i) {
+            const T* wr = a.w + kys[i] * K * C + c;
+            for (int kx = kxs; kx < K; kx += static_cast<int>(S)) {
+              Vec<T> wv[CV];
+              for (int v = 0; v < CV; ++v)
+                wv[v] = (PART && v == CV - 1) ? Vec<T>::loadu(wr + kx * C + v * V, cl)
+                                              : Vec<T>::loadu(wr + kx * C + v * V);
+              const T* gr = gys[i] + ((ix + pad - kx) / S) * C + c;
+              DASP_UNROLL
+              for (int px = 0; px < PX; ++px) {
+                DASP_UNROLL
+                for (int v = 0; v < CV; ++v) {
+                  const T* src = gr + px * C + v * V;
+                  const Vec<T> gv =
+                      (PART && v == CV - 1) ? Vec<T>::loadu(src, cl) : Vec<T>::loadu(src);
+                  acc[px][v] = at::vec::fmadd(gv, wv[v], acc[px][v]);
+                }
+              }
+            }
+          }
+          for (int px = 0; px < PX; ++px)
+            for (int v = 0; v < CV; ++v)
+              acc[px][v].store(gxrow + (ix + px * S) * C + c + v * V,
+                               (PART && v == CV - 1) ? cl : V);
+        });
+      };
+      for (int64_t r = 0; r < S; ++r) {
+        int64_t ix = r;
+        for (; ix + 3 * S < W; ix += 4 * S) pix(ix, std::integral_constant<int, 4>{});
+        for (; ix < W; ix += S) pix(ix, std::integral_constant<int, 1>{});
+      }
+    };
+
+    for (int64_t oy = oyH; oy < oyB; ++oy) {
+      int ky0, ky1;
+      ky_range(oy, S, pad, H, K, ky0, ky1);
+      const int64_t iy0 = oy * S - pad;
+      const bool own = oy >= oyA;
+      const T* grow = gn + oy * Wo * C;
+      T* G = gring.data() + ((oy % K) * LGp + lp) * C;
+      // gy row (recomputing y), and the scale/shift sums.
+      nhwc_row_pixels(Wo, W, K, S, pad, [&](int64_t ox, auto px_tag, int kx0, int kx1) {
+        constexpr int PX = decltype(px_tag)::value;
+        channel_chunks<T>(C, [&](int64_t c, auto cv_tag, auto part_tag, int64_t cl) {
+          constexpr int CV = decltype(cv_tag)::value;
+          constexpr bool PART = decltype(part_tag)::value;
+          Vec<T> acc[PX][CV];
+          nhwc_taps<T, PX, CV, PART>(xn, a.w, W, C, K, S, pad, iy0, ky0, ky1, kx0, kx1, ox, c, cl,
+                                     acc);
+          for (int v = 0; v < CV; ++v) {
+            const int64_t cnt = (PART && v == CV - 1) ? cl : V;
+            const int64_t cc = c + v * V;
+            const Vec<T> sc = load_n<T>(a.scale + cc, cnt), sh = load_n<T>(a.shift + cc, cnt);
+            Vec<T> s = load_n<T>(gsc + cc, cnt), h = load_n<T>(gsh + cc, cnt);
+            for (int px = 0; px < PX; ++px) {
+              const int64_t off = (ox + px) * C + cc;
+              Vec<T> gv = load_n<T>(grow + off, cnt);
+              if (p.relu)
+                gv = Vec<T>::blendv(zero, gv, at::vec::fmadd(acc[px][v], sc, sh) > zero);
+              (gv * sc).store(G + off, cnt);
+              s = at::vec::fmadd(gv, acc[px][v], s);
+              h = h + gv;
+            }
+            if (own) {
+              s.store(gsc + cc, cnt);
+              h.store(gsh + cc, cnt);
+            }
+          }
+        });
+      });
+      if (own) {
+        // gw[ky][kx][c] += sum_ox gy[ox][c] * x[iy][ox*S - pad + kx][c]
+        const int64_t oxL = imin(Wo, ceil_div(pad, S));
+        const int64_t oxR = iclamp(floor_div(W + pad - K, S) + 1, oxL, Wo);
+        for (int ky = ky0; ky < ky1; ++ky) {
+          const T* xr = xn + (iy0 + ky) * W * C;
+          for (int64_t c = 0; c < C; c += V) {
+            const int64_t cnt = imin(V, C - c);
+            Vec<T> s[K];
+            DASP_UNROLL
+            for (int kx = 0; kx < K; ++kx) s[kx] = zero;
+            auto edge = [&](int64_t ox) {
+              const Vec<T> gv = load_n<T>(G + ox * C + c, cnt);
+              const int64_t ix0 = ox * S - pad;
+              DASP_UNROLL
+              for (int kx = 0; kx < K; ++kx) {
+                if (ix0 + kx < 0 || ix0 + kx >= W) continue;
+                s[kx] = at::vec::fmadd(gv, load_n<T>(xr + (ix0 + kx) * C + c, cnt), s[kx]);
+              }
+            };
+            for (int64_t ox = 0; ox < oxL; ++ox) edge(ox);
+            if (cnt == V) {
+              for (int64_t ox = oxL; ox < oxR; ++ox) {
+                const Vec<T> gv = Vec<T>::loadu(G + ox * C + c);
+                const T* xs = xr + (ox * S - pad) * C + c;
+                DASP_UNROLL
+                for (int kx = 0; kx < K; ++kx)
+                  s[kx] = at::vec::fmadd(gv, Vec<T>::loadu(xs + kx * C), s[kx]);
+              }
+            } else {
+              for (int64_t ox = oxL; ox < oxR; ++ox) edge(ox);
+            }
+            for (int64_t ox = oxR; ox < Wo; ++ox) edge(ox);
+            T* gwr = gw + ky * K * C + c;
+            DASP_UNROLL
+            for (int kx = 0; kx < K; ++kx)
+              (load_n<T>(gwr + kx * C, cnt) + s[kx]).store(gwr + kx * C, cnt);
+          }
+        }
+      }
+      while (next_iy < iyB && last(next_iy) <= oy) emit(next_iy++);
+    }
+    while (next_iy < iyB) emit(next_iy++);
+  }
+}
+
+}  // namespace dw
+}  // namespace dasp_kernels::cpu::DASP_ISA

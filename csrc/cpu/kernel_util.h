@@ -1,0 +1,81 @@
+// Small helpers for the kernel headers, defined inside namespace dasp_kernels::cpu::DASP_ISA so
+// that nothing here is shared (and possibly AVX2-compiled) across translation units.
+#pragma once
+#ifndef DASP_ISA
+#error "define DASP_ISA before including kernel_util.h"
+#endif
+
+#include <ATen/cpu/vec/vec.h>
+
+#include <cstdint>
+#include <cstdlib>
+#if defined(_MSC_VER)
+#include <malloc.h>
+#endif
+#include <new>
+
+#if defined(__GNUC__)
+#define DASP_UNROLL _Pragma("GCC unroll 16")
+#else
+#define DASP_UNROLL
+#endif
+
+namespace dasp_kernels::cpu::DASP_ISA::util {
+
+inline int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
+inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+inline int64_t ceil_div(int64_t a, int64_t b) { return -floor_div(-a, b); }
+
+// Loads n < size() lanes (rest zero) or a full vector.
+template <typename T>
+inline at::vec::Vectorized<T> load_n(const T* p, int64_t n) {
+  return n >= at::vec::Vectorized<T>::size() ? at::vec::Vectorized<T>::loadu(p)
+                                              : at::vec::Vectorized<T>::loadu(p, n);
+}
+
+// Lane sum in lane order (deterministic).
+template <typename T>
+inline T hsum(const at::vec::Vectorized<T>& v) {
+  alignas(64) T tmp[at::vec::Vectorized<T>::size()];
+  v.store(tmp);
+  T s = 0;
+  for (int i = 0; i < at::vec::Vectorized<T>::size(); ++i) s += tmp[i];
+  return s;
+}
+
+// A per-call scratch buffer (std::vector would instantiate std:: templates in this ISA's code).
+template <typename T>
+struct Scratch {
+  T* ptr = nullptr;
+  explicit Scratch(int64_t n) {
+    // 64-byte aligned: T may be an over-aligned at::vec::Vectorized.
+    const size_t bytes = (static_cast<size_t>(n > 0 ? n : 1) * sizeof(T) + 63) / 64 * 64;
+#if defined(_MSC_VER)
+    ptr = static_cast<T*>(_aligned_malloc(bytes, 64));
+#else
+    ptr = static_cast<T*>(std::aligned_alloc(64, bytes));
+#endif
+    if (ptr == nullptr) throw std::bad_alloc();
+  }
+  ~Scratch() {
+#if defined(_MSC_VER)
+    _aligned_free(ptr);
+#else
+    std::free(ptr);
+#endif
+  }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  T* data() const { return ptr; }
+};
+
+template <typename T>
+inline void fill(T* p, int64_t n, T v) {
+  for (int64_t i = 0; i < n; ++i) p[i] = v;
+}
+
+inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
+inline int64_t iclamp(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : (v > hi ? hi : v); }
+
+}  // namespace dasp_kernels::cpu::DASP_ISA::util
