@@ -182,6 +182,12 @@ def _nan_to_none(v):
     return None if isinstance(v, float) and math.isnan(v) else v
 
 
+def jsonable(results):
+    """{mode: {"miou", "iou"}} with undefined (NaN) values as None, for json.dump."""
+    return {m: {"miou": _nan_to_none(r["miou"]), "iou": {k: _nan_to_none(v) for k, v in r["iou"].items()}}
+            for m, r in results.items()}
+
+
 def _tqdm(it, **kw):
     from tqdm import tqdm
     return tqdm(it, dynamic_ncols=True, file=sys.stderr, **kw)
@@ -242,9 +248,7 @@ def run(args):
             if args.json:
                 out = {"split": args.split, "num_images": len(ds), "checkpoint": args.checkpoint,
                        "spatial_path": model.spatial_path, "classes": list(CLASS_NAMES),
-                       "results": {m: {"miou": _nan_to_none(r["miou"]),
-                                       "iou": {k: _nan_to_none(v) for k, v in r["iou"].items()}}
-                                   for m, r in results.items()}}
+                       "results": jsonable(results)}
                 print(json.dumps(out, indent=2))
             else:
                 print(format_table(results, f"BiSeNetV1 ({model.spatial_path} spatial path), "

@@ -13,6 +13,7 @@ a resumed run continues exactly as an uninterrupted one would.
 import argparse
 import copy
 import csv
+import json
 import math
 import os
 import random
@@ -223,6 +224,9 @@ def _train(cfg, resume, explicit, info):
         say("note: no --pretrained ImageNet ResNet18 weights given; training from scratch "
             "(the paper and the reference start from ImageNet weights)")
 
+    ds = CityscapesDataset(cfg["data_root"], cfg["split"],
+                           transform=TrainTransform(cfg["scales"], cfg["crop"], cfg["jitter"]))
+
     torch.manual_seed(cfg["seed"])
     model = BiSeNetV1(NUM_CLASSES, cfg["spatial_path"], aux=True, pretrained=cfg["pretrained"])
     if cfg["init_from"] is not None and ckpt is None:
@@ -253,8 +257,6 @@ def _train(cfg, resume, explicit, info):
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
-    ds = CityscapesDataset(cfg["data_root"], cfg["split"],
-                           transform=TrainTransform(cfg["scales"], cfg["crop"], cfg["jitter"]))
     end = cfg["iters"] if cfg["stop_after"] is None else min(cfg["iters"], start + cfg["stop_after"])
     sampler = StreamBatchSampler(len(ds), cfg["batch_size"], end, cfg["seed"], start, info.rank,
                                  info.world_size)
@@ -323,6 +325,11 @@ def _train(cfg, resume, explicit, info):
         if step % cfg["ckpt_every"] == 0 and step != end:
             save(step)
     bar.close()
+    if info.distributed:
+        # DDP copies rank 0's BatchNorm statistics to the others at the start of each forward, so
+        # after the last step they differ; rank 0's are the ones saved, so all use those.
+        for buf in bare.buffers():
+            dist.broadcast(buf, 0)
     save(step)
     summary = {"step": step, "finished": step >= cfg["iters"], "loss": last_loss,
                "checkpoint": ckpt_path, "log": log_path}
@@ -333,11 +340,15 @@ def _train(cfg, resume, explicit, info):
         summary["model"] = final
         val_root = os.path.join(cfg["data_root"], "leftImg8bit", cfg["val_split"] or "")
         if cfg["val_split"] and os.path.isdir(val_root):
-            from dasp.evaluate import evaluate, format_table
+            from dasp.evaluate import evaluate, format_table, jsonable
             vds = CityscapesDataset(cfg["data_root"], cfg["val_split"])
             res = evaluate(bare, vds, [cfg["val_mode"]], dev, cfg["crop_eval"],
                            progress=cfg["progress"])
             summary["val"] = {m: {"miou": r["miou"], "iou": r["iou"]} for m, r in res.items()}
+            if info.is_main:
+                with open(os.path.join(cfg["out_dir"], "val_results.json"), "w") as f:
+                    json.dump({"step": step, "split": cfg["val_split"], "results": jsonable(res)}, f,
+                              indent=2)
             say(format_table(res, f"{cfg['val_split']} after {step} steps"))
     else:
         say(f"stopped at step {step} of {cfg['iters']}; resume with --resume {ckpt_path}")
