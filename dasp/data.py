@@ -211,31 +211,38 @@ class TrainTransform:
         s = rng.uniform(min(self.scales), max(self.scales))
         h, w = img.shape[:2]
         nh, nw = max(1, math.ceil(h * s)), max(1, math.ceil(w * s))
-        if (nh, nw) != (h, w):
-            img = np.asarray(Image.fromarray(img).resize((nw, nh), Image.BILINEAR))
-            lab = np.asarray(Image.fromarray(lab).resize((nw, nh), Image.NEAREST))
         ch, cw = self.crop
-        ph, pw = max(ch - nh, 0), max(cw - nw, 0)
-        if ph or pw:
-            img = np.pad(img, ((0, ph), (0, pw), (0, 0)))
-            lab = np.pad(lab, ((0, ph), (0, pw)), constant_values=IGNORE_INDEX)
-        top = int(rng.integers(0, img.shape[0] - ch + 1))
-        left = int(rng.integers(0, img.shape[1] - cw + 1))
-        img = img[top:top + ch, left:left + cw]
-        lab = lab[top:top + ch, left:left + cw]
+        # The crop is placed in the scaled (and, where smaller than the crop, bottom/right padded)
+        # image, but only the part of the source under it is resized: the pixels of a full resize
+        # then crop (within rounding), at a fraction of the cost for large images and scales.
+        top = int(rng.integers(0, max(nh, ch) - ch + 1))
+        left = int(rng.integers(0, max(nw, cw) - cw + 1))
+        vh, vw = min(top + ch, nh) - top, min(left + cw, nw) - left
+        sy, sx = h / nh, w / nw
+        box = (left * sx, top * sy, (left + vw) * sx, (top + vh) * sy)
+        part = np.asarray(Image.fromarray(img).resize((vw, vh), Image.BILINEAR, box=box))
+        rows = np.minimum(((top + np.arange(vh) + 0.5) * sy).astype(np.int64), h - 1)
+        cols = np.minimum(((left + np.arange(vw) + 0.5) * sx).astype(np.int64), w - 1)
+        part_lab = lab[rows[:, None], cols[None, :]]
+        img = np.zeros((ch, cw, 3), dtype=np.uint8)
+        lab = np.full((ch, cw), IGNORE_INDEX, dtype=np.uint8)
+        img[:vh, :vw] = part
+        lab[:vh, :vw] = part_lab
         if rng.random() < self.flip_p:
             img, lab = img[:, ::-1], lab[:, ::-1]
-        img = img.astype(np.float32)
+        # In-place torch ops on (H, W, 3): far fewer passes over the crop than numpy expressions.
+        x = torch.from_numpy(np.ascontiguousarray(img)).float()
         if self.jitter:
             lo, hi = max(0.0, 1 - self.jitter), 1 + self.jitter
-            b, c, sat = rng.uniform(lo, hi, size=3)
-            img = np.clip(img * b, 0, 255)
-            grey = img @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-            img = np.clip((img - grey.mean()) * c + grey.mean(), 0, 255)
-            grey = (img @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[..., None]
-            img = np.clip((img - grey) * sat + grey, 0, 255)
-        x = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)).permute(2, 0, 1).div_(255.0)
-        x = x.sub_(torch.tensor(MEAN).view(3, 1, 1)).div_(torch.tensor(STD).view(3, 1, 1))
+            b, c, sat = (float(v) for v in rng.uniform(lo, hi, size=3))
+            luma = torch.tensor([0.299, 0.587, 0.114])
+            x.mul_(b).clamp_(0, 255)
+            m = float((x @ luma).mean())
+            x.sub_(m).mul_(c).add_(m).clamp_(0, 255)
+            grey = (x @ luma).unsqueeze(-1)
+            x.sub_(grey).mul_(sat).add_(grey).clamp_(0, 255)
+        std = torch.tensor(STD) * 255.0
+        x = x.sub_(torch.tensor(MEAN) * 255.0).div_(std).permute(2, 0, 1).contiguous()
         y = torch.from_numpy(np.ascontiguousarray(lab).astype(np.int64))
         return x, y
 

@@ -177,3 +177,27 @@ def test_synthetic_writer_cli(tmp_path, capsys):
         assert getCoreImageFileName(p) == os.path.basename(p).rsplit("_", 2 if "gtFine" in p else 1)[0]
     with pytest.raises(ValueError, match="must be >= 24"):
         write_synthetic(str(tmp_path / "small"), height=16)
+
+
+def test_train_transform_matches_full_resize_then_crop():
+    """Only the crop's source region is resized; the result must be that of resizing the whole
+    image, padding and cropping (the plain recipe), up to rounding."""
+    import math
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (61, 90, 3), dtype=np.uint8)
+    lab = rng.integers(0, 19, (61, 90)).astype(np.uint8)
+    t = TrainTransform(scales=(0.6, 2.2), crop=(64, 64), jitter=0.0, flip_p=0.0)
+    for seed in range(12):
+        x, y = t(img, lab, np.random.default_rng(seed))
+        r = np.random.default_rng(seed)
+        s = r.uniform(0.6, 2.2)
+        nh, nw = math.ceil(61 * s), math.ceil(90 * s)
+        top, left = int(r.integers(0, max(nh, 64) - 63)), int(r.integers(0, max(nw, 64) - 63))
+        full = np.asarray(Image.fromarray(img).resize((nw, nh), Image.BILINEAR)).astype(np.float32)
+        full_lab = np.asarray(Image.fromarray(lab).resize((nw, nh), Image.NEAREST))
+        pad = ((0, max(0, 64 - nh)), (0, max(0, 64 - nw)))
+        ref = np.pad(full, pad + ((0, 0),))[top:top + 64, left:left + 64]
+        ref_lab = np.pad(full_lab, pad, constant_values=IGNORE_INDEX)[top:top + 64, left:left + 64]
+        got = (x.permute(1, 2, 0).numpy() * np.array(STD) + np.array(MEAN)) * 255
+        assert np.abs(got - ref).max() <= 2.01
+        assert (y.numpy() == ref_lab).mean() >= 0.95
