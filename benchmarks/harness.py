@@ -63,11 +63,13 @@ class _L2Flush:
 
 
 def measure_interleaved(fns, *, device="cpu", warmup=2, min_reps=10, max_reps=200,
-                        min_time_s=1.0):
+                        min_time_s=1.0, gap_s=0.001):
     """Time each callable of `fns` ({name: fn}) one call per round, round after round.
 
     Stops after `min_reps` rounds once every callable has run for `min_time_s` in total, or after
-    `max_reps` rounds. Returns {name: Timing}.
+    `max_reps` rounds. On the CPU an untimed pause of `gap_s` before each call lets the worker
+    threads of the previous callable (OpenMP, ONNX Runtime) stop spinning, so they do not compete
+    with the next. Returns {name: Timing}.
     """
     device = torch.device(device)
     cuda = device.type == "cuda"
@@ -99,6 +101,8 @@ def measure_interleaved(fns, *, device="cpu", warmup=2, min_reps=10, max_reps=20
                 spent[k] += ms / 1e3
         else:
             for k, fn in fns.items():
+                if gap_s > 0 and len(fns) > 1:
+                    time.sleep(gap_s)
                 f0 = _minflt()
                 t0 = time.perf_counter()
                 fn()

@@ -125,11 +125,15 @@ def markdown(rows):
 
     out += _targets(work, copy_gbps)
     out += _details(work, provs)
-    notes = sorted({(r["provider"], r["status"], r.get("note", "")) for r in work
-                    if r["status"] not in ("ok", "")})
+    notes = {}
+    for r in work:
+        if r["status"] not in ("ok", ""):
+            wl = notes.setdefault((r["provider"], r["status"], r.get("note", "")), [])
+            if r["workload"] not in wl:
+                wl.append(r["workload"])
     if notes:
         out += ["## Not timed", ""]
-        out += [f"- `{p}` {s}: {n}" for p, s, n in notes]
+        out += [f"- `{p}` {s} ({', '.join(wl)}): {n}" for (p, s, n), wl in sorted(notes.items())]
         out.append("")
     return "\n".join(out) + "\n"
 

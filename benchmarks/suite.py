@@ -325,10 +325,8 @@ def _ours(case, backend, channels_last):
         if not any(counts.values()):
             raise Skip("dasp_kernels.fuse found no DASP stage or depthwise conv to fuse")
         note = "fuse(): " + ", ".join(f"{v} {k}" for k, v in counts.items() if v)
-    xs = case.inputs
-    if channels_last:
-        m = m.to(memory_format=torch.channels_last)
-        xs = tuple(_cl(t) for t in xs)
+    # +cl changes the activations' layout only: the kernels follow the input's memory format.
+    xs = tuple(_cl(t) for t in case.inputs) if channels_last else case.inputs
     return Provider(name, lambda: m(*xs), note=note)
 
 

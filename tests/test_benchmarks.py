@@ -125,20 +125,21 @@ def test_fold_conv_bn_matches_unfolded_bisenet():
 def test_cli_writes_rows_with_environment_per_allocator(tmp_path, capsys):
     rc = bench_cpu.main(["--sizes", "1x3x32x32", "--threads", "1", "--reps", "2",
                          "--workloads", "dwconv_bn_relu/s1", "DASP", "stream", "--stream-mb", "1",
-                         "--allocators", "default", "nommap",
+                         "--allocators", "default", "nofault",
                          "--providers", "eager", "onnxruntime", "ours:reference",
                          "--results-dir", str(tmp_path)])
     assert rc == 0
     rows = harness.read_csv(tmp_path / "cpu.csv")
-    assert {r["allocator"] for r in rows} == {"default", "nommap"}
+    assert {r["allocator"] for r in rows} == {"default", "nofault"}
     assert len({r["run_id"] for r in rows}) == 1
     for r in rows:
         for field in ("timestamp", "cpu_model", "torch_version", "numpy_version", "triton_version",
                       "onnxruntime_version", "git_commit", "allocator_env", "command"):
             assert r[field], field
         assert r["threads"] == "1"
-    nommap = [r for r in rows if r["allocator"] == "nommap"]
-    assert all(r["allocator_env"] == "MALLOC_MMAP_MAX_=0" for r in nommap)
+    nofault = [r for r in rows if r["allocator"] == "nofault"]
+    assert all(r["allocator_env"].startswith("MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=")
+               for r in nofault)
     stream = [r for r in rows if r["kind"] == "stream"]
     assert {r["workload"] for r in stream} == {"stream/copy", "stream/triad"}
     assert all(float(r["gbps"]) > 0 for r in stream)
@@ -146,8 +147,8 @@ def test_cli_writes_rows_with_environment_per_allocator(tmp_path, capsys):
     assert {r["provider"] for r in timed} >= {"eager", "ours:reference"}
     assert all(float(r["p20_ms"]) <= float(r["median_ms"]) <= float(r["p80_ms"]) for r in timed)
     md = (tmp_path / "latest.md").read_text()
-    assert "| DASP | nommap |" in md and "copy GB/s" in md
-    assert "| DASP | nommap |" in capsys.readouterr().out
+    assert "| DASP | nofault |" in md and "copy GB/s" in md
+    assert "| DASP | nofault |" in capsys.readouterr().out
 
 
 def test_append_csv_keeps_old_rows_when_columns_grow(tmp_path):
