@@ -281,14 +281,15 @@ def _train(cfg, resume, explicit, info):
             atomic_save({"format": TRAIN_FORMAT, "step": step, "config": cfg,
                          "model": bare.state_dict(), "optimizer": opt.state_dict(),
                          "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
-                         "rng": _rng_state()}, ckpt_path)
+                         "rng": _rng_state(), "elapsed_s": time.perf_counter() - t0}, ckpt_path)
         distributed.barrier()
 
     from tqdm import tqdm
     bar = tqdm(total=end, initial=start, desc="train", dynamic_ncols=True, file=sys.stderr,
                disable=not (cfg["progress"] and info.is_main))
     acc = torch.zeros(4, dtype=torch.float64, device=dev)
-    n_acc, t_last, t0 = 0, time.perf_counter(), time.perf_counter()
+    t_last = time.perf_counter()
+    n_acc, t0 = 0, t_last - (float(ckpt.get("elapsed_s", 0.0)) if ckpt is not None else 0.0)
     step, last_loss = start, float("nan")
     for imgs, labels, _ in loader:
         imgs = imgs.to(dev, non_blocking=True)
@@ -301,6 +302,7 @@ def _train(cfg, resume, explicit, info):
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
+        lr_used = opt.param_groups[0]["lr"]  # base-group rate of this step (heads get 10x)
         sched.step()
         step += 1
         acc += torch.cat([loss.detach()[None], parts.detach()]).double()
@@ -314,11 +316,11 @@ def _train(cfg, resume, explicit, info):
             now = time.perf_counter()
             if info.is_main:
                 writer.writerow(dict(zip(LOG_FIELDS, [
-                    step, *(f"{v:.6g}" for v in vals), f"{opt.param_groups[0]['lr']:.6g}",
+                    step, *(f"{v:.6g}" for v in vals), f"{lr_used:.6g}",
                     f"{n_acc * cfg['batch_size'] * info.world_size / (now - t_last):.3g}",
                     f"{now - t0:.1f}"])))
                 log_file.flush()
-            bar.set_postfix(loss=f"{vals[0]:.4f}", lr=f"{opt.param_groups[0]['lr']:.3g}")
+            bar.set_postfix(loss=f"{vals[0]:.4f}", lr=f"{lr_used:.3g}")
             acc.zero_()
             n_acc, t_last = 0, now
         bar.update(1)
