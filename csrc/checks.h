@@ -139,4 +139,44 @@ inline void check_dasp_stage(const at::Tensor& x, const at::Tensor& dw_weight,
               ppm_weight.sizes());
 }
 
+// dasp_spatial_path: 7 tensors per stage, each stage checked as dasp_stage checks it, with the
+// input channels of stage i + 1 being the output channels of stage i.
+inline void check_dasp_spatial_path(const at::Tensor& x, at::TensorList params) {
+  const char* op = "dasp_spatial_path";
+  check_rank4_floating(op, x);
+  const int64_t n = static_cast<int64_t>(params.size());
+  TORCH_CHECK(n > 0 && n % 7 == 0, op,
+              ": expected stage_params to hold 7 tensors per stage (dw_weight, dw_scale, "
+              "dw_shift, pw_weight, pw_scale, pw_shift, ppm_weight), got ", n);
+  static const char* names[7] = {"dw_weight", "dw_scale", "dw_shift", "pw_weight",
+                                 "pw_scale",  "pw_shift", "ppm_weight"};
+  int64_t cin = x.size(1);
+  for (int64_t s = 0; s < n / 7; ++s) {
+    const std::string where = std::string(op) + ": stage " + std::to_string(s + 1);
+    const at::Tensor* p = params.data() + 7 * s;
+    for (int i = 0; i < 7; ++i) check_like_x(where.c_str(), x, names[i], p[i]);
+    const at::Tensor& dw = p[0];
+    TORCH_CHECK(dw.dim() == 4 && dw.size(0) == cin && dw.size(1) == 1 && dw.size(2) == dw.size(3),
+                where, ": expected dw_weight of shape [Cin, 1, K, K] with Cin = ", cin, ", got ",
+                dw.sizes());
+    const int64_t k = dw.size(2);
+    TORCH_CHECK(k == 1 || k == 3 || k == 5 || k == 7, where,
+                ": expected an odd kernel size K in 1, 3, 5, 7, got K = ", k);
+    check_vector(where.c_str(), "dw_scale", p[1], cin);
+    check_vector(where.c_str(), "dw_shift", p[2], cin);
+    const at::Tensor& pw = p[3];
+    TORCH_CHECK(pw.dim() == 4 && pw.size(1) == cin && pw.size(2) == 1 && pw.size(3) == 1, where,
+                ": expected pw_weight of shape [Cout, Cin, 1, 1] with Cin = ", cin, ", got ",
+                pw.sizes());
+    const int64_t cout = pw.size(0);
+    check_vector(where.c_str(), "pw_scale", p[4], cout);
+    check_vector(where.c_str(), "pw_shift", p[5], cout);
+    std::vector<int64_t> expected = {cout, cin, 1, 1};
+    TORCH_CHECK(p[6].sizes() == at::IntArrayRef(expected), where,
+                ": expected ppm_weight of shape ", at::IntArrayRef(expected), ", got ",
+                p[6].sizes());
+    cin = cout;
+  }
+}
+
 }  // namespace dasp_kernels

@@ -32,4 +32,9 @@ TORCH_LIBRARY(dasp_kernels, m) {
   m.def("_dasp_stage_backward(Tensor grad_out, Tensor x, Tensor dw_weight, Tensor dw_scale, "
         "Tensor dw_shift, Tensor pw_weight, Tensor pw_scale, Tensor pw_shift, Tensor ppm_weight) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // dasp_stage applied len(stage_params) / 7 times in a row, each stage's 7 tensors in
+  // dasp_stage's order (the DASP spatial path is three stages). Rows flow through all stages
+  // together, so no stage's output but the last goes to memory. Autograd recomputes the
+  // intermediate outputs and calls _dasp_stage_backward per stage.
+  m.def("dasp_spatial_path(Tensor x, Tensor[] stage_params) -> Tensor");
 }

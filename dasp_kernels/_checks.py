@@ -121,6 +121,54 @@ def check_dasp_stage(x, dw_weight, dw_scale, dw_shift, pw_weight, pw_scale, pw_s
                   f"{shape_str(ppm_weight.shape)}")
 
 
+STAGE_PARAM_NAMES = ("dw_weight", "dw_scale", "dw_shift", "pw_weight", "pw_scale", "pw_shift",
+                     "ppm_weight")
+
+
+def check_dasp_spatial_path(x, stage_params, check):
+    op = "dasp_spatial_path"
+    _rank4(op, check, "x", x)
+    _floating(op, check, x)
+    n = len(stage_params)
+    check(n > 0 and n % 7 == 0,
+          lambda: f"{op}: expected stage_params to hold 7 tensors per stage (dw_weight, dw_scale, "
+                  f"dw_shift, pw_weight, pw_scale, pw_shift, ppm_weight), got {n}")
+    cin = x.shape[1]
+    for s in range(n // 7):
+        where = f"{op}: stage {s + 1}"
+        p = stage_params[7 * s:7 * s + 7]
+        _same_device_dtype(where, check, x, list(zip(STAGE_PARAM_NAMES, p)))
+        dw, pw = p[0], p[3]
+        check(dw.dim() == 4 and dw.shape[0] == cin and dw.shape[1] == 1
+              and dw.shape[2] == dw.shape[3],
+              lambda: f"{where}: expected dw_weight of shape [Cin, 1, K, K] with Cin = {cin}, got "
+                      f"{shape_str(dw.shape)}")
+        k = dw.shape[2]
+        check(k in (1, 3, 5, 7),
+              lambda: f"{where}: expected an odd kernel size K in 1, 3, 5, 7, got K = {k}")
+        for name, t in (("dw_scale", p[1]), ("dw_shift", p[2])):
+            check(t.dim() == 1 and t.shape[0] == cin,
+                  lambda: f"{where}: expected {name} of shape [{cin}], got {shape_str(t.shape)}")
+        check(pw.dim() == 4 and pw.shape[1] == cin and pw.shape[2] == 1 and pw.shape[3] == 1,
+              lambda: f"{where}: expected pw_weight of shape [Cout, Cin, 1, 1] with Cin = {cin}, "
+                      f"got {shape_str(pw.shape)}")
+        cout = pw.shape[0]
+        for name, t in (("pw_scale", p[4]), ("pw_shift", p[5])):
+            check(t.dim() == 1 and t.shape[0] == cout,
+                  lambda: f"{where}: expected {name} of shape [{cout}], got {shape_str(t.shape)}")
+        check(list(p[6].shape) == [cout, cin, 1, 1],
+              lambda: f"{where}: expected ppm_weight of shape {shape_str([cout, cin, 1, 1])}, got "
+                      f"{shape_str(p[6].shape)}")
+        cin = cout
+
+
+def dasp_spatial_path_out_shape(x, stage_params):
+    h, w = x.shape[2], x.shape[3]
+    for _ in range(len(stage_params) // 7):
+        h, w = (h + 1) // 2, (w + 1) // 2
+    return (x.shape[0], stage_params[-4].shape[0], h, w)
+
+
 def dasp_stage_out_shape(x, pw_weight):
     return (x.shape[0], pw_weight.shape[0], (x.shape[2] + 1) // 2, (x.shape[3] + 1) // 2)
 

@@ -64,3 +64,25 @@ def dasp_stage(x, dw_weight, dw_scale, dw_shift, pw_weight, pw_scale, pw_shift, 
         _triton()
         return torch.ops.dasp_kernels.dasp_stage_triton(*args)
     return torch.ops.dasp_kernels.dasp_stage(*args)
+
+
+def dasp_spatial_path(x, stage_params, *, backend="auto"):
+    """The whole DASP spatial path in one op: dasp_stage once per 7 tensors of stage_params.
+
+    stage_params: for each stage, (dw_weight, dw_scale, dw_shift, pw_weight, pw_scale, pw_shift,
+    ppm_weight) as dasp_stage takes them, flattened into one list (21 tensors for the paper's
+    three stages 3 -> 64 -> 64 -> 128). On the CPU the stages run row-interleaved, so no stage's
+    output but the last is ever written to memory. Backends without a whole-path kernel run one
+    fused dasp_stage op per stage. The output has x's memory format.
+    """
+    stage_params = list(stage_params)
+    _checks.check_dasp_spatial_path(x, stage_params, _checks.raise_value_error)
+    b = _backends.pick(backend, x, "dasp_spatial_path")
+    if b == "reference":
+        return reference.dasp_spatial_path(x, stage_params)
+    if b == "cpu" or (b == "cuda" and torch._C._dispatch_has_kernel_for_dispatch_key(
+            "dasp_kernels::dasp_spatial_path", "CUDA")):
+        return torch.ops.dasp_kernels.dasp_spatial_path(x, stage_params)
+    for i in range(0, len(stage_params), 7):
+        x = dasp_stage(x, *stage_params[i:i + 7], backend=b)
+    return x

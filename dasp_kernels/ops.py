@@ -64,6 +64,32 @@ def _stage_backward(ctx, grad):
     return torch.ops.dasp_kernels._dasp_stage_backward(grad, *ctx.saved_tensors)
 
 
+def _path_fake(x, stage_params):
+    _checks.check_dasp_spatial_path(x, stage_params, torch._check)
+    return _empty_like_format(x, _checks.dasp_spatial_path_out_shape(x, stage_params))
+
+
+def _path_setup(ctx, inputs, output):
+    x, stage_params = inputs
+    ctx.save_for_backward(x, *stage_params)
+
+
+def _path_backward(ctx, grad):
+    # Recompute each stage's input (only the last stage's output was kept: none), then
+    # differentiate stage by stage from the last.
+    x, *params = ctx.saved_tensors
+    stages = [params[i:i + 7] for i in range(0, len(params), 7)]
+    inputs = [x]
+    for p in stages[:-1]:
+        inputs.append(torch.ops.dasp_kernels.dasp_stage(inputs[-1], *p))
+    grads = [None] * len(params)
+    for s in reversed(range(len(stages))):
+        g = torch.ops.dasp_kernels._dasp_stage_backward(grad, inputs[s], *stages[s])
+        grad = g[0]
+        grads[7 * s:7 * s + 7] = g[1:]
+    return grad, grads
+
+
 def _dwconv_setup(ctx, inputs, output):
     x, weight, scale, shift, stride, padding, relu = inputs
     ctx.save_for_backward(x, weight, scale, shift)
@@ -102,6 +128,9 @@ def register():
     torch.library.register_fake(f"{LIB}::_dasp_stage_backward")(_stage_backward_fake)
     torch.library.register_autograd(f"{LIB}::dasp_stage", _stage_backward,
                                     setup_context=_stage_setup)
+    torch.library.register_fake(f"{LIB}::dasp_spatial_path")(_path_fake)
+    torch.library.register_autograd(f"{LIB}::dasp_spatial_path", _path_backward,
+                                    setup_context=_path_setup)
 
 
 register()

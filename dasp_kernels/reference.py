@@ -27,6 +27,13 @@ def dasp_stage(x, dw_weight, dw_scale, dw_shift, pw_weight, pw_scale, pw_shift, 
     return ppm_add(x, ppm_weight, torch.relu(y))
 
 
+def dasp_spatial_path(x, stage_params):
+    """dasp_stage applied once per 7 tensors of stage_params (the DASP spatial path: 3 stages)."""
+    for i in range(0, len(stage_params), 7):
+        x = dasp_stage(x, *stage_params[i:i + 7])
+    return x
+
+
 def fold_bn(bn):
     """(scale, shift) of an eval-mode BatchNorm2d: scale = gamma / sqrt(var + eps)."""
     var, mean = bn.running_var, bn.running_mean
