@@ -88,7 +88,9 @@ def main():
         # whose torch.library API (triton_op, register_fake, register_autograd) it uses.
         install_requires=["torch>=2.6,<2.16", "numpy"],
         extras_require={
-            "test": ["pytest", "onnx", "onnxruntime", "onnxscript"],
+            "train": ["cityscapesscripts", "tqdm", "pillow"],
+            "test": ["pytest", "onnx", "onnxruntime", "onnxscript", "cityscapesscripts", "tqdm",
+                     "pillow", "matplotlib"],
             "bench": ["onnx", "onnxruntime", "onnxscript", "matplotlib"],
         },
         ext_modules=exts,
