@@ -9,11 +9,11 @@ _USER_ERRORS = (FileNotFoundError, ImageReadError, ValueError)
 
 
 def build_parser():
-    from dasp import evaluate, segment, train
+    from dasp import evaluate, export_onnx, segment, train
 
     ap = argparse.ArgumentParser(prog="dasp", description="BiSeNetV1 with the Depthwise Attention "
                                  "Spatial Path: Cityscapes training, evaluation and a demo.")
-    sub = ap.add_subparsers(dest="command", required=True, metavar="{train,eval,segment}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="{train,eval,segment,export-onnx}")
     p = sub.add_parser("train", help="train on Cityscapes (one process, or several under torchrun)")
     train.add_args(p)
     p.set_defaults(func=train.run)
@@ -23,6 +23,9 @@ def build_parser():
     p = sub.add_parser("segment", help="colour masks and overlays for images")
     segment.add_args(p)
     p.set_defaults(func=segment.run)
+    p = sub.add_parser("export-onnx", help="export BiSeNetV1 to ONNX with a dynamic batch")
+    export_onnx.add_args(p)
+    p.set_defaults(func=export_onnx.run)
     return ap
 
 

@@ -1,5 +1,6 @@
 """Export BiSeNetV1 (either spatial path) to ONNX with a dynamic batch dimension.
 
+    dasp export-onnx --spatial-path dasp ...   (or python -m dasp.export_onnx ...)
     python -m dasp.export_onnx --spatial-path dasp --out bisenetv1_dasp.onnx [--checkpoint FILE]
         [--height 1024 --width 2048] [--no-fuse]
 
@@ -10,15 +11,8 @@ import argparse
 
 import torch
 
+from dasp.checkpoint import load_model
 from dasp.models import BiSeNetV1
-
-
-def load_checkpoint(model, path):
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    model.load_state_dict({k.removeprefix("module."): v for k, v in state.items()}, strict=True)
-    return model
 
 
 def export(model, out, height=1024, width=2048, batch=1):
@@ -32,27 +26,39 @@ def export(model, out, height=1024, width=2048, batch=1):
     return out
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_args(ap):
     ap.add_argument("--spatial-path", choices=["original", "dasp"], default="dasp")
-    ap.add_argument("--num-classes", type=int, default=19)
+    ap.add_argument("--num-classes", type=int, default=19, help="without --checkpoint")
     ap.add_argument("--checkpoint", help="state_dict or training checkpoint to load")
     ap.add_argument("--out", required=True)
     ap.add_argument("--height", type=int, default=1024)
     ap.add_argument("--width", type=int, default=2048)
     ap.add_argument("--no-fuse", action="store_true", help="export the unfused model")
-    args = ap.parse_args(argv)
-    model = BiSeNetV1(args.num_classes, args.spatial_path, aux=False)
+
+
+def run(args):
     if args.checkpoint:
-        # Training checkpoints hold the aux heads: load into a model that has them, then drop them.
-        full = load_checkpoint(BiSeNetV1(args.num_classes, args.spatial_path, aux=True), args.checkpoint)
-        model.load_state_dict(full.state_dict(), strict=False)
+        model = load_model(args.checkpoint, args.spatial_path)
+        # Eval mode never runs the aux heads; drop them from the file.
+        for head in ("conv_out16", "conv_out32"):
+            if hasattr(model, head):
+                delattr(model, head)
+        model.aux = False
+    else:
+        model = BiSeNetV1(args.num_classes, args.spatial_path, aux=False)
     if not args.no_fuse:
         import dasp_kernels
 
         model = dasp_kernels.fuse(model)
     export(model, args.out, args.height, args.width)
     print(f"wrote {args.out}")
+    return 0
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_args(ap)
+    return run(ap.parse_args(argv))
 
 
 if __name__ == "__main__":

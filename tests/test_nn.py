@@ -217,3 +217,16 @@ def test_export_onnx_command(tmp_path):
     subprocess.run([sys.executable, "-m", "dasp.export_onnx", "--spatial-path", "original", "--out",
                     str(out), "--height", "64", "--width", "64"], check=True, capture_output=True)
     assert out.stat().st_size > 1_000_000
+
+
+def test_export_onnx_from_a_checkpoint(tmp_path):
+    ckpt = tmp_path / "w.pth"
+    torch.save(BiSeNetV1(5, "dasp").state_dict(), ckpt)
+    out = tmp_path / "dasp.onnx"
+    from dasp.cli import main
+
+    assert main(["export-onnx", "--checkpoint", str(ckpt), "--out", str(out), "--height", "64",
+                 "--width", "64"]) == 0
+    ort = pytest.importorskip("onnxruntime")
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert sess.run(None, {"image": torch.randn(2, 3, 64, 64).numpy()})[0].shape == (2, 5, 64, 64)
