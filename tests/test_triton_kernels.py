@@ -319,6 +319,17 @@ def test_empty_batch():
     assert all(t.grad is not None and not t.grad.any() for t in inputs)
 
 
+def test_meta_tensors_give_shapes_and_strides():
+    inputs = [t.to("meta") for t in stage_inputs(3, 4, 3, 9, 11, "channels_last")]
+    y = OPS.dasp_stage_triton(*inputs)
+    assert y.device.type == "meta" and y.shape == (2, 4, 5, 6)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    x, w, s, b = (t.to("meta") for t in dw_inputs(3, 9, 11, 3, "contiguous"))
+    gx, gw, gs, gb = OPS._dwconv_bn_relu_backward_triton(torch.empty(2, 3, 9, 11, device="meta"),
+                                                         x, w, s, b, 1, 1, True)
+    assert gx.shape == x.shape and gw.shape == w.shape and gs.shape == gb.shape == (3,)
+
+
 # ---------------------------------------------------------------- errors
 
 def test_direct_op_calls_validate_like_the_wrappers():

@@ -29,7 +29,9 @@ except ImportError:  # pragma: no cover - every triton with an interpreter has t
 
 
 def check_device(op, x):
-    """GPU tensors, or CPU tensors when the kernels were built for the interpreter."""
+    """GPU tensors, CPU tensors when the kernels were built for the interpreter, or meta."""
+    if x.device.type == "meta":  # shapes only: the body then launches nothing
+        return
     if x.device.type == "cpu":
         torch._check(INTERPRET, lambda: (
             f"{op}: got cpu tensors, but the Triton kernels run on the CPU only under the "
@@ -40,7 +42,9 @@ def check_device(op, x):
 
 
 def should_launch(*tensors):
-    """False while tracing with fake tensors under the interpreter: there is nothing to run on."""
+    """False for meta tensors, and for fake ones under the interpreter: nothing to run on."""
+    if any(t.device.type == "meta" for t in tensors):
+        return False
     return not (INTERPRET and any(is_fake(t) for t in tensors))
 
 
@@ -88,8 +92,8 @@ def out_like(x, shape, dtype=None):
     """Uninitialised output of `shape` in x's suggested memory format (as the C++ kernels do)."""
     from dasp_kernels._checks import output_memory_format
 
-    return torch.empty(shape, dtype=dtype or x.dtype, device=x.device).contiguous(
-        memory_format=output_memory_format(x))
+    return torch.empty(shape, dtype=dtype or x.dtype, device=x.device,
+                       memory_format=output_memory_format(x))
 
 
 def num_programs_target(x):
@@ -101,7 +105,7 @@ def num_programs_target(x):
 
 def max_offset(t):
     """Largest element offset a kernel can address in t (its strides may be anything)."""
-    return sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride()) if size > 0)
+    return sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()) if size > 0)
 
 
 # Offsets are int32 unless some tensor reaches this far; the margin covers masked lanes that

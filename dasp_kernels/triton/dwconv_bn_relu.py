@@ -155,12 +155,12 @@ def _tile(x, channels, pixels):
     return bc, pow2(pixels, lo=16, hi=1024 // bc), 4
 
 
-def dw_forward(x, weight, scale, shift, stride, padding, relu, out_dtype=None):
+def dw_forward(x, weight, scale, shift, stride, padding, relu):
     n, c, h, w = x.shape
     k = weight.shape[2]
     oh = _checks.dwconv_out_size(h, k, stride, padding)
     ow = _checks.dwconv_out_size(w, k, stride, padding)
-    y = out_like(x, (n, c, oh, ow), out_dtype)
+    y = out_like(x, (n, c, oh, ow))
     q = n * oh * ow
     if y.numel() == 0 or not should_launch(x, weight, scale, shift):
         return y
