@@ -44,7 +44,7 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 COLUMNS = ["run_id", "timestamp", "device", "allocator", "threads", "workload", "kind", "size",
            "input_shape", "provider", "status", "median_ms", "p20_ms", "p80_ms", "reps", "gflop",
            "gflops", "min_mb", "gbps", "max_abs_diff", "faults_per_call", "speedup_of_ours",
-           "best_ours_ms", "setup_s", "note"]
+           "best_ours_ms", "setup_s", "load_at_case", "note"]
 
 
 def parse_args(argv):

@@ -84,7 +84,10 @@ def markdown(rows):
     out += ["Median ms (20%–80% quantiles) per call, fp32, eval mode, no_grad. Every provider's "
             "output is checked against eager before it is timed. `ours:*` are this library "
             "(`dasp_kernels.fuse(model)` or the op called directly; `+cl`: channels_last input); "
-            "`ours:reference` is the same code path on the pure-PyTorch reference ops.", ""]
+            "`ours:reference` is the same code path on the pure-PyTorch reference ops. `load`: the "
+            "machine's 1-minute load average when the row was measured; above the thread count, "
+            "other processes share the cores and OpenMP (torch) suffers far more than ONNX "
+            "Runtime's work-stealing pool.", ""]
 
     stream = [r for r in rows if r["kind"] == "stream" and _ok(r)]
     copy_gbps = {}
@@ -120,8 +123,10 @@ def markdown(rows):
             peer = _best(cell_rows, lambda p: p in PEER_PROVIDERS)
             ratio = (f"{num(peer['median_ms']) / num(ours['median_ms']):.2f}x vs {peer['provider']}"
                      if ours and peer else "—")
-            body.append([wl, alloc] + cells + [ratio])
-        out += [_table(["workload", "allocator"] + provs + ["best ours vs best peer"], body), ""]
+            load = num(cell_rows[0].get("load_at_case"))
+            body.append([wl, alloc] + cells + [ratio, "" if math.isnan(load) else f"{load:.1f}"])
+        out += [_table(["workload", "allocator"] + provs + ["best ours vs best peer", "load"], body),
+                ""]
 
     out += _targets(work, copy_gbps)
     out += _details(work, provs)

@@ -18,6 +18,7 @@ import copy
 import gc
 import io
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -365,7 +366,8 @@ def run_case(case, *, threads, backends, providers=None, extra=None, timing=None
     timing = dict(timing or {})
     device = case.inputs[0].device
     base = {"workload": case.workload, "kind": case.kind, "size": case.size,
-            "input_shape": case.input_shape, "threads": threads}
+            "input_shape": case.input_shape, "threads": threads,
+            "load_at_case": round(os.getloadavg()[0], 2)}  # other processes skew timings
     if case.kind == "stream":
         t = harness.measure(_stream_fn(case), device=device, **timing)
         nbytes = min_bytes(case, None)
