@@ -32,14 +32,16 @@ def _cases():
         return x.contiguous(memory_format=torch.channels_last) if cl else x
 
     def dw(dtype, cl, k, backward):
-        x, w, s = t(2, 64, 64, 64, dtype=dtype, cl=cl), t(64, 1, k, k, dtype=dtype), t(64, dtype=dtype)
+        x, w = t(2, 64, 64, 64, dtype=dtype, cl=cl), t(64, 1, k, k, dtype=dtype)
+        s = t(64, dtype=dtype)
         if backward:
             return lambda: dw_backward(t(2, 64, 32, 32, dtype=dtype, cl=cl), x, w, s, s, 2, k // 2,
                                        True)
         return lambda: dw_forward(x, w, s, s, 2, k // 2, True)
 
     def ppm(dtype, cin, backward):
-        x, w, r = t(2, cin, 64, 64, dtype=dtype), t(64, cin, 1, 1, dtype=dtype), t(2, 64, 32, 32, dtype=dtype)
+        x, w = t(2, cin, 64, 64, dtype=dtype), t(64, cin, 1, 1, dtype=dtype)
+        r = t(2, 64, 32, 32, dtype=dtype)
         return (lambda: ppm_backward(r, x, w)) if backward else (lambda: ppm_forward(x, w, r))
 
     def stage(dtype, cin, cout, k):
@@ -86,6 +88,7 @@ def compile_all():
 
     for module in (dwconv_bn_relu, ppm_add, dasp_stage):
         module.wrap_triton = Record
+        module.should_launch = lambda *tensors: True  # meta tensors: record, never run
     results, seen = [], set()
     for label, launch in _cases():
         del launches[:]

@@ -217,7 +217,8 @@ def _ppm_add_backward_triton(grad_out: torch.Tensor, x: torch.Tensor,
         expected = [x.shape[0], weight.shape[0], (x.shape[2] + 1) // 2, (x.shape[3] + 1) // 2]
         torch._check(list(grad_out.shape) == expected,
                      lambda: f"_ppm_add_backward: expected grad_out of shape "
-                             f"{_checks.shape_str(expected)}, got {_checks.shape_str(grad_out.shape)}")
+                             f"{_checks.shape_str(expected)}, got "
+                             f"{_checks.shape_str(grad_out.shape)}")
     torch._check(grad_out.device == x.device and grad_out.dtype == x.dtype,
                  lambda: f"_ppm_add_backward: expected grad_out on {x.device} with dtype "
                          f"{_checks.dtype_str(x.dtype)}, got {grad_out.device} and "
