@@ -1,5 +1,4 @@
 """Which backends this install can run, and which one "auto" picks."""
-import functools
 import importlib.util
 import os
 
@@ -20,9 +19,11 @@ def triton_interpret():
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-@functools.lru_cache(None)
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+
+
 def _triton_installed():
-    return importlib.util.find_spec("triton") is not None
+    return _TRITON_INSTALLED
 
 
 def backend_status():

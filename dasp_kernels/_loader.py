@@ -16,8 +16,11 @@ def has_cpu_extension() -> bool:
     return _C is not None
 
 
+# Asked once here: dynamo cannot trace the dispatcher query inside a compiled function.
+_BUILT_WITH_CUDA = _C is not None and torch._C._dispatch_has_kernel_for_dispatch_key(
+    "dasp_kernels::dwconv_bn_relu", "CUDA")
+
+
 def built_with_cuda() -> bool:
     """True when the extension holds CUDA kernels (whether or not a GPU is present)."""
-    if _C is None:
-        return False
-    return torch._C._dispatch_has_kernel_for_dispatch_key("dasp_kernels::dwconv_bn_relu", "CUDA")
+    return _BUILT_WITH_CUDA
