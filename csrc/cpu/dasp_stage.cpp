@@ -26,8 +26,10 @@
 #endif
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <mutex>
 #include <vector>
 
@@ -332,22 +334,88 @@ DASP_AVX2 inline void dw_cv_px(const float* const* rows, int64_t w_in, int64_t s
   }
 }
 
+// NP consecutive interior output pixels (every tap inside the row), channel vectors. The NP
+// pixels share input columns (stride 2), so each of the 2 NP + K - 2 columns of a row is loaded
+// once. The 2x2 pool reads columns and rows the taps already load, so it is taken on the way.
+template <int K, int NP>
+DASP_AVX2 inline void dw_pool_cv_group(const float* const* rows, int64_t s_w, int64_t cin,
+                                       const float* wdw, const float* shift, int64_t ox, float* d,
+                                       float* q) {
+  constexpr int P = K / 2, NC = 2 * NP + K - 2;
+  static_assert(P >= 1, "the pool needs the taps of rows and columns 2y, 2y + 1");
+  const __m256 zero = _mm256_setzero_ps();
+  const __m256 lowest = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  for (int64_t cv = 0; cv < cin; cv += 8) {
+    __m256 acc[NP], pm[NP];
+#pragma GCC unroll 8
+    for (int j = 0; j < NP; ++j) {
+      acc[j] = zero;
+      pm[j] = lowest;
+    }
+#pragma GCC unroll 8
+    for (int ky = 0; ky < K; ++ky) {
+      if (!rows[ky]) continue;  // zero padding rows (and a missing row 2y + 1 for the pool)
+      const float* r = rows[ky] + (2 * ox - P) * s_w + cv;
+      __m256 w[K];
+#pragma GCC unroll 8
+      for (int kx = 0; kx < K; ++kx) w[kx] = _mm256_loadu_ps(wdw + (ky * K + kx) * cin + cv);
+#pragma GCC unroll 32
+      for (int c = 0; c < NC; ++c) {
+        const __m256 v = _mm256_loadu_ps(r);
+        r += s_w;
+#pragma GCC unroll 8
+        for (int j = 0; j < NP; ++j) {
+          const int kx = c - 2 * j;
+          if (kx >= 0 && kx < K) acc[j] = _mm256_fmadd_ps(w[kx], v, acc[j]);
+          if ((ky == P || ky == P + 1) && (kx == P || kx == P + 1)) pm[j] = _mm256_max_ps(pm[j], v);
+        }
+      }
+    }
+    const __m256 sh = _mm256_loadu_ps(shift + cv);
+#pragma GCC unroll 8
+    for (int j = 0; j < NP; ++j) {
+      _mm256_storeu_ps(d + j * cin + cv, _mm256_max_ps(_mm256_add_ps(acc[j], sh), zero));
+      _mm256_storeu_ps(q + j * cin + cv, pm[j]);
+    }
+  }
+}
+
+// 2x2 ceil-mode max pool, channel vectors: q[i * cin + c].
+DASP_AVX2 void pool_cv(const float* r0, const float* r1, int64_t w_in, int64_t s_w, int64_t cin,
+                       int64_t ox0, int64_t n, float* q);
+
+// Depthwise result d and pooled input q of output pixels [ox0, ox0 + n), channel vectors.
 template <int K>
-DASP_AVX2 void dw_cv(const float* const* rows, int64_t w_in, int64_t s_w, int64_t cin,
-                     const float* wdw, const float* shift, int64_t ox0, int64_t n, float* d) {
+DASP_AVX2 void dw_cv(const float* const* rows, const float* pr0, const float* pr1, int64_t w_in,
+                     int64_t s_w, int64_t cin, const float* wdw, const float* shift, int64_t ox0,
+                     int64_t n, float* d, float* q) {
   constexpr int64_t P = K / 2;
+  constexpr int NP = 4;
+  const int64_t end = ox0 + n;
   // Interior: 0 <= 2 ox - P and 2 ox + P <= w_in - 1.
-  const int64_t lo = std::max<int64_t>(ox0, (P + 1) / 2);
-  const int64_t hi = std::min<int64_t>(ox0 + n, std::max<int64_t>(lo, (w_in - 1 - P) / 2 + 1));
-  int64_t ox = ox0;
-  for (; ox < std::min(lo, ox0 + n); ++ox)
+  const int64_t lo = std::min(end, std::max<int64_t>(ox0, (P + 1) / 2));
+  const int64_t hi = std::min<int64_t>(end, std::max<int64_t>(lo, (w_in - 1 - P) / 2 + 1));
+  if (P == 0) {  // K = 1: no shared taps; the pool reads its own rows and columns
+    for (int64_t ox = ox0; ox < end; ++ox)
+      dw_cv_px<K, false, 1>(rows, w_in, s_w, cin, wdw, shift, ox, d + (ox - ox0) * cin);
+    pool_cv(pr0, pr1, w_in, s_w, cin, ox0, n, q);
+    return;
+  }
+  for (int64_t ox = ox0; ox < lo; ++ox)
     dw_cv_px<K, true, 1>(rows, w_in, s_w, cin, wdw, shift, ox, d + (ox - ox0) * cin);
-  for (; ox + 4 <= hi; ox += 4)
-    dw_cv_px<K, false, 4>(rows, w_in, s_w, cin, wdw, shift, ox, d + (ox - ox0) * cin);
-  for (; ox < hi; ++ox)
-    dw_cv_px<K, false, 1>(rows, w_in, s_w, cin, wdw, shift, ox, d + (ox - ox0) * cin);
-  for (; ox < ox0 + n; ++ox)
-    dw_cv_px<K, true, 1>(rows, w_in, s_w, cin, wdw, shift, ox, d + (ox - ox0) * cin);
+  pool_cv(pr0, pr1, w_in, s_w, cin, ox0, lo - ox0, q);
+  int64_t ox = lo;
+  if constexpr (P > 0) {
+    for (; ox + NP <= hi; ox += NP)
+      dw_pool_cv_group<K, NP>(rows, s_w, cin, wdw, shift, ox, d + (ox - ox0) * cin,
+                              q + (ox - ox0) * cin);
+    for (; ox < hi; ++ox)
+      dw_pool_cv_group<K, 1>(rows, s_w, cin, wdw, shift, ox, d + (ox - ox0) * cin,
+                             q + (ox - ox0) * cin);
+  }
+  for (int64_t x = ox; x < end; ++x)
+    dw_cv_px<K, true, 1>(rows, w_in, s_w, cin, wdw, shift, x, d + (x - ox0) * cin);
+  pool_cv(pr0, pr1, w_in, s_w, cin, ox, end - ox, q + (ox - ox0) * cin);
 }
 
 // 2x2 ceil-mode max pool, channel vectors: q[i * cin + c].
@@ -424,8 +492,8 @@ DASP_AVX2 void dw_pv(const float* const* ev, const float* const* od, const float
 
 using DwPvFn = void (*)(const float* const*, const float* const*, const float*, float, int64_t,
                         int64_t, float*);
-using DwCvFn = void (*)(const float* const*, int64_t, int64_t, int64_t, const float*,
-                        const float*, int64_t, int64_t, float*);
+using DwCvFn = void (*)(const float* const*, const float*, const float*, int64_t, int64_t,
+                        int64_t, const float*, const float*, int64_t, int64_t, float*, float*);
 
 DwPvFn pick_dw_pv(int64_t k) {
   switch (k) {
@@ -449,10 +517,11 @@ DASP_AVX2 void store_tile_avx2(const float* o, int64_t ldo, int64_t npx, int64_t
                                int64_t o_sw, int64_t o_sc) {
   if (o_sw == 1 && o_sc != 1) {
     // Transposed store (channels-first output): 8 pixels x 8 channels at a time.
-    int64_t i = 0;
-    for (; i + 8 <= npx; i += 8) {
-      int64_t co = 0;
-      for (; co + 8 <= cout; co += 8) {
+    // Channels outer: the planes of a channels-first output lie a power of two apart and would
+    // all fall into the same cache sets if every channel were written for each 8 pixels.
+    const int64_t npx8 = npx / 8 * 8, cout8 = cout / 8 * 8;
+    for (int64_t co = 0; co < cout8; co += 8) {
+      for (int64_t i = 0; i < npx8; i += 8) {
         __m256 r[8];
         for (int j = 0; j < 8; ++j) r[j] = _mm256_loadu_ps(o + (i + j) * ldo + co);
         const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
@@ -469,11 +538,11 @@ DASP_AVX2 void store_tile_avx2(const float* o, int64_t ldo, int64_t npx, int64_t
                              _mm256_permute2f128_ps(u2, u6, 0x31), _mm256_permute2f128_ps(u3, u7, 0x31)};
         for (int j = 0; j < 8; ++j) _mm256_storeu_ps(out + (co + j) * o_sc + i, c[j]);
       }
-      for (; co < cout; ++co)
-        for (int j = 0; j < 8; ++j) out[co * o_sc + i + j] = o[(i + j) * ldo + co];
+      for (int64_t j = 0; j < 8; ++j)
+        for (int64_t i = npx8; i < npx; ++i) out[(co + j) * o_sc + i] = o[i * ldo + co + j];
     }
-    for (; i < npx; ++i)
-      for (int64_t co = 0; co < cout; ++co) out[co * o_sc + i] = o[i * ldo + co];
+    for (int64_t co = cout8; co < cout; ++co)
+      for (int64_t i = 0; i < npx; ++i) out[co * o_sc + i] = o[i * ldo + co];
     return;
   }
   store_tile<float>(o, ldo, npx, cout, out, o_sw, o_sc);
@@ -496,8 +565,8 @@ DASP_AVX2 void row_avx2(const RowJob<float>& job) {
     const DwCvFn dw = pick_dw_cv(k);
     for (int64_t ox0 = 0; ox0 < job.wo; ox0 += chunk) {
       const int64_t n = std::min(chunk, job.wo - ox0);
-      dw(rows, in.w, in.s_w, cin, sw.dw.data(), sw.dw_shift.data(), ox0, n, scr.d);
-      pool_cv(pr0, pr1, in.w, in.s_w, cin, ox0, n, scr.q);
+      dw(rows, pr0, pr1, in.w, in.s_w, cin, sw.dw.data(), sw.dw_shift.data(), ox0, n, scr.d,
+         scr.q);
       float* dst = direct ? job.out + ox0 * job.o_sw : tile;
       gemm_chunk<false>(sw, n, scr.d, scr.q, cin, dst, ldt);
       if (!direct) store_tile_avx2(tile, ldt, n, sw.cout, job.out + ox0 * job.o_sw, job.o_sw, job.o_sc);
@@ -657,12 +726,17 @@ void run_chain(const at::Tensor& x, const std::vector<StageWeights<T>>& stages, 
   if (N == 0 || hf == 0 || ws[S] == 0) return;
   const RowFn<T> row_fn = pick_row_fn<T>();
   const bool generic = row_fn == row_generic<T>;
-  // Bands: enough for every thread, but no more (each band recomputes a halo in earlier stages).
-  const int64_t threads = at::get_num_threads();
-  const int64_t bands = std::min<int64_t>(hf, std::max<int64_t>(1, (threads + N - 1) / N));
+  // Bands of output rows, handed out one at a time: a few per thread, so that a thread slowed
+  // down by other work on the machine does not hold up the others, but not thinner than 8 rows
+  // (each band recomputes a one-row halo in every earlier stage).
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t per_image = threads == 1 ? 1 : (4 * threads + N - 1) / N;
+  const int64_t bands = std::clamp<int64_t>(per_image, 1, std::max<int64_t>(1, hf / 8));
+  const int64_t items = N * bands;
+  std::atomic<int64_t> next_item{0};
   const T* xd = x.data_ptr<T>();
   T* od = out.data_ptr<T>();
-  at::parallel_for(0, N * bands, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, std::min(threads, items), 1, [&](int64_t, int64_t) {
     std::vector<Level<T>> lv(S);
     size_t bytes = 0;
     for (int64_t s = 0; s < S; ++s) {
@@ -693,7 +767,7 @@ void run_chain(const at::Tensor& x, const std::vector<StageWeights<T>>& stages, 
       std::fill(scr.dl, scr.dl + scr.dl_cap * sw.cin * 2 * scr.wd, T(0));
       if (s + 1 < S) lv[s].ring = wsp.take<T>(lv[s].ring_cap * lv[s].wo * sw.cout);
     }
-    for (int64_t item = begin; item < end; ++item) {
+    for (int64_t item = next_item++; item < items; item = next_item++) {
       const int64_t n = item / bands, band = item % bands;
       const int64_t r0 = hf * band / bands, r1 = hf * (band + 1) / bands;
       for (int64_t s = 0; s < S; ++s) std::fill(lv[s].scr.dl_tag, lv[s].scr.dl_tag + lv[s].scr.dl_cap, -1);
