@@ -4,7 +4,8 @@ its output against the eager reference, then time those that pass side by side.
 Workloads (names for --workloads; a group name or a prefix selects several):
   ops     dwconv_bn_relu/s{1,2,3}, ppm_add/s{1,2,3}, dasp_stage/s{1,2,3}: each fused op at the input
           of DASP stage 1, 2, 3 (Table I: 3x1024x1024 K7 3->64, 64x512x512 K3 64->64,
-          64x256x256 K3 64->128 for a 1x3x1024x1024 image), called directly
+          64x256x256 K3 64->128 for a 1x3x1024x1024 image), called directly; dasp_spatial_path:
+          the whole-path op (all three stages in one call)
   stages  DASPStage/s{1,2,3}: the nn.Module of each stage
   paths   SpatialPath (original), DASP (DepthwiseAttentionSpatialPath)
   models  BiSeNetV1/original, BiSeNetV1/dasp
@@ -30,13 +31,13 @@ from torch.utils.flop_counter import FlopCounterMode
 import dasp_kernels
 from benchmarks import harness
 from dasp.models import BiSeNetV1, DASPStage, DepthwiseAttentionSpatialPath, SpatialPath
-from dasp_kernels import reference
+from dasp_kernels import functional, reference
 
 # (cin, cout, k) of the three DASP stages; stage i sees the image downsampled 2**(i-1) times.
 STAGES = {"s1": (3, 64, 7), "s2": (64, 64, 3), "s3": (64, 128, 3)}
 OPS = ("dwconv_bn_relu", "ppm_add", "dasp_stage")
 GROUPS = {
-    "ops": [f"{op}/{s}" for op in OPS for s in STAGES],
+    "ops": [f"{op}/{s}" for op in OPS for s in STAGES] + ["dasp_spatial_path"],
     "stages": [f"DASPStage/{s}" for s in STAGES],
     "paths": ["SpatialPath", "DASP"],
     "models": ["BiSeNetV1/original", "BiSeNetV1/dasp"],
@@ -115,17 +116,19 @@ class _PPMAddOp(nn.Module):
         return dasp_kernels.ppm_add(x, self.weight, residual, backend=self.backend)
 
 
+def _stage_params(stage):
+    """dasp_stage's seven weight arguments of a DASPStage, BN folded."""
+    dws, dwb = reference.fold_bn(stage.dw.bn)
+    pws, pwb = reference.fold_bn(stage.pw.bn)
+    return [nn.Parameter(t.detach().clone(), requires_grad=False)
+            for t in (stage.dw.conv.weight, dws, dwb, stage.pw.conv.weight, pws, pwb,
+                      stage.ppm.conv.weight)]
+
+
 class _StageOp(nn.Module):
     def __init__(self, stage, backend=None):
         super().__init__()
-
-        def p(t):
-            return nn.Parameter(t.detach().clone(), requires_grad=False)
-
-        dws, dwb = reference.fold_bn(stage.dw.bn)
-        pws, pwb = reference.fold_bn(stage.pw.bn)
-        self.params = nn.ParameterList([p(stage.dw.conv.weight), p(dws), p(dwb), p(stage.pw.conv.weight),
-                                        p(pws), p(pwb), p(stage.ppm.conv.weight)])
+        self.params = nn.ParameterList(_stage_params(stage))
         self.backend = backend
 
     def forward(self, x):
@@ -134,7 +137,23 @@ class _StageOp(nn.Module):
         return dasp_kernels.dasp_stage(x, *self.params, backend=self.backend)
 
 
-_OP_MODULES = {"dwconv_bn_relu": _DWConvOp, "ppm_add": _PPMAddOp, "dasp_stage": _StageOp}
+class _PathOp(nn.Module):
+    def __init__(self, path, backend=None):
+        super().__init__()
+        self.params = nn.ParameterList([p for st in (path.stage1, path.stage2, path.stage3)
+                                        for p in _stage_params(st)])
+        self.backend = backend
+
+    def forward(self, x):
+        if self.backend is None:
+            for i in range(0, len(self.params), 7):
+                x = reference.dasp_stage(x, *self.params[i:i + 7])
+            return x
+        return functional.dasp_spatial_path(x, list(self.params), backend=self.backend)
+
+
+_OP_MODULES = {"dwconv_bn_relu": _DWConvOp, "ppm_add": _PPMAddOp, "dasp_stage": _StageOp,
+               "dasp_spatial_path": _PathOp}
 
 
 @dataclass
@@ -145,7 +164,7 @@ class Case:
     size: str            # the image size the case derives from, e.g. 1x3x1024x1024
     module: nn.Module    # the eager reference, eval mode (None for stream)
     inputs: tuple
-    op_stage: DASPStage = None  # for ops: the stage the weights come from
+    source: nn.Module = None  # for ops: the DASPStage / DASP path the weights come from
 
     @property
     def input_shape(self):
@@ -175,7 +194,11 @@ def make_case(workload, shape, device="cpu", stream_mb=256, seed=0):
                                    generator=gen),)
         module = _OP_MODULES[name](stage).eval()
         return Case(workload, "op", size, module.to(device), tuple(t.to(device) for t in inputs),
-                    op_stage=stage.to(device))
+                    source=stage.to(device))
+    if workload == "dasp_spatial_path":
+        path = _randomize_bn(DepthwiseAttentionSpatialPath(), gen).eval().to(device)
+        return Case(workload, "op", size, _PathOp(path).eval().to(device),
+                    (torch.randn(shape, generator=gen).to(device),), source=path)
     if workload in ("SpatialPath", "DASP"):
         module = SpatialPath() if workload == "SpatialPath" else DepthwiseAttentionSpatialPath()
         kind = "path"
@@ -318,7 +341,9 @@ def _ours(case, backend, channels_last):
         raise Skip("triton on the CPU runs only in the interpreter: not a performance backend")
     name = f"ours:{backend}" + ("+cl" if channels_last else "")
     if case.kind == "op":
-        m = type(case.module)(case.op_stage, backend=backend).eval()
+        if not hasattr(functional, case.workload.split("/")[0]):
+            raise Skip(f"this dasp_kernels has no {case.workload.split('/')[0]}")
+        m = type(case.module)(case.source, backend=backend).eval()
         note = f"dasp_kernels.{case.workload.split('/')[0]}(backend={backend!r})"
     else:
         m = dasp_kernels.fuse(case.module, backend=backend)
