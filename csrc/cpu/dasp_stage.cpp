@@ -143,10 +143,7 @@ int64_t window_rows(int64_t p) { return p + std::max<int64_t>(p, 1) + 1; }
 
 // Which layout the depthwise step uses for an input: channel vectors when channels are contiguous
 // and a multiple of 8, else pixel vectors over de-interleaved (even / odd column) rows.
-template <typename T>
-bool use_channel_vectors(const Rows<T>& in, int64_t cin) {
-  return in.s_c == 1 && cin % 8 == 0;
-}
+bool use_channel_vectors(int64_t s_c, int64_t cin) { return s_c == 1 && cin % 8 == 0; }
 
 // ---------------------------------------------------------------------------------------------
 // Generic kernels: plain loops, any dtype, any CPU.
@@ -557,7 +554,7 @@ DASP_AVX2 void row_avx2(const RowJob<float>& job) {
   const bool direct = job.o_sc == 1 && sw.cout % kNR == 0;
   float* tile = direct ? nullptr : scr.o;
   const int64_t ldt = direct ? job.o_sw : sw.cout_pad;
-  if (use_channel_vectors(in, cin)) {
+  if (use_channel_vectors(in.s_c, cin)) {
     const float* rows[kMaxK];
     for (int64_t ky = 0; ky < k; ++ky) rows[ky] = in.row(2 * oy - p + ky);
     const float* pr0 = in.row(2 * oy);
@@ -746,8 +743,11 @@ void run_chain(const at::Tensor& x, const std::vector<StageWeights<T>>& stages, 
       lv[s].ho = hs[s + 1];
       lv[s].wo = ws[s + 1];
       lv[s].ring_cap = s + 1 < S ? window_rows(stages[s + 1].p) : 0;
-      // The pixel-vector path caches de-interleaved input rows (only where it may run).
-      const int64_t dl_cap = generic ? 0 : window_rows(stages[s].p);
+      // The pixel-vector path caches de-interleaved input rows (only where it runs). Stages
+      // after the first read channels-last rings.
+      const bool pixel_vectors = !use_channel_vectors(s == 0 ? x.stride(1) : 1, stages[s].cin);
+      const int64_t dl_cap = generic || !pixel_vectors ? 0 : window_rows(stages[s].p);
+      lv[s].scr.dl_cap = dl_cap;
       bytes += scratch_bytes(stages[s], lv[s].wo, dl_cap, s + 1 < S, lv[s].ring_cap);
     }
     Workspace& wsp = thread_workspace();
@@ -759,7 +759,6 @@ void run_chain(const at::Tensor& x, const std::vector<StageWeights<T>>& stages, 
       scr.d = wsp.take<T>(scr.chunk * sw.cin);
       scr.q = wsp.take<T>(scr.chunk * sw.cin);
       scr.o = wsp.take<T>(scr.chunk * sw.cout_pad);
-      scr.dl_cap = generic ? 0 : window_rows(sw.p);
       scr.wd = kHalo + round_up(lv[s].wo, scr.chunk) + 8;
       scr.dl = wsp.take<T>(scr.dl_cap * sw.cin * 2 * scr.wd);
       scr.dl_tag = wsp.take<int64_t>(scr.dl_cap);
