@@ -165,6 +165,39 @@ class FusedDASPStage(nn.Module):
                                      pw_scale, pw_shift, self.ppm.conv.weight, backend=self.backend)
 
 
+class FusedDASPSpatialPath(nn.Module):
+    """A chain of DASP stages (the DASP spatial path) run as one op in eval mode: on the CPU the
+    stages are interleaved row by row, so no intermediate feature map goes to memory. Keeps the
+    child names of the module it replaces (stage1, stage2, ...)."""
+
+    def __init__(self, stages, backend="auto"):
+        super().__init__()
+        for name, stage in stages.items():
+            if not isinstance(stage, FusedDASPStage):
+                stage = FusedDASPStage(stage.dw, stage.pw, stage.ppm, backend)
+            self.add_module(name, stage)
+        self.backend = backend
+
+    @classmethod
+    def from_unfused(cls, path, backend="auto"):
+        path = copy.deepcopy(path)
+        return cls(dict(path.named_children()), backend=backend)
+
+    def forward(self, x):
+        stages = list(self.children())
+        if self.training or _onnx_exporting():
+            for stage in stages:
+                x = stage(x)
+            return x
+        params = []
+        for st in stages:
+            dw_scale, dw_shift = _folded(st.dw.conv, st.dw.bn)
+            pw_scale, pw_shift = _folded(st.pw.conv, st.pw.bn)
+            params += [st.dw.conv.weight, dw_scale, dw_shift, st.pw.conv.weight, pw_scale,
+                       pw_shift, st.ppm.conv.weight]
+        return functional.dasp_spatial_path(x, params, backend=self.backend)
+
+
 def _is_conv_bn_relu_seq(m):
     """nn.Sequential-like module whose children are exactly conv, bn[, relu] in that order."""
     names = list(m._modules)
@@ -186,6 +219,12 @@ def _is_dasp_stage(m):
         return False
 
 
+def _is_dasp_path(m):
+    """Modules that declare they apply their children, all DASP stages, in order."""
+    return (getattr(type(m), "dasp_kernels_pattern", None) == "dasp_spatial_path"
+            and len(m._modules) > 0 and all(_is_dasp_stage(c) for c in m.children()))
+
+
 def _fuse_sequential_runs(seq, backend, counts):
     """In an nn.Sequential, [depthwise Conv2d, BatchNorm2d, ReLU?] runs become one fused module
     at the conv's index and Identity after it (their state_dict keys change: see fuse)."""
@@ -196,7 +235,8 @@ def _fuse_sequential_runs(seq, backend, counts):
         if (_depthwise_conv_problem(conv) is None and type(bn) is nn.BatchNorm2d
                 and bn.num_features == conv.out_channels and bn.track_running_stats):
             relu = i + 2 < len(names) and _is_relu(seq._modules[names[i + 2]])
-            seq._modules[names[i]] = FusedDWConvBNReLU(conv, bn, relu=relu, backend=backend)
+            seq._modules[names[i]] = FusedDWConvBNReLU(conv, bn, relu=relu,
+                                                       backend=backend).train(conv.training)
             seq._modules[names[i + 1]] = nn.Identity()
             if relu:
                 seq._modules[names[i + 2]] = nn.Identity()
@@ -221,27 +261,35 @@ def fuse(model, backend="auto"):
     model = copy.deepcopy(model)
     counts = {"dasp_stage": 0, "dwconv_bn_relu": 0}
 
+    def replacement(child):
+        if _is_dasp_path(child):
+            counts["dasp_stage"] += len(child._modules)
+            return FusedDASPSpatialPath(dict(child.named_children()), backend)
+        if _is_dasp_stage(child):
+            counts["dasp_stage"] += 1
+            return FusedDASPStage(child.dw, child.pw, child.ppm, backend)
+        if _is_conv_bn_relu_seq(child):
+            counts["dwconv_bn_relu"] += 1
+            return FusedDWConvBNReLU(child.conv, child.bn, relu=hasattr(child, "relu"),
+                                     backend=backend)
+        return None
+
     def visit(parent):
         for name, child in list(parent._modules.items()):
-            if child is None or isinstance(child, (FusedDASPStage, FusedDWConvBNReLU)):
+            if child is None or isinstance(child, (FusedDASPSpatialPath, FusedDASPStage,
+                                                   FusedDWConvBNReLU)):
                 continue
-            if _is_dasp_stage(child):
-                parent._modules[name] = FusedDASPStage(child.dw, child.pw, child.ppm, backend)
-                counts["dasp_stage"] += 1
-            elif _is_conv_bn_relu_seq(child):
-                fused = FusedDWConvBNReLU(child.conv, child.bn, relu=hasattr(child, "relu"),
-                                          backend=backend)
-                fused.train(child.training)
-                parent._modules[name] = fused
-                counts["dwconv_bn_relu"] += 1
+            fused = replacement(child)
+            if fused is not None:
+                parent._modules[name] = fused.train(child.training)  # new modules start in train
             else:
                 visit(child)
                 if isinstance(child, nn.Sequential):
                     _fuse_sequential_runs(child, backend, counts)
 
-    if _is_dasp_stage(model):
-        model = FusedDASPStage(model.dw, model.pw, model.ppm, backend)
-        counts["dasp_stage"] += 1
+    top = replacement(model)
+    if top is not None:
+        model = top.train(model.training)
     else:
         visit(model)
         if isinstance(model, nn.Sequential):

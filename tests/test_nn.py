@@ -8,7 +8,8 @@ import torch
 import torch.nn as nn
 
 import dasp_kernels
-from dasp_kernels.nn import FusedDASPStage, FusedDWConvBNReLU, FusedPoolingPointwise, fuse
+from dasp_kernels.nn import (FusedDASPSpatialPath, FusedDASPStage, FusedDWConvBNReLU,
+                             FusedPoolingPointwise, fuse)
 from dasp.models import BiSeNetV1, ConvBNReLU, DASPStage, DepthwiseAttentionSpatialPath, PoolingPointwise
 
 from conftest import backend_skip
@@ -72,6 +73,8 @@ def test_fuse_bisenet(spatial_path, backend):
     model = randomise_bn(BiSeNetV1(19, spatial_path)).eval()
     fused = fuse(model, backend=backend)
     assert fused.dasp_fused["dasp_stage"] == (3 if spatial_path == "dasp" else 0)
+    if spatial_path == "dasp":
+        assert isinstance(fused.sp, FusedDASPSpatialPath)
     assert set(fused.state_dict()) == set(model.state_dict())
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
@@ -175,9 +178,16 @@ def test_torch_export(backend):
     ep = torch.export.export(model, (x,))
     if backend == "cpu":
         targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
-        assert "dasp_kernels.dasp_stage.default" in targets
+        assert "dasp_kernels.dasp_spatial_path.default" in targets
     with torch.no_grad():
         close(ep.module()(x), model(x))
+    stage = model.stage2
+    y = torch.randn(1, 64, 15, 16)
+    ep = torch.export.export(stage, (y,))
+    if backend == "cpu":
+        assert "dasp_kernels.dasp_stage.default" in {str(n.target) for n in ep.graph.nodes}
+    with torch.no_grad():
+        close(ep.module()(y), stage(y))
 
 
 @pytest.mark.parametrize("backend", [pytest.param("cpu", marks=backend_skip("cpu"))])

@@ -74,6 +74,9 @@ class DASPStage(nn.Module):
 class DepthwiseAttentionSpatialPath(nn.Module):
     """The paper's DASP: three stages, channels 3 -> 64 -> 64 -> 128, kernels 7, 3, 3."""
 
+    # Tells dasp_kernels.fuse that forward applies the children, all DASP stages, in order.
+    dasp_kernels_pattern = "dasp_spatial_path"
+
     def __init__(self):
         super().__init__()
         self.stage1 = DASPStage(3, 64, 7)
