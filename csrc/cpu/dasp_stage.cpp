@@ -1,17 +1,23 @@
-// One whole DASP stage (Eq. 5) on the CPU, and the three-stage spatial path built from it:
+// One whole DASP stage (Eq. 5) on the CPU, and the spatial path of several stages built from it:
 //   out = relu(pw_scale * (pw_weight @ relu(dw_scale * dwconv(x) + dw_shift)) + pw_shift)
 //         + ppm_weight @ maxpool2x2(x)
 //
 // Design (why it is fast):
 // - Output rows are produced one at a time, in chunks of pixels. For a chunk, the depthwise result
-//   D and the pooled input Q are computed into small per-thread buffers (L1/L2), then one
-//   register-blocked micro-kernel runs both 1x1 convolutions into the same accumulators:
-//   acc = pw_shift; acc += (pw_scale * pw_weight) @ D; acc = relu(acc); acc += ppm_weight @ Q.
-//   No intermediate of the stage touches memory.
+//   D and the pooled input Q are computed into small per-thread buffers (L1), then one
+//   register-blocked micro-kernel (6 pixels x 16 channels) runs both 1x1 convolutions into the
+//   same accumulators: acc = pw_shift; acc += (pw_scale * pw_weight) @ D; acc = relu(acc);
+//   acc += ppm_weight @ Q. No intermediate of the stage touches memory.
+// - Depthwise layouts: channels-last inputs with a multiple of 8 channels use channel vectors
+//   (the taps of neighbouring pixels share input columns; the 2x2 pool reuses the tap loads);
+//   others (e.g. the 3-channel NCHW image) use pixel vectors over rows split once into even and
+//   odd columns, so that the stride-2 taps become plain loads.
 // - dasp_spatial_path chains stages row-wise: a stage's output rows go to a ring buffer holding
-//   just the rows the next stage's 3x3 window needs, so the 64 MB stage-1 output never exists.
-// - Each thread owns a band of output rows (recomputing a one-row halo per stage) and a
-//   thread-local workspace that is reused across calls, so no call page-faults on fresh memory.
+//   just the rows the next stage's window needs, so the 64 MB stage-1 output never exists.
+// - Threads take bands of output rows (a few per thread, handed out dynamically; each band
+//   recomputes a one-row halo per earlier stage) and a thread-local workspace reused across
+//   calls. Large outputs come from a pool of storages no one else holds (see OutputPool), so
+//   steady-state calls do not page-fault.
 // - AVX2/FMA kernels are compiled with function target attributes and chosen at run time; the
 //   generic kernels (any dtype, any CPU) are plain loops. DASP_KERNELS_CPU_ISA=generic forces them.
 #include <ATen/ATen.h>
