@@ -76,16 +76,24 @@ def plot_latency(rows, workloads, title, path):
     def get(alloc, field):
         return lambda w, p: num(idx.get((alloc, w, p), {}).get(field))
 
-    fig, axes = plt.subplots(1, len(allocs), figsize=(6.5 * len(allocs), 0.5 + 0.32 * len(provs)
-                                                      * len(workloads) + 1.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(allocs), figsize=(6.5 * len(allocs), 1.8 + 0.11 * len(provs)
+                                                      * len(workloads)), squeeze=False, sharex=True)
     for ax, alloc in zip(axes[0], allocs):
         _grouped_bars(ax, workloads, provs, get(alloc, "median_ms"), get(alloc, "p20_ms"),
                       get(alloc, "p80_ms"))
         ax.set_title(f"allocator: {alloc}")
         ax.set_xlabel("median latency, ms (log; whiskers: 20%-80%)")
-    axes[0][-1].legend(fontsize=7, loc="lower right")
+    _finish(fig, axes, title, path)
+
+
+def _finish(fig, axes, title, path):
+    """Provider legend below the panels (it would hide bars inside them), title above."""
+    plt = _plt()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 8), fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
+    height = fig.get_size_inches()[1]
+    fig.tight_layout(rect=(0, 0.5 / height, 1, 1 - 0.35 / height))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -95,22 +103,20 @@ def plot_bandwidth(rows, workloads, title, path):
     allocs = sorted({r["allocator"] for r in rows})
     provs = [p for p in provider_order(rows) if any(_ok(r) and r["provider"] == p for r in rows)]
     idx = _lookup(rows)
-    fig, axes = plt.subplots(1, len(allocs), figsize=(6.5 * len(allocs), 1.5 + 0.22 * len(provs)
-                                                      * len(workloads)), squeeze=False)
+    fig, axes = plt.subplots(1, len(allocs), figsize=(6.5 * len(allocs), 1.8 + 0.11 * len(provs)
+                                                      * len(workloads)), squeeze=False, sharex=True)
     for ax, alloc in zip(axes[0], allocs):
         _grouped_bars(ax, workloads, provs,
                       lambda w, p: num(idx.get((alloc, w, p), {}).get("gbps")), log=False)
         copy = idx.get((alloc, "stream/copy", "torch"))
         if copy:
-            ax.axvline(num(copy["gbps"]), color="k", ls="--", lw=1,
-                       label=f"copy ceiling {num(copy['gbps']):.1f} GB/s")
+            gbps = num(copy["gbps"])
+            ax.axvline(gbps, color="k", ls="--", lw=1)
+            ax.annotate(f"copy {gbps:.1f} GB/s", (gbps, 1.0), xycoords=("data", "axes fraction"),
+                        xytext=(2, -10), textcoords="offset points", fontsize=7)
         ax.set_title(f"allocator: {alloc}")
         ax.set_xlabel("effective GB/s (inputs + output + weights, once)")
-        ax.legend(fontsize=7, loc="lower right")
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(fig, axes, title, path)
 
 
 def main(argv=None):
@@ -144,7 +150,7 @@ def main(argv=None):
             path = os.path.join(out, f"{dev}_latency_{tag}.png")
             plot_latency(rs, workloads, f"DASP benchmark: {what}", path)
             written.append(path)
-            paths = [w for w in ("SpatialPath", "DASP") if w in workloads]
+            paths = [w for w in ("SpatialPath", "DASP", "dasp_spatial_path") if w in workloads]
             if paths:
                 path = os.path.join(out, f"{dev}_paths_{tag}.png")
                 plot_latency(rs, paths, f"Original vs DASP spatial path: {what}", path)
