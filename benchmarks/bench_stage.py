@@ -4,8 +4,9 @@
 
 Workloads (fp32, eval, BN folded): each stage at its Table I input (3x1024x1024 K7 -> 64,
 64x512x512 K3 -> 64, 64x256x256 K3 -> 128) and the three stages chained (the DASP spatial path).
-Providers, in the same process: eager reference (reference.dasp_stage, channels_last input for the
-64-channel stages), our dasp_stage op, and for the chain also our whole-path op when it exists.
+Providers, in the same process: eager reference (reference.dasp_stage, BN folded, channels_last
+input), our dasp_stage op on the input as the previous stage gives it (NCHW image for stage 1,
+channels_last after), and for the chain also our whole-path op dasp_spatial_path.
 Prints the median and 20%/80% quantiles in ms over --runs runs after warm-up.
 
 --allocators runs the whole thing twice, each in its own process: under the default allocator and
@@ -78,7 +79,7 @@ def main(argv=None):
             xs.append(reference.dasp_stage(xs[-1].contiguous(memory_format=torch.channels_last), *p))
     xs = [xs[0]] + [t.contiguous(memory_format=torch.channels_last) for t in xs[1:]]
     op = torch.ops.dasp_kernels
-    path_op = getattr(op, "dasp_spatial_path", None) if hasattr(op, "dasp_spatial_path") else None
+    path_op = getattr(op, "dasp_spatial_path", None)
     flat = [t for p in params for t in p]
 
     def eager_chain():
@@ -95,8 +96,9 @@ def main(argv=None):
 
     work = []
     for i, (x, p) in enumerate(zip(xs, params)):
+        x_cl = x.contiguous(memory_format=torch.channels_last)
         work.append((f"stage{i + 1} {tuple(x.shape)}",
-                     [("eager folded cl", lambda x=x, p=p: reference.dasp_stage(x, *p)),
+                     [("eager folded cl", lambda x=x_cl, p=p: reference.dasp_stage(x, *p)),
                       ("ours dasp_stage", lambda x=x, p=p: op.dasp_stage(x, *p))]))
     chain = [("eager folded cl", eager_chain), ("ours 3x dasp_stage", ours_chain)]
     if path_op is not None:
@@ -118,6 +120,7 @@ def main(argv=None):
                 base = base or med
                 print(f"{name:28s} {pname:24s} {med:10.2f} {lo:8.2f} {hi:8.2f}   x{base / med:.2f}",
                       flush=True)
+    print(f"load1 at the end: {os.getloadavg()[0]:.2f} (the machine has {os.cpu_count()} cores)")
 
 
 if __name__ == "__main__":
