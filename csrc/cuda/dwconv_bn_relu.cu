@@ -75,35 +75,59 @@ __global__ void __launch_bounds__(kTileX * kTileY)
   }
 }
 
+// NHWC: each thread computes kStrip consecutive outputs along W of one channel, loading each input
+// row segment once for all of them. Consecutive threads take consecutive channels (coalesced).
+constexpr int kStrip = 4;
+
 template <typename scalar_t, int K, int S>
 __global__ void __launch_bounds__(kThreads)
-    dw_fwd_nhwc_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ w,
+    dw_fwd_nhwc_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ wt,
                        const scalar_t* __restrict__ scale, const scalar_t* __restrict__ shift,
                        scalar_t* __restrict__ y, int64_t total, int64_t C, int64_t H, int64_t W,
-                       int64_t Ho, int64_t Wo, int pad, bool relu) {
+                       int64_t Ho, int64_t Wo, int64_t strips, int pad, bool relu) {
   using acc_t = acc_type<scalar_t>;
+  constexpr int IW = (kStrip - 1) * S + K;  // input columns one strip reads
   for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total;
        e += (int64_t)gridDim.x * blockDim.x) {
-    int64_t n, c, oh, ow;
-    unravel4<true>(e, C, Ho, Wo, n, c, oh, ow);
-    const int64_t ih0 = oh * S - pad, iw0 = ow * S - pad;
-    const scalar_t* wc = w + c * K * K;
-    acc_t s = 0;
+    // e = ((n * Ho + oh) * strips + q) * C + c
+    const int64_t c = e % C;
+    int64_t t = e / C;
+    const int64_t q = t % strips;
+    t /= strips;
+    const int64_t oh = t % Ho, n = t / Ho;
+    const int64_t ow0 = q * kStrip;
+    const int64_t ih0 = oh * S - pad, iw0 = ow0 * S - pad;
+    acc_t s[kStrip];
+#pragma unroll
+    for (int o = 0; o < kStrip; ++o) s[o] = 0;
 #pragma unroll
     for (int kh = 0; kh < K; ++kh) {
       const int64_t ih = ih0 + kh;
       if (ih < 0 || ih >= H) continue;
+      const scalar_t* row = x + (n * H + ih) * W * C + c;
+      acc_t v[IW];
+#pragma unroll
+      for (int j = 0; j < IW; ++j) {
+        const int64_t iw = iw0 + j;
+        v[j] = (iw >= 0 && iw < W) ? static_cast<acc_t>(row[iw * C]) : acc_t(0);
+      }
 #pragma unroll
       for (int kw = 0; kw < K; ++kw) {
-        const int64_t iw = iw0 + kw;
-        if (iw < 0 || iw >= W) continue;
-        s += static_cast<acc_t>(x[((n * H + ih) * W + iw) * C + c]) *
-             static_cast<acc_t>(wc[kh * K + kw]);
+        const acc_t wv = static_cast<acc_t>(wt[(kh * K + kw) * C + c]);  // weights as [K*K, C]
+#pragma unroll
+        for (int o = 0; o < kStrip; ++o) s[o] += v[o * S + kw] * wv;
       }
     }
-    acc_t v = s * static_cast<acc_t>(scale[c]) + static_cast<acc_t>(shift[c]);
-    if (relu) v = relu_nan(v);
-    y[e] = static_cast<scalar_t>(v);
+    const acc_t sc = static_cast<acc_t>(scale[c]), sh = static_cast<acc_t>(shift[c]);
+    scalar_t* out = y + ((n * Ho + oh) * Wo + ow0) * C + c;
+#pragma unroll
+    for (int o = 0; o < kStrip; ++o) {
+      if (ow0 + o < Wo) {
+        acc_t r = s[o] * sc + sh;
+        if (relu) r = relu_nan(r);
+        out[o * C] = static_cast<scalar_t>(r);
+      }
+    }
   }
 }
 
@@ -233,18 +257,20 @@ __global__ void __launch_bounds__(kThreads)
     int64_t n, c, ih, iw;
     unravel4<CL>(e, C, H, W, n, c, ih, iw);
     const scalar_t* wc = w + c * K * K;
+    // stride is 1 or 2: test divisibility and divide with a mask and a shift, not a 64-bit division
+    const int sshift = stride - 1, smask = stride - 1;
     acc_t s = 0;
 #pragma unroll
     for (int kh = 0; kh < K; ++kh) {
       const int64_t th = ih + pad - kh;
-      if (th < 0 || th % stride != 0) continue;
-      const int64_t oh = th / stride;
+      if (th < 0 || (th & smask) != 0) continue;
+      const int64_t oh = th >> sshift;
       if (oh >= Ho) continue;
 #pragma unroll
       for (int kw = 0; kw < K; ++kw) {
         const int64_t tw = iw + pad - kw;
-        if (tw < 0 || tw % stride != 0) continue;
-        const int64_t ow = tw / stride;
+        if (tw < 0 || (tw & smask) != 0) continue;
+        const int64_t ow = tw >> sshift;
         if (ow >= Wo) continue;
         s += gz[offset4<CL>(n, c, oh, ow, C, Ho, Wo)] * static_cast<acc_t>(wc[kh * K + kw]);
       }
@@ -260,10 +286,13 @@ void launch_forward(const at::Tensor& xc, const at::Tensor& w, const at::Tensor&
   const int64_t Ho = y.size(2), Wo = y.size(3);
   auto stream = at::cuda::getCurrentCUDAStream();
   if (cl) {
-    const int64_t total = y.numel();
+    const int64_t strips = ceil_div(Wo, kStrip);
+    const int64_t total = N * Ho * strips * C;
+    const at::Tensor wt = w.view({C, K * K}).t().contiguous();
     dw_fwd_nhwc_kernel<scalar_t, K, S><<<grid_for(total), kThreads, 0, stream>>>(
-        xc.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), scale.data_ptr<scalar_t>(),
-        shift.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), total, C, H, W, Ho, Wo, pad, relu);
+        xc.data_ptr<scalar_t>(), wt.data_ptr<scalar_t>(), scale.data_ptr<scalar_t>(),
+        shift.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), total, C, H, W, Ho, Wo, strips, pad,
+        relu);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   } else {
     const int64_t tiles_w = ceil_div(Wo, kTileX), tiles_h = ceil_div(Ho, kTileH);
