@@ -217,7 +217,12 @@ def test_opcheck(layout):
     x = make_x(2, 8, 9, 6, layout)
     params = stage_params(8, 16, 3)
     opcheck(OPS.dasp_stage.default, (x, *params))
+    # The backward's output strides follow x's memory format.
     opcheck(OPS._dasp_stage_backward.default, (torch.randn(2, 16, 5, 3), x, *params))
+
+
+def test_opcheck_path():
+    x = make_x(2, 8, 9, 6, "cl")
     opcheck(OPS.dasp_spatial_path.default, (x, path_params((8, 16, 4), (3, 5))))
 
 
