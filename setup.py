@@ -61,7 +61,7 @@ def extensions():
     # No -std flag: torch's BuildExtension adds the standard its headers need (C++20 since 2.10;
     # its headers use std::strong_ordering), and a -std=c++17 here would override it.
     extra = {"cxx": ["-O3", "-fopenmp"]}
-    macros = [("Py_LIMITED_API", "0x03090000")]
+    macros = []  # py_limited_api=True makes torch define Py_LIMITED_API itself
     if use_cuda:
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
         extra["nvcc"] = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
@@ -74,9 +74,9 @@ def extensions():
 
 
 def main():
+    exts, use_cuda = extensions()  # first: it sets CUDA_HOME, which cpp_extension reads on import
     from torch.utils.cpp_extension import BuildExtension
 
-    exts, use_cuda = extensions()
     print(f"dasp_kernels: building with CUDA sources: {use_cuda}")
     setup(
         name="dasp",
