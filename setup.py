@@ -36,6 +36,21 @@ def _real_cuda_home():
     return os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
 
 
+def _missing_header_dirs(cuda_home):
+    """A minimal toolkit may lack the cuSPARSE/cuBLAS headers that torch's CUDA headers include;
+    the nvidia-* wheels torch depends on ship them. Searched after the toolkit (-idirafter), so
+    they only fill gaps and never shadow the toolkit's own headers."""
+    if os.path.exists(os.path.join(cuda_home, "include", "cusparse.h")):
+        return []
+    import importlib.util
+
+    spec = importlib.util.find_spec("nvidia")
+    roots = list(spec.submodule_search_locations or []) if spec else []
+    found = [os.path.dirname(h) for r in roots
+             for h in glob.glob(os.path.join(r, "**", "include", "cusparse.h"), recursive=True)]
+    return sorted(set(found))[:1]
+
+
 def _want_cuda(cuda_home):
     flag = os.environ.get("DASP_KERNELS_CUDA", "auto").lower()
     if flag in ("0", "off", "false", "no"):
@@ -65,6 +80,9 @@ def extensions():
     if use_cuda:
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
         extra["nvcc"] = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
+        for d in _missing_header_dirs(cuda_home):
+            extra["cxx"] += ["-idirafter", d]
+            extra["nvcc"] += ["-Xcompiler", f"-idirafter,{d}"]
         macros.append(("DASP_WITH_CUDA", None))
         ext = CUDAExtension
     else:
