@@ -19,7 +19,7 @@ namespace {
 // band thinner than min_rows (each band recomputes a few halo rows).
 int64_t pick_bands(int64_t units, int64_t rows, int64_t min_rows) {
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-  if (threads == 1) return 1;
+  if (threads == 1 || units <= 0) return 1;
   const int64_t want = (8 * threads + units - 1) / units;
   return std::clamp<int64_t>(want, 1, std::max<int64_t>(1, rows / min_rows));
 }

@@ -34,22 +34,32 @@ using Vec = at::vec::Vectorized<T>;
 // NCHW
 
 // ph[r * L + j] = xpad[S * j + r], xpad[q] = xrow[q - pad] inside the row, 0 outside. L % V == 0.
+// Vector loads straight from the input row (a libc memcpy of a row was slower here).
 template <typename T, int S>
-inline void fill_phases(const T* xrow, int64_t W, int64_t pad, int64_t L, T* ph, T* tmp) {
+inline void fill_phases(const T* xrow, int64_t W, int64_t pad, int64_t L, T* ph) {
   constexpr int V = Vec<T>::size();
-  T* dst = S == 1 ? ph : tmp;
-  const int64_t n = S * L;
-  const int64_t cnt = imax(0, imin(W, n - pad));
-  fill(dst, pad, T(0));
-  if (cnt > 0) std::memcpy(dst + pad, xrow, cnt * sizeof(T));
-  fill(dst + pad + cnt, n - pad - cnt, T(0));
-  if constexpr (S == 2) {
-    for (int64_t j = 0; j < L; j += V) {
-      auto ab = at::vec::deinterleave2(Vec<T>::loadu(tmp + 2 * j), Vec<T>::loadu(tmp + 2 * j + V));
+  // Positions j whose S*V input elements x[S*j - pad ...] all lie inside the row.
+  const int64_t j0 = imin(L, ceil_div(pad, S));
+  int64_t j = 0;
+  auto scalar = [&](int64_t jj) {
+    for (int r = 0; r < S; ++r) {
+      const int64_t ix = S * jj + r - pad;
+      ph[r * L + jj] = (ix >= 0 && ix < W) ? xrow[ix] : T(0);
+    }
+  };
+  for (; j < j0; ++j) scalar(j);
+  for (; j + V <= L && S * (j + V) - pad <= W; j += V) {
+    const T* src = xrow + S * j - pad;
+    if constexpr (S == 1) {
+      Vec<T>::loadu(src).store(ph + j);
+    } else {
+      auto ab = at::vec::deinterleave2(Vec<T>::loadu(src), Vec<T>::loadu(src + V));
       ab.first.store(ph + j);
       ab.second.store(ph + L + j);
     }
   }
+  for (; j < L && S * j - pad < W; ++j) scalar(j);
+  for (int r = 0; r < S; ++r) fill(ph + r * L + j, L - j, T(0));
 }
 
 // The rows of input ring shared by forward and backward for one plane.
@@ -57,7 +67,6 @@ template <typename T, int K, int S>
 struct PlaneRing {
   int64_t L;
   T* ring;  // K slots of S phase rows of length L
-  T* tmp;   // S * L
   int64_t tag[K];
 
   void reset() { fill(tag, K, int64_t(-1)); }
@@ -66,7 +75,7 @@ struct PlaneRing {
     const int64_t slot = iy % K;
     T* r = ring + slot * S * L;
     if (tag[slot] != iy) {
-      fill_phases<T, S>(xp + iy * W, W, pad, L, r, tmp);
+      fill_phases<T, S>(xp + iy * W, W, pad, L, r);
       tag[slot] = iy;
     }
     return r;
@@ -81,16 +90,48 @@ inline void conv_block(const T* const* rows, int ky0, int ky1, const Vec<T>* wv,
   DASP_UNROLL
   for (int u = 0; u < NU; ++u) acc[u] = Vec<T>(T(0));
   for (int ky = ky0; ky < ky1; ++ky) {
-    const T* r = rows[ky] + ox;
+    // One base pointer per phase, so that every tap is a constant offset from it.
+    const T* ph[S];
+    for (int r = 0; r < S; ++r) ph[r] = rows[ky] + r * L + ox;
     DASP_UNROLL
     for (int kx = 0; kx < K; ++kx) {
-      const T* src = r + (kx % S) * L + kx / S;
+      const T* src = ph[kx % S] + kx / S;
       const Vec<T> w = wv[ky * K + kx];
       DASP_UNROLL
       for (int u = 0; u < NU; ++u) acc[u] = at::vec::fmadd(Vec<T>::loadu(src + u * V), w, acc[u]);
     }
   }
 }
+
+// Software prefetch of a few rows (to L2), spread over the steps of a compute loop.
+struct RowPrefetch {
+  static constexpr int kMax = 4;
+  const char* row[kMax];
+  int64_t bytes[kMax];
+  int n = 0;
+  int64_t line = 0, per_step = 0, lines = 0;
+
+  void add(const void* p, int64_t nbytes) {
+    if (n < kMax) {
+      row[n] = static_cast<const char*>(p);
+      bytes[n++] = nbytes;
+    }
+  }
+  void plan(int64_t steps) {
+    for (int i = 0; i < n; ++i) lines = imax(lines, (bytes[i] + 63) / 64);
+    per_step = (lines + steps - 1) / imax(1, steps);
+  }
+  void step() {
+    const int64_t end = imin(lines, line + per_step);
+    for (; line < end; ++line)
+      for (int i = 0; i < n; ++i)
+        if (line * 64 < bytes[i]) DASP_PREFETCH_L2(row[i] + line * 64);
+  }
+  void rest() {
+    per_step = lines;
+    step();
+  }
+};
 
 template <typename T>
 inline Vec<T> bn_act(const Vec<T>& acc, const Vec<T>& sc, const Vec<T>& sh, bool relu) {
@@ -118,11 +159,11 @@ inline void ky_range(int64_t oy, int64_t S, int64_t pad, int64_t H, int64_t K, i
 template <typename T, int K, int S>
 void fwd_nchw(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) {
   constexpr int V = Vec<T>::size();
-  constexpr int NU = 4;
+  constexpr int NU = 8;  // independent accumulators: enough to cover the FMA latency
   const int64_t H = p.H, W = p.W, Ho = p.Ho, Wo = p.Wo, pad = p.pad;
   const NchwGeom<T, K, S> g(p);
-  Scratch<T> buf((K + 1) * S * g.L);
-  PlaneRing<T, K, S> ring{g.L, buf.data(), buf.data() + K * S * g.L, {}};
+  Scratch<T> buf(K * S * g.L);
+  PlaneRing<T, K, S> ring{g.L, buf.data(), {}};
   Vec<T> wv[K * K];
   int64_t cur = -1;
   for (int64_t task = t0; task < t1; ++task) {
@@ -143,13 +184,24 @@ void fwd_nchw(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) {
       const T* rows[K];
       for (int ky = ky0; ky < ky1; ++ky) rows[ky] = ring.row(xp, oy * S - pad + ky, W, pad);
       T* yrow = yp + oy * Wo;
+      // The S input rows that the next output row adds, fetched while this row computes:
+      // reading them only when needed left the loads waiting on memory.
+      RowPrefetch pf;
+      if (oy + 1 < oyB)
+        for (int q = 0; q < S; ++q) {
+          const int64_t iy = (oy + 1) * S - pad + K - S + q;
+          if (iy >= 0 && iy < H) pf.add(xp + iy * W, W * static_cast<int64_t>(sizeof(T)));
+        }
+      pf.plan(Wo / (NU * V) + 1);
       int64_t ox = 0;
       Vec<T> acc[NU];
       for (; ox + NU * V <= Wo; ox += NU * V) {
+        pf.step();
         conv_block<T, K, S, NU>(rows, ky0, ky1, wv, g.L, ox, acc);
         DASP_UNROLL
         for (int u = 0; u < NU; ++u) bn_act(acc[u], sc, sh, p.relu).store(yrow + ox + u * V);
       }
+      pf.rest();
       for (; ox < Wo; ox += V) {
         conv_block<T, K, S, 1>(rows, ky0, ky1, wv, g.L, ox, acc);
         bn_act(acc[0], sc, sh, p.relu).store(yrow + ox, imin(V, Wo - ox));
@@ -158,19 +210,60 @@ void fwd_nchw(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) {
   }
 }
 
+// gw[r*K + kx] += sum_{ox < Wo} gy[ox] * phase row r at ox + kx/S, for NR input rows at once
+// (NR*K independent accumulators).
+template <typename T, int K, int S, int NR>
+inline void gw_rows(const T* const* rows, const T* G, int64_t Wo, int64_t L, Vec<T>* gw) {
+  constexpr int V = Vec<T>::size();
+  const Vec<T> zero(T(0));
+  Vec<T> s[NR][K];
+  DASP_UNROLL
+  for (int r = 0; r < NR; ++r) {
+    DASP_UNROLL
+    for (int kx = 0; kx < K; ++kx) s[r][kx] = zero;
+  }
+  const T* ph[NR][S];
+  for (int r = 0; r < NR; ++r)
+    for (int q = 0; q < S; ++q) ph[r][q] = rows[r] + q * L;
+  int64_t o = 0;
+  for (; o + V <= Wo; o += V) {
+    const Vec<T> gv = Vec<T>::loadu(G + o);
+    DASP_UNROLL
+    for (int r = 0; r < NR; ++r) {
+      DASP_UNROLL
+      for (int kx = 0; kx < K; ++kx)
+        s[r][kx] = at::vec::fmadd(gv, Vec<T>::loadu(ph[r][kx % S] + kx / S + o), s[r][kx]);
+    }
+  }
+  if (o < Wo) {
+    // Lanes past Wo hold real input columns: zero them so inf/NaN there cannot leak.
+    const int64_t cnt = Wo - o;
+    const Vec<T> gv = Vec<T>::loadu(G + o);
+    for (int r = 0; r < NR; ++r)
+      for (int kx = 0; kx < K; ++kx) {
+        const Vec<T> xv = Vec<T>::set(zero, Vec<T>::loadu(rows[r] + (kx % S) * L + kx / S + o), cnt);
+        s[r][kx] = at::vec::fmadd(gv, xv, s[r][kx]);
+      }
+  }
+  for (int r = 0; r < NR; ++r)
+    for (int kx = 0; kx < K; ++kx) gw[r * K + kx] = gw[r * K + kx] + s[r][kx];
+}
+
 template <typename T, int K, int S>
 void bwd_nchw(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) {
   constexpr int V = Vec<T>::size();
-  constexpr int NU = 2;
+  constexpr int NU = 8;
+  // Weight-gradient rows handled together: up to 12 accumulators.
+  constexpr int KB = K * K <= 12 ? K : (12 / K > 1 ? 12 / K : 1);
   constexpr int64_t lp = (K - 1) / S;  // gy columns needed left of j
   const int64_t H = p.H, W = p.W, Ho = p.Ho, Wo = p.Wo, pad = p.pad;
   const NchwGeom<T, K, S> g(p);
   const int64_t J = (pad + W - 1) / S + 1;  // phase positions j covering the input row
   const int64_t Jv = round_up(J, V);
   const int64_t LG = round_up(lp + pad + round_up(W, V) + Jv + V, V);
-  Scratch<T> buf((K + 1) * S * g.L + K * LG + S * Jv);
-  PlaneRing<T, K, S> ring{g.L, buf.data(), buf.data() + K * S * g.L, {}};
-  T* gring = buf.data() + (K + 1) * S * g.L;  // K rows of zero-padded gy, slot oy % K
+  Scratch<T> buf(K * S * g.L + K * LG + S * Jv);
+  PlaneRing<T, K, S> ring{g.L, buf.data(), {}};
+  T* gring = buf.data() + K * S * g.L;  // K rows of zero-padded gy, slot oy % K
   T* qrow = gring + K * LG;                    // interleaved stride-2 grad row
   Vec<T> wv[K * K];
   Vec<T> gw[K * K];
@@ -187,7 +280,7 @@ void bwd_nchw(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) {
     // A band starts from scratch: the gy ring is re-made from its halo rows.
     fill(gring, K * LG, T(0));
     for (int i = 0; i < K * K; ++i) gw[i] = zero;
-    Vec<T> gs = zero, gh = zero;
+    Vec<T> gs[2] = {zero, zero}, gh[2] = {zero, zero};
     const Vec<T> sc(a.scale[c]), sh(a.shift[c]);
     const T* xp = a.x + plane * H * W;
     const T* gp = a.gout + plane * Ho * Wo;
@@ -243,23 +336,35 @@ void bwd_nchw(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) {
         }
       } else {
         // Phase r of the padded grad row: q = 2j + r gets w[ky][r + 2m] * gy[j - m].
-        for (int64_t j = 0; j < Jv; j += V) {
-          Vec<T> a0 = zero, a1 = zero;
+        auto block = [&](int64_t j, auto nj_tag) {
+          constexpr int NJ = decltype(nj_tag)::value;
+          Vec<T> a0[NJ], a1[NJ];
+          DASP_UNROLL
+          for (int u = 0; u < NJ; ++u) a0[u] = a1[u] = zero;
           for (int i = 0; i < n; ++i) {
             const T* gr = gys[i] + j;
             const Vec<T>* wr = wv + kys[i] * K;
             DASP_UNROLL
             for (int m = 0; 2 * m < K; ++m) {
-              const Vec<T> gv = Vec<T>::loadu(gr - m);
-              a0 = at::vec::fmadd(gv, wr[2 * m], a0);
-              if (2 * m + 1 < K) a1 = at::vec::fmadd(gv, wr[2 * m + 1], a1);
+              DASP_UNROLL
+              for (int u = 0; u < NJ; ++u) {
+                const Vec<T> gv = Vec<T>::loadu(gr - m + u * V);
+                a0[u] = at::vec::fmadd(gv, wr[2 * m], a0[u]);
+                if (2 * m + 1 < K) a1[u] = at::vec::fmadd(gv, wr[2 * m + 1], a1[u]);
+              }
             }
           }
-          auto lohi = at::vec::interleave2(a0, a1);
-          lohi.first.store(qrow + 2 * j);
-          lohi.second.store(qrow + 2 * j + V);
-        }
-        std::memcpy(gxrow, qrow + pad, W * sizeof(T));
+          DASP_UNROLL
+          for (int u = 0; u < NJ; ++u) {
+            auto lohi = at::vec::interleave2(a0[u], a1[u]);
+            lohi.first.store(qrow + 2 * (j + u * V));
+            lohi.second.store(qrow + 2 * (j + u * V) + V);
+          }
+        };
+        int64_t j = 0;
+        for (; j + 4 * V <= Jv; j += 4 * V) block(j, std::integral_constant<int, 4>{});
+        for (; j < Jv; j += V) block(j, std::integral_constant<int, 1>{});
+        copy_n(qrow + pad, W, gxrow);
       }
     };
 
@@ -271,61 +376,53 @@ void bwd_nchw(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) {
       const bool own = oy >= oyA;
       const T* grow = gp + oy * Wo;
       T* G = gring + (oy % K) * LG + lp;
+      RowPrefetch pf;  // next output row's new input rows and its grad_out row
+      if (oy + 1 < oyB) {
+        for (int q = 0; q < S; ++q) {
+          const int64_t iy = (oy + 1) * S - pad + K - S + q;
+          if (iy >= 0 && iy < H) pf.add(xp + iy * W, W * static_cast<int64_t>(sizeof(T)));
+        }
+        pf.add(grow + Wo, Wo * static_cast<int64_t>(sizeof(T)));
+      }
+      pf.plan(Wo / (NU * V) + 1);
       Vec<T> acc[NU];
-      auto finish = [&](int64_t ox, const Vec<T>& accv) {
+      auto finish = [&](int64_t ox, const Vec<T>& accv, int h) {
         const int64_t cnt = imin(V, Wo - ox);
         // Lanes past Wo read real input columns: zero them so inf/NaN there cannot leak.
         const Vec<T> y = cnt < V ? Vec<T>::set(zero, accv, cnt) : accv;
         Vec<T> gv = load_n<T>(grow + ox, cnt);
-        if (p.relu) gv = Vec<T>::blendv(zero, gv, at::vec::fmadd(y, sc, sh) > zero);
+        // torch.relu's backward zeroes where relu(z) <= 0: a NaN z passes its gradient.
+        if (p.relu) gv = Vec<T>::blendv(gv, zero, at::vec::fmadd(y, sc, sh) <= zero);
         (gv * sc).store(G + ox, cnt);
         if (own) {
-          gs = at::vec::fmadd(gv, y, gs);
-          gh = gh + gv;
+          gs[h] = at::vec::fmadd(gv, y, gs[h]);
+          gh[h] = gh[h] + gv;
         }
       };
       int64_t ox = 0;
       for (; ox + NU * V <= Wo; ox += NU * V) {
+        pf.step();
         conv_block<T, K, S, NU>(rows, ky0, ky1, wv, g.L, ox, acc);
-        for (int u = 0; u < NU; ++u) finish(ox + u * V, acc[u]);
+        DASP_UNROLL
+        for (int u = 0; u < NU; ++u) finish(ox + u * V, acc[u], u & 1);
       }
+      pf.rest();
       for (; ox < Wo; ox += V) {
         conv_block<T, K, S, 1>(rows, ky0, ky1, wv, g.L, ox, acc);
-        finish(ox, acc[0]);
+        finish(ox, acc[0], 0);
       }
       if (own) {
         // gw[ky][kx] += sum_ox gy[ox] * xpad[S*ox + kx]
-        for (int ky = ky0; ky < ky1; ++ky) {
-          const T* r = rows[ky];
-          Vec<T> s[K];
-          DASP_UNROLL
-          for (int kx = 0; kx < K; ++kx) s[kx] = zero;
-          int64_t o = 0;
-          for (; o + V <= Wo; o += V) {
-            const Vec<T> gv = Vec<T>::loadu(G + o);
-            DASP_UNROLL
-            for (int kx = 0; kx < K; ++kx)
-              s[kx] = at::vec::fmadd(gv, Vec<T>::loadu(r + (kx % S) * g.L + kx / S + o), s[kx]);
-          }
-          if (o < Wo) {
-            const int64_t cnt = Wo - o;
-            const Vec<T> gv = Vec<T>::loadu(G + o);
-            DASP_UNROLL
-            for (int kx = 0; kx < K; ++kx) {
-              const Vec<T> xv = Vec<T>::set(zero, Vec<T>::loadu(r + (kx % S) * g.L + kx / S + o), cnt);
-              s[kx] = at::vec::fmadd(gv, xv, s[kx]);
-            }
-          }
-          DASP_UNROLL
-          for (int kx = 0; kx < K; ++kx) gw[ky * K + kx] = gw[ky * K + kx] + s[kx];
-        }
+        int ky = ky0;
+        for (; ky + KB <= ky1; ky += KB) gw_rows<T, K, S, KB>(rows + ky, G, Wo, g.L, gw + ky * K);
+        for (; ky < ky1; ++ky) gw_rows<T, K, S, 1>(rows + ky, G, Wo, g.L, gw + ky * K);
       }
       while (next_iy < iyB && last(next_iy) <= oy) emit(next_iy++);
     }
     while (next_iy < iyB) emit(next_iy++);
     for (int i = 0; i < K * K; ++i) a.gw_part[task * K * K + i] = hsum(gw[i]);
-    a.gscale_part[task] = hsum(gs);
-    a.gshift_part[task] = hsum(gh);
+    a.gscale_part[task] = hsum(gs[0] + gs[1]);
+    a.gshift_part[task] = hsum(gh[0] + gh[1]);
   }
 }
 
@@ -394,6 +491,39 @@ inline void channel_chunks(int64_t C, G&& g) {
   if (c < C) g(c, std::integral_constant<int, 1>{}, std::true_type{}, C - c);
 }
 
+// Prefetches a few rows (NHWC rows of one image: long contiguous streams) a fixed distance ahead
+// of the pixel being computed. The hardware prefetcher alone left the loads waiting on memory.
+struct RowsAhead {
+  static constexpr int kMax = 8;
+  const char* row[kMax];
+  int n = 0;
+  int64_t bytes = 0, off = 0;
+
+  void reset(int64_t row_bytes) {
+    n = 0;
+    off = 0;
+    bytes = row_bytes;
+  }
+  void add(const void* p) {
+    if (n < kMax) row[n++] = static_cast<const char*>(p);
+  }
+  void upto(int64_t target) {
+    target = imin(bytes, target);
+    for (; off < target; off += 64)
+      for (int i = 0; i < n; ++i) DASP_PREFETCH_L2(row[i] + off);
+  }
+};
+
+// Pixels of input prefetched ahead of the one being read.
+constexpr int64_t kPixelsAhead = 16;
+
+// The input rows output row oy reads that the previous output row did not.
+inline void add_new_rows(RowsAhead& ra, const char* xn, int64_t row_bytes, int64_t oy, int64_t oyA,
+                         int ky0, int ky1, int64_t K, int64_t S, int64_t pad) {
+  const int first = oy == oyA ? ky0 : static_cast<int>(imax(ky0, K - S));
+  for (int ky = first; ky < ky1; ++ky) ra.add(xn + (oy * S - pad + ky) * row_bytes);
+}
+
 template <typename T>
 void fwd_nhwc(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) {
   constexpr int V = Vec<T>::size();
@@ -408,8 +538,14 @@ void fwd_nhwc(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) {
       ky_range(oy, S, pad, H, K, ky0, ky1);
       const int64_t iy0 = oy * S - pad;
       T* yrow = yn + oy * Wo * C;
+      const int64_t pix_bytes = C * static_cast<int64_t>(sizeof(T));
+      RowsAhead ra;
+      ra.reset(W * pix_bytes);
+      add_new_rows(ra, reinterpret_cast<const char*>(xn), W * pix_bytes, oy, oyA, ky0, ky1, K, S,
+                   pad);
       nhwc_row_pixels(Wo, W, K, S, pad, [&](int64_t ox, auto px_tag, int kx0, int kx1) {
         constexpr int PX = decltype(px_tag)::value;
+        ra.upto(((ox + PX + kPixelsAhead) * S - pad + K) * pix_bytes);
         channel_chunks<T>(C, [&](int64_t c, auto cv_tag, auto part_tag, int64_t cl) {
           constexpr int CV = decltype(cv_tag)::value;
           constexpr bool PART = decltype(part_tag)::value;
@@ -522,9 +658,18 @@ void bwd_nhwc(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) {
       const bool own = oy >= oyA;
       const T* grow = gn + oy * Wo * C;
       T* G = gring.data() + ((oy % K) * LGp + lp) * C;
+      const int64_t pix_bytes = C * static_cast<int64_t>(sizeof(T));
+      RowsAhead ra, ga;
+      ra.reset(W * pix_bytes);
+      add_new_rows(ra, reinterpret_cast<const char*>(xn), W * pix_bytes, oy, oyH, ky0, ky1, K, S,
+                   pad);
+      ga.reset(Wo * pix_bytes);
+      ga.add(grow);
       // gy row (recomputing y), and the scale/shift sums.
       nhwc_row_pixels(Wo, W, K, S, pad, [&](int64_t ox, auto px_tag, int kx0, int kx1) {
         constexpr int PX = decltype(px_tag)::value;
+        ra.upto(((ox + PX + kPixelsAhead) * S - pad + K) * pix_bytes);
+        ga.upto((ox + PX + kPixelsAhead) * pix_bytes);
         channel_chunks<T>(C, [&](int64_t c, auto cv_tag, auto part_tag, int64_t cl) {
           constexpr int CV = decltype(cv_tag)::value;
           constexpr bool PART = decltype(part_tag)::value;
@@ -540,7 +685,7 @@ void bwd_nhwc(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) {
               const int64_t off = (ox + px) * C + cc;
               Vec<T> gv = load_n<T>(grow + off, cnt);
               if (p.relu)
-                gv = Vec<T>::blendv(zero, gv, at::vec::fmadd(acc[px][v], sc, sh) > zero);
+                gv = Vec<T>::blendv(gv, zero, at::vec::fmadd(acc[px][v], sc, sh) <= zero);
               (gv * sc).store(G + off, cnt);
               s = at::vec::fmadd(gv, acc[px][v], s);
               h = h + gv;

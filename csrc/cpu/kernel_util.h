@@ -16,8 +16,10 @@
 
 #if defined(__GNUC__)
 #define DASP_UNROLL _Pragma("GCC unroll 16")
+#define DASP_PREFETCH_L2(p) __builtin_prefetch((p), 0, 2)
 #else
 #define DASP_UNROLL
+#define DASP_PREFETCH_L2(p) ((void)0)
 #endif
 
 namespace dasp_kernels::cpu::DASP_ISA::util {
@@ -68,6 +70,24 @@ struct Scratch {
   Scratch& operator=(const Scratch&) = delete;
   T* data() const { return ptr; }
 };
+
+// Vector copy (libc's memcpy, rep movsb here, was slow on rows streamed from memory).
+template <typename T>
+inline void copy_n(const T* src, int64_t n, T* dst) {
+  constexpr int V = at::vec::Vectorized<T>::size();
+  int64_t i = 0;
+  for (; i + V <= n; i += V) at::vec::Vectorized<T>::loadu(src + i).store(dst + i);
+  if (i < n) at::vec::Vectorized<T>::loadu(src + i, n - i).store(dst + i, n - i);
+}
+
+// Software prefetch (to L2) of the cache lines of [p, p + n).
+template <typename T>
+inline void prefetch_span(const T* p, int64_t n) {
+  const char* c = reinterpret_cast<const char*>(p);
+  const int64_t bytes = n * static_cast<int64_t>(sizeof(T));
+  for (int64_t b = 0; b < bytes; b += 64) DASP_PREFETCH_L2(c + b);
+  if (bytes > 0) DASP_PREFETCH_L2(c + bytes - 1);
+}
 
 template <typename T>
 inline void fill(T* p, int64_t n, T v) {

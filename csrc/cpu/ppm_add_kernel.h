@@ -33,6 +33,13 @@ constexpr int64_t tile_pixels() {
   return 32 * Vec<T>::size();
 }
 
+// Row pitch of the NCHW tile buffers: one cache line more than the tile, so that the rows read
+// down a GEMM panel do not all map to the same few L1 sets (a 1 KiB pitch would).
+template <typename T>
+constexpr int64_t tile_pitch() {
+  return tile_pixels<T>() + 64 / sizeof(T);
+}
+
 // ---------------------------------------------------------------------------------------------
 // GEMM micro-kernel: C[r][0..n) = R[r][0..n) (or 0) + sum_k A(r, k) * B[k][0..n) for r < MR, where
 // A(r, k) = A[r * rsa + k * csa] and n = NV vectors, the last one holding nl lanes when PART.
@@ -303,26 +310,70 @@ inline Window window(int64_t oy, int64_t ox, int64_t H, int64_t W) {
 // ---------------------------------------------------------------------------------------------
 // Tasks
 
+// Planes (rows of a tile a plane apart) prefetched ahead of the one being read: each tile reads
+// many short runs, too short for the hardware prefetcher to ramp up on.
+constexpr int64_t kPlanesAhead = 2;
+
+// Prefetch the input rows that pooled pixels [tA, tA + tn) read from channel plane ci (if any).
+template <typename T>
+inline void prefetch_tile_nchw(const T* xn, int64_t ci, int64_t Cin, int64_t H, int64_t W,
+                               int64_t Wo, int64_t tA, int64_t tn) {
+  if (ci >= Cin) return;
+  const T* xc = xn + ci * H * W;
+  row_segments(tA, tA + tn, Wo, [&](int64_t oy, int64_t ox0, int64_t ox1, int64_t) {
+    const int64_t c0 = 2 * ox0, c1 = imin(W, 2 * ox1);
+    prefetch_span(xc + 2 * oy * W + c0, c1 - c0);
+    if (2 * oy + 1 < H) prefetch_span(xc + (2 * oy + 1) * W + c0, c1 - c0);
+  });
+}
+
+// Pools pooled pixels [tA, tA + tn) of every plane: P[ci * ld + t] (and argmax I when IDX).
+template <typename T, bool IDX>
+inline void pool_tile_nchw(const T* xn, int64_t Cin, int64_t H, int64_t W, int64_t Wo, int64_t tA,
+                           int64_t tn, T* P, T* I, int64_t ld) {
+  for (int64_t ci = 0; ci < kPlanesAhead; ++ci) prefetch_tile_nchw(xn, ci, Cin, H, W, Wo, tA, tn);
+  for (int64_t ci = 0; ci < Cin; ++ci) {
+    prefetch_tile_nchw(xn, ci + kPlanesAhead, Cin, H, W, Wo, tA, tn);
+    const T* xc = xn + ci * H * W;
+    row_segments(tA, tA + tn, Wo, [&](int64_t oy, int64_t ox0, int64_t ox1, int64_t t) {
+      const T* r0 = xc + 2 * oy * W;
+      pool_seg_nchw<T, IDX>(r0, 2 * oy + 1 < H ? r0 + W : nullptr, W, ox0, ox1, P + ci * ld + t,
+                            IDX ? I + ci * ld + t : nullptr);
+    });
+  }
+}
+
+// out[i] = o[i] + r[i], i < n.
+template <typename T>
+inline void add_rows(const T* o, const T* r, int64_t n, T* out) {
+  constexpr int V = Vec<T>::size();
+  int64_t i = 0;
+  for (; i + V <= n; i += V) (Vec<T>::loadu(o + i) + Vec<T>::loadu(r + i)).store(out + i);
+  if (i < n) (Vec<T>::loadu(o + i, n - i) + Vec<T>::loadu(r + i, n - i)).store(out + i, n - i);
+}
+
 template <typename T>
 void fwd_nchw(const PpmShape& p, const PpmArgs<T>& a, int64_t t0, int64_t t1) {
-  constexpr int64_t TP = tile_pixels<T>();
+  constexpr int64_t TP = tile_pixels<T>(), LD = tile_pitch<T>();
   const int64_t Cin = p.Cin, Cout = p.Cout, H = p.H, W = p.W, Wo = p.Wo, HWo = p.Ho * p.Wo;
-  Scratch<T> P(Cin * TP);
+  Scratch<T> buf((Cin + Cout) * LD);
+  T* P = buf.data();
+  T* O = P + Cin * LD;
   for (int64_t task = t0; task < t1; ++task) {
     const int64_t n = task / p.bands, band = task % p.bands;
     const int64_t pA = (band * p.Ho / p.bands) * Wo, pB = ((band + 1) * p.Ho / p.bands) * Wo;
+    const T* xn = a.x + n * Cin * H * W;
     for (int64_t tA = pA; tA < pB; tA += TP) {
       const int64_t tn = imin(TP, pB - tA);
-      for (int64_t ci = 0; ci < Cin; ++ci) {
-        const T* xc = a.x + (n * Cin + ci) * H * W;
-        row_segments(tA, tA + tn, Wo, [&](int64_t oy, int64_t ox0, int64_t ox1, int64_t t) {
-          const T* r0 = xc + 2 * oy * W;
-          pool_seg_nchw<T, false>(r0, 2 * oy + 1 < H ? r0 + W : nullptr, W, ox0, ox1,
-                                  P.data() + ci * TP + t, nullptr);
-        });
-      }
+      pool_tile_nchw<T, false>(xn, Cin, H, W, Wo, tA, tn, P, nullptr, LD);
+      // Into a local tile first: adding the residual inside the GEMM read and wrote rows a
+      // whole plane apart per micro-tile, which thrashed L1 and was 3x slower.
+      gemm<T>(Cout, tn, Cin, a.w, Cin, 1, P, LD, nullptr, 0, O, LD);
       const int64_t off = n * Cout * HWo + tA;
-      gemm<T>(Cout, tn, Cin, a.w, Cin, 1, P.data(), TP, a.residual + off, HWo, a.out + off, HWo);
+      for (int64_t co = 0; co < Cout; ++co) {
+        if (co + kPlanesAhead < Cout) prefetch_span(a.residual + off + (co + kPlanesAhead) * HWo, tn);
+        add_rows(O + co * LD, a.residual + off + co * HWo, tn, a.out + off + co * HWo);
+      }
     }
   }
 }
@@ -352,40 +403,39 @@ void fwd_nhwc(const PpmShape& p, const PpmArgs<T>& a, int64_t t0, int64_t t1) {
 
 template <typename T>
 void bwd_nchw(const PpmShape& p, const PpmArgs<T>& a, int64_t t0, int64_t t1) {
-  constexpr int64_t TP = tile_pixels<T>();
+  constexpr int64_t TP = tile_pixels<T>(), LD = tile_pitch<T>();
   const int64_t Cin = p.Cin, Cout = p.Cout, H = p.H, W = p.W, Wo = p.Wo, HWo = p.Ho * p.Wo;
-  Scratch<T> buf(3 * Cin * TP);
+  Scratch<T> buf((3 * Cin + Cout) * LD);
   T* P = buf.data();
-  T* I = P + Cin * TP;
-  T* D = I + Cin * TP;
+  T* I = P + Cin * LD;
+  T* D = I + Cin * LD;
+  T* Gt = D + Cin * LD;  // the tile of grad_out: its rows are a whole plane apart in memory
   Scratch<Vec<T>> gwv(Cout * Cin);
   for (int64_t task = t0; task < t1; ++task) {
     const int64_t n = task / p.bands, band = task % p.bands;
     const int64_t pA = (band * p.Ho / p.bands) * Wo, pB = ((band + 1) * p.Ho / p.bands) * Wo;
+    const T* xn = a.x + n * Cin * H * W;
     for (int64_t i = 0; i < Cout * Cin; ++i) gwv.data()[i] = Vec<T>(T(0));
     for (int64_t tA = pA; tA < pB; tA += TP) {
       const int64_t tn = imin(TP, pB - tA);
-      for (int64_t ci = 0; ci < Cin; ++ci) {
-        const T* xc = a.x + (n * Cin + ci) * H * W;
-        row_segments(tA, tA + tn, Wo, [&](int64_t oy, int64_t ox0, int64_t ox1, int64_t t) {
-          const T* r0 = xc + 2 * oy * W;
-          pool_seg_nchw<T, true>(r0, 2 * oy + 1 < H ? r0 + W : nullptr, W, ox0, ox1,
-                                 P + ci * TP + t, I + ci * TP + t);
-        });
-      }
       const T* G = a.gout + n * Cout * HWo + tA;
+      pool_tile_nchw<T, true>(xn, Cin, H, W, Wo, tA, tn, P, I, LD);
+      for (int64_t co = 0; co < Cout; ++co) {
+        if (co + kPlanesAhead < Cout) prefetch_span(G + (co + kPlanesAhead) * HWo, tn);
+        copy_n(G + co * HWo, tn, Gt + co * LD);
+      }
       // dP[ci][t] = sum_co w[co][ci] * G[co][t]
-      gemm<T>(Cin, tn, Cout, a.wt, Cout, 1, G, HWo, nullptr, 0, D, TP);
+      gemm<T>(Cin, tn, Cout, a.wt, Cout, 1, Gt, LD, nullptr, 0, D, LD);
       for (int64_t ci = 0; ci < Cin; ++ci) {
         T* gc = a.gx + (n * Cin + ci) * H * W;
         row_segments(tA, tA + tn, Wo, [&](int64_t oy, int64_t ox0, int64_t ox1, int64_t t) {
           T* g0 = gc + 2 * oy * W;
           scatter_seg_nchw<T>(g0, 2 * oy + 1 < H ? g0 + W : nullptr, W, ox0, ox1,
-                              D + ci * TP + t, I + ci * TP + t);
+                              D + ci * LD + t, I + ci * LD + t);
         });
       }
       // gw[co][ci] += sum_t G[co][t] * P[ci][t]
-      dot_all<T>(Cout, Cin, tn, G, HWo, P, TP, gwv.data());
+      dot_all<T>(Cout, Cin, tn, Gt, LD, P, LD, gwv.data());
     }
     T* gw = a.gw_part + task * Cout * Cin;
     for (int64_t i = 0; i < Cout * Cin; ++i) gw[i] = hsum(gwv.data()[i]);
@@ -434,7 +484,7 @@ void bwd_nhwc(const PpmShape& p, const PpmArgs<T>& a, int64_t t0, int64_t t1) {
       // gw[co][ci] += sum_t G[t][co] * P[t][ci]
       gemm<T>(Cout, Cin, tn, G, 1, Cout, P, Cin, gwb, Cin, gwb, Cin);
     }
-    std::memcpy(a.gw_part + task * Cout * Cin, gwb, Cout * Cin * sizeof(T));
+    copy_n(gwb, Cout * Cin, a.gw_part + task * Cout * Cin);
   }
 }
 

@@ -1,0 +1,137 @@
+"""Quick CPU timings of the C++ ops against the eager reference, for tuning the CPU kernels.
+
+    python benchmarks/bench_ops_quick.py [--threads N] [--repeat R] [--backward]
+
+Prints best-of-R milliseconds (the machine may be shared; the best run is the least disturbed)
+and effective bandwidth over the tensors each op must read and write. Not the project benchmark
+(see benchmarks/harness.py); no results are stored.
+"""
+import argparse
+import resource
+import time
+
+import torch
+
+import dasp_kernels
+from dasp_kernels import reference
+
+CPU_TIME = False
+
+
+def _cpu_s():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def best_ms(fn, repeat, warmup=2):
+    """Best wall time in ms; with --cpu-time, process CPU time per call divided by the threads
+    (what the wall time would be on idle cores, a steadier number on a loaded machine)."""
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(repeat):
+        t, c = time.perf_counter(), _cpu_s()
+        fn()
+        dt = (_cpu_s() - c) / torch.get_num_threads() if CPU_TIME else time.perf_counter() - t
+        best = min(best, dt)
+    return best * 1e3
+
+
+def row(name, ref_ms, cpu_ms, nbytes):
+    print(f"{name:44s} reference {ref_ms:8.2f} ms   cpu {cpu_ms:8.2f} ms   "
+          f"x{ref_ms / cpu_ms:5.1f}   cpu {nbytes / cpu_ms / 1e6:6.1f} GB/s")
+
+
+def dw_case(name, n, c, h, w, k, s, cl, repeat, backward):
+    x = torch.randn(n, c, h, w)
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last)
+    wt, sc, sh = torch.randn(c, 1, k, k), torch.rand(c) + 0.5, torch.randn(c)
+    p = k // 2
+    op = torch.ops.dasp_kernels
+    y = op.dwconv_bn_relu(x, wt, sc, sh, s, p, True)
+    torch.testing.assert_close(y, reference.dwconv_bn_relu(x, wt, sc, sh, s, p, True),
+                               rtol=1e-4, atol=1e-4)
+    nbytes = (x.numel() + y.numel()) * x.element_size()
+    with torch.no_grad():
+        r = best_ms(lambda: reference.dwconv_bn_relu(x, wt, sc, sh, s, p, True), repeat)
+        m = best_ms(lambda: op.dwconv_bn_relu(x, wt, sc, sh, s, p, True), repeat)
+    row(f"dwconv {name} fwd", r, m, nbytes)
+    if backward:
+        go = torch.randn_like(y)
+        xx, ww, ss, hh = (t.clone().requires_grad_() for t in (x, wt, sc, sh))
+
+        def ref_bwd():
+            out = reference.dwconv_bn_relu(xx, ww, ss, hh, s, p, True)
+            torch.autograd.grad(out, (xx, ww, ss, hh), go)
+
+        r = best_ms(ref_bwd, repeat)
+        m = best_ms(lambda: op._dwconv_bn_relu_backward(go, x, wt, sc, sh, s, p, True), repeat)
+        row(f"dwconv {name} fwd+bwd(ref) / bwd(cpu)", r, m, nbytes * 2 + x.numel() * x.element_size())
+
+
+def ppm_case(name, n, cin, cout, h, w, cl, repeat, backward):
+    x = torch.randn(n, cin, h, w)
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last)
+    wt = torch.randn(cout, cin, 1, 1) / cin ** 0.5
+    res = torch.randn(n, cout, (h + 1) // 2, (w + 1) // 2)
+    if cl:
+        res = res.contiguous(memory_format=torch.channels_last)
+    op = torch.ops.dasp_kernels
+    y = op.ppm_add(x, wt, res)
+    torch.testing.assert_close(y, reference.ppm_add(x, wt, res), rtol=1e-4, atol=1e-4)
+    nbytes = (x.numel() + 2 * y.numel()) * x.element_size()
+    with torch.no_grad():
+        r = best_ms(lambda: reference.ppm_add(x, wt, res), repeat)
+        m = best_ms(lambda: op.ppm_add(x, wt, res), repeat)
+    row(f"ppm_add {name} fwd", r, m, nbytes)
+    if backward:
+        go = torch.randn_like(y)
+        xx, ww = x.clone().requires_grad_(), wt.clone().requires_grad_()
+
+        def ref_bwd():
+            torch.autograd.grad(reference.ppm_add(xx, ww, res), (xx, ww), go)
+
+        r = best_ms(ref_bwd, repeat)
+        m = best_ms(lambda: op._ppm_add_backward(go, x, wt), repeat)
+        row(f"ppm_add {name} fwd+bwd(ref) / bwd(cpu)", r, m, 2 * nbytes)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--repeat", type=int, default=10)
+    ap.add_argument("--backward", action="store_true")
+    ap.add_argument("--only", default="", help="substring filter on case names")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time by process CPU time / threads instead of wall time")
+    args = ap.parse_args()
+    global CPU_TIME
+    CPU_TIME = args.cpu_time
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"ATen CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+          f"backends {dasp_kernels.available_backends()}")
+    cases = [
+        ("stage1 1x3x1024x1024 K7 s2", lambda: dw_case("stage1 1x3x1024x1024 K7 s2", 1, 3, 1024,
+                                                         1024, 7, 2, False, args.repeat,
+                                                         args.backward)),
+        ("stage2 1x64x512x512 K3 s2", lambda: dw_case("stage2 1x64x512x512 K3 s2", 1, 64, 512, 512,
+                                                        3, 2, False, args.repeat, args.backward)),
+        ("stage2 CL 1x64x512x512 K3 s2", lambda: dw_case("stage2 CL 1x64x512x512 K3 s2", 1, 64,
+                                                           512, 512, 3, 2, True, args.repeat,
+                                                           args.backward)),
+        ("ppm 1x64x512x512->64", lambda: ppm_case("1x64x512x512->64", 1, 64, 64, 512, 512, False,
+                                                  args.repeat, args.backward)),
+        ("ppm CL 1x64x512x512->64", lambda: ppm_case("CL 1x64x512x512->64", 1, 64, 64, 512, 512,
+                                                     True, args.repeat, args.backward)),
+    ]
+    for name, fn in cases:
+        if args.only in name:
+            fn()
+
+
+if __name__ == "__main__":
+    main()

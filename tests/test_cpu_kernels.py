@@ -1,0 +1,475 @@
+"""The C++ CPU kernels (csrc/cpu/) against dasp_kernels.reference: values, gradients, layouts,
+registration (opcheck) and input errors."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import dasp_kernels
+from dasp_kernels import _checks, reference
+from conftest import needs_cpu_ext
+
+pytestmark = needs_cpu_ext
+ops = torch.ops.dasp_kernels
+
+CL = torch.channels_last
+
+
+def tols(ref, dtype, grad=False):
+    """rtol/atol for comparing against the reference: float rounding, scaled to the magnitudes."""
+    scale = max(1.0, ref.abs().max().item()) if ref.numel() else 1.0
+    if dtype == torch.float64:
+        return dict(rtol=1e-9, atol=1e-9 * scale)
+    # Gradients of the weights are sums over the whole image: allow for their longer sums.
+    return dict(rtol=1e-5, atol=(1e-4 if grad else 1e-5) * scale)
+
+
+def close(got, ref, dtype=torch.float32, grad=False, msg=""):
+    torch.testing.assert_close(got, ref, equal_nan=True, msg=lambda m: f"{msg}\n{m}",
+                               **tols(ref, dtype, grad))
+
+
+def make_layout(x, layout):
+    """contiguous, channels_last, or a strided slice of a larger tensor (non-contiguous)."""
+    if layout == "contiguous":
+        return x.contiguous()
+    if layout == "channels_last":
+        return x.contiguous(memory_format=CL)
+    n, c, h, w = x.shape
+    big = torch.zeros(n, c + 2, h + 3, 2 * w + 1, dtype=x.dtype)
+    view = big[:, 1:c + 1, 2:h + 2, 1::2]
+    view.copy_(x)
+    if min(c, h, w) > 1:
+        assert not view.is_contiguous() and not view.is_contiguous(memory_format=CL)
+    return view
+
+
+LAYOUTS = ("contiguous", "channels_last", "sliced")
+
+
+def expect_format(x, out):
+    fmt = _checks.output_memory_format(x)
+    assert out.is_contiguous(memory_format=fmt), (fmt, out.stride())
+
+
+# ---------------------------------------------------------------------------------------------
+# dwconv_bn_relu
+
+DW_SHAPES = [  # (N, C, H, W): odd sizes, H = 1, W = 1, C = 1, 3, 64, 128, batch > 1
+    (2, 3, 11, 9),
+    (1, 1, 1, 8),
+    (1, 5, 7, 1),
+    (1, 64, 9, 10),
+    (2, 128, 5, 6),
+]
+
+
+def dw_params(c, k, dtype, scale_sign=1.0):
+    w = torch.randn(c, 1, k, k, dtype=dtype)
+    sc = (torch.rand(c, dtype=dtype) + 0.5) * scale_sign
+    sh = torch.randn(c, dtype=dtype) * 0.5
+    return w, sc, sh
+
+
+def dw_reference_grads(go, x, w, sc, sh, s, p, relu):
+    leaves = [t.detach().clone().requires_grad_() for t in (x, w, sc, sh)]
+    out = reference.dwconv_bn_relu(*leaves, s, p, relu)
+    return torch.autograd.grad(out, leaves, go)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("k", range(1, 8))
+def test_dwconv_matrix(k, stride):
+    """Every padding 0..K-1 over odd / degenerate shapes and three layouts, forward and backward
+    (float32), against the reference and autograd through it."""
+    for n, c, h, w in DW_SHAPES:
+        for pad in range(k):
+            if h + 2 * pad < k or w + 2 * pad < k:
+                continue
+            x0 = torch.randn(n, c, h, w)
+            wt, sc, sh = dw_params(c, k, torch.float32)
+            relu = (pad + k) % 2 == 0  # both activations over the matrix
+            for layout in LAYOUTS:
+                x = make_layout(x0, layout)
+                tag = f"N,C,H,W={n, c, h, w} K={k} s={stride} p={pad} relu={relu} {layout}"
+                y = ops.dwconv_bn_relu(x, wt, sc, sh, stride, pad, relu)
+                ref = reference.dwconv_bn_relu(x0, wt, sc, sh, stride, pad, relu)
+                close(y, ref, msg=tag)
+                expect_format(x, y)
+                go = torch.randn_like(ref)
+                got = ops._dwconv_bn_relu_backward(go, x, wt, sc, sh, stride, pad, relu)
+                want = dw_reference_grads(go, x0, wt, sc, sh, stride, pad, relu)
+                for name, a, b in zip(("x", "weight", "scale", "shift"), got, want):
+                    close(a, b, grad=True, msg=f"grad_{name} {tag}")
+                expect_format(x, got[0])
+                assert got[1].is_contiguous() and got[1].shape == wt.shape
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_dwconv_float64_backward_exact(layout):
+    for (n, c, h, w), k, s in [((2, 3, 13, 12), 7, 2), ((1, 16, 10, 11), 3, 1), ((1, 9, 8, 9), 4, 2),
+                               ((1, 3, 7, 6), 6, 1)]:
+        for pad in (0, k // 2, k - 1):
+            x0 = torch.randn(n, c, h, w, dtype=torch.float64)
+            wt, sc, sh = dw_params(c, k, torch.float64)
+            x = make_layout(x0, layout)
+            y = ops.dwconv_bn_relu(x, wt, sc, sh, s, pad, True)
+            close(y, reference.dwconv_bn_relu(x0, wt, sc, sh, s, pad, True), torch.float64)
+            go = torch.randn_like(y)
+            got = ops._dwconv_bn_relu_backward(go, x, wt, sc, sh, s, pad, True)
+            want = dw_reference_grads(go, x0, wt, sc, sh, s, pad, True)
+            for a, b in zip(got, want):
+                close(a, b, torch.float64)
+
+
+@pytest.mark.parametrize("threads", [3, 4])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_dwconv_bands(layout, threads):
+    """Images tall enough to be cut into several row bands per plane (one task each): the
+    backward's halo rows and the per-band weight-gradient sums must add up exactly once."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for (n, c, h, w), k, s in [((1, 3, 150, 37), 7, 2), ((1, 2, 133, 20), 5, 1),
+                                   ((2, 8, 70, 9), 3, 1), ((1, 3, 97, 21), 4, 2)]:
+            for pad in (0, k - 1):
+                x0 = torch.randn(n, c, h, w, dtype=torch.float64)
+                wt, sc, sh = dw_params(c, k, torch.float64)
+                x = make_layout(x0, layout)
+                y = ops.dwconv_bn_relu(x, wt, sc, sh, s, pad, True)
+                close(y, reference.dwconv_bn_relu(x0, wt, sc, sh, s, pad, True), torch.float64)
+                go = torch.randn_like(y)
+                got = ops._dwconv_bn_relu_backward(go, x, wt, sc, sh, s, pad, True)
+                want = dw_reference_grads(go, x0, wt, sc, sh, s, pad, True)
+                for a, b in zip(got, want):
+                    close(a, b, torch.float64)
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_dwconv_relu_mask_and_nan():
+    """The ReLU backward is torch.relu's (zero where relu(y) <= 0): y == 0 passes no gradient, a
+    NaN y passes it; NaN and inf in x propagate as in the reference, also from columns that no
+    output reads."""
+    c, k = 4, 3
+    x = torch.randn(1, c, 9, 10)
+    x[0, 0, 4, 4] = float("nan")
+    x[0, 1, 2, 9] = float("inf")  # last column: read only by the stride-1 outputs
+    wt, sc, sh = dw_params(c, k, torch.float32)
+    sh[2] = 0.0
+    wt[2] = 0.0  # channel 2: y == 0 exactly everywhere
+    for s in (1, 2):
+        for pad in (0, 1):
+            y = ops.dwconv_bn_relu(x, wt, sc, sh, s, pad, True)
+            close(y, reference.dwconv_bn_relu(x, wt, sc, sh, s, pad, True))
+            go = torch.randn_like(y)
+            got = ops._dwconv_bn_relu_backward(go, x, wt, sc, sh, s, pad, True)
+            want = dw_reference_grads(go, x, wt, sc, sh, s, pad, True)
+            for a, b in zip(got, want):
+                close(a, b, grad=True)
+            assert got[1][2].abs().sum() == 0 and got[3][2] == 0
+
+
+def test_dwconv_grad_out_any_strides():
+    x = torch.randn(2, 3, 8, 9).contiguous(memory_format=CL)
+    wt, sc, sh = dw_params(3, 3, torch.float32)
+    y = ops.dwconv_bn_relu(x, wt, sc, sh, 2, 1, False)
+    for go in (torch.ones(1).expand(y.shape), torch.randn(y.shape[::-1]).permute(3, 2, 1, 0)):
+        got = ops._dwconv_bn_relu_backward(go, x, wt, sc, sh, 2, 1, False)
+        want = dw_reference_grads(go, x, wt, sc, sh, 2, 1, False)
+        for a, b in zip(got, want):
+            close(a, b, grad=True)
+
+
+def test_dwconv_empty_batch():
+    wt, sc, sh = dw_params(3, 3, torch.float32)
+    for layout in ("contiguous", "channels_last"):
+        x = make_layout(torch.randn(0, 3, 7, 8), layout)
+        y = ops.dwconv_bn_relu(x, wt, sc, sh, 2, 1, True)
+        assert y.shape == (0, 3, 4, 4)
+        gx, gw, gs, gh = ops._dwconv_bn_relu_backward(torch.zeros(y.shape), x, wt, sc, sh, 2, 1,
+                                                      True)
+        assert gx.shape == x.shape and gw.shape == wt.shape
+        assert gw.abs().sum() == 0 and gs.abs().sum() == 0 and gh.abs().sum() == 0
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_dwconv_gradcheck(layout):
+    x = make_layout(torch.randn(2, 2, 5, 4, dtype=torch.float64), layout).requires_grad_()
+    wt, sc, sh = (t.requires_grad_() for t in dw_params(2, 3, torch.float64))
+    torch.autograd.gradcheck(lambda *a: ops.dwconv_bn_relu(*a, 1, 1, True), (x, wt, sc, sh))
+    torch.autograd.gradcheck(
+        lambda *a: dasp_kernels.dwconv_bn_relu(*a, stride=2, padding=2, relu=False,
+                                               backend="cpu"), (x, wt, sc, sh))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_dwconv_opcheck(layout):
+    x = make_layout(torch.randn(2, 4, 7, 6), layout)
+    wt, sc, sh = dw_params(4, 3, torch.float32)
+    torch.library.opcheck(ops.dwconv_bn_relu, (x.requires_grad_(), wt, sc, sh, 2, 1, True))
+    y = ops.dwconv_bn_relu(x.detach(), wt, sc, sh, 2, 1, True)
+    torch.library.opcheck(ops._dwconv_bn_relu_backward,
+                          (torch.randn_like(y), x.detach(), wt, sc, sh, 2, 1, True))
+
+
+# ---------------------------------------------------------------------------------------------
+# ppm_add
+
+PPM_SHAPES = [  # (N, Cin, Cout, H, W)
+    (2, 3, 5, 11, 9),
+    (1, 1, 1, 1, 1),
+    (1, 4, 3, 1, 7),
+    (1, 5, 2, 8, 1),
+    (1, 64, 64, 17, 18),
+    (2, 128, 64, 9, 13),
+    (1, 13, 33, 33, 35),
+]
+
+
+def ppm_inputs(n, cin, cout, h, w, dtype=torch.float32):
+    x = torch.randn(n, cin, h, w, dtype=dtype)
+    wt = torch.randn(cout, cin, 1, 1, dtype=dtype) / cin ** 0.5
+    res = torch.randn(n, cout, (h + 1) // 2, (w + 1) // 2, dtype=dtype)
+    return x, wt, res
+
+
+def ppm_reference_grads(go, x, wt, res):
+    xx, ww = x.detach().clone().requires_grad_(), wt.detach().clone().requires_grad_()
+    return torch.autograd.grad(reference.ppm_add(xx, ww, res), (xx, ww), go)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_ppm_matrix(layout):
+    for shape in PPM_SHAPES:
+        x0, wt, res = ppm_inputs(*shape)
+        x = make_layout(x0, layout)
+        r = make_layout(res, layout)
+        y = ops.ppm_add(x, wt, r)
+        ref = reference.ppm_add(x0, wt, res)
+        close(y, ref, msg=f"{shape} {layout}")
+        expect_format(x, y)
+        go = torch.randn_like(ref)
+        gx, gw = ops._ppm_add_backward(go, x, wt)
+        want = ppm_reference_grads(go, x0, wt, res)
+        close(gx, want[0], grad=True, msg=f"grad_x {shape} {layout}")
+        close(gw, want[1], grad=True, msg=f"grad_weight {shape} {layout}")
+        expect_format(x, gx)
+        assert gw.is_contiguous()
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_ppm_ties_and_nan(layout):
+    """First max in scan order wins a tie, NaN wins and propagates; grad_x goes to that argmax,
+    exactly as autograd through max_pool2d."""
+    torch.manual_seed(1)
+    for n, cin, cout, h, w in [(2, 5, 3, 9, 11), (1, 16, 8, 6, 34)]:
+        x0 = torch.randint(-1, 2, (n, cin, h, w)).float()  # many ties
+        x0[0, 0, 0, :] = float("-inf")
+        x0[0, 1, 2, 3] = float("nan")
+        x0[-1, 2, 4, 4:6] = float("nan")  # two NaN in one window
+        _, wt, res = ppm_inputs(n, cin, cout, h, w)
+        x = make_layout(x0, layout)
+        y = ops.ppm_add(x, wt, res)
+        close(y, reference.ppm_add(x0, wt, res))
+        go = torch.randn_like(y)
+        gx, gw = ops._ppm_add_backward(go, x, wt)
+        want = ppm_reference_grads(go, x0, wt, res)
+        close(gx, want[0], grad=True)
+        close(gw, want[1], grad=True)
+
+
+@pytest.mark.parametrize("threads", [3])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_ppm_float64_bands(layout, threads):
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for shape in [(1, 6, 7, 71, 40), (3, 20, 9, 25, 27)]:
+            x0, wt, res = ppm_inputs(*shape, dtype=torch.float64)
+            x = make_layout(x0, layout)
+            y = ops.ppm_add(x, wt, res)
+            close(y, reference.ppm_add(x0, wt, res), torch.float64)
+            go = torch.randn_like(y)
+            got = ops._ppm_add_backward(go, x, wt)
+            for a, b in zip(got, ppm_reference_grads(go, x0, wt, res)):
+                close(a, b, torch.float64)
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_ppm_empty_batch():
+    for layout in ("contiguous", "channels_last"):
+        x, wt, res = ppm_inputs(0, 4, 3, 5, 6)
+        x = make_layout(x, layout)
+        assert ops.ppm_add(x, wt, res).shape == (0, 3, 3, 3)
+        gx, gw = ops._ppm_add_backward(torch.zeros(0, 3, 3, 3), x, wt)
+        assert gx.shape == x.shape and gw.shape == wt.shape and gw.abs().sum() == 0
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_ppm_gradcheck(layout):
+    x, wt, res = ppm_inputs(2, 2, 3, 5, 3, torch.float64)
+    x = make_layout(x, layout).requires_grad_()
+    wt.requires_grad_()
+    res.requires_grad_()
+    torch.autograd.gradcheck(ops.ppm_add, (x, wt, res))
+    torch.autograd.gradcheck(lambda *a: dasp_kernels.ppm_add(*a, backend="cpu"), (x, wt, res))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_ppm_opcheck(layout):
+    x, wt, res = ppm_inputs(2, 6, 5, 7, 8)
+    x = make_layout(x, layout)
+    torch.library.opcheck(ops.ppm_add, (x.requires_grad_(), wt, res))
+    torch.library.opcheck(ops._ppm_add_backward, (torch.randn_like(res), x.detach(), wt))
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors: the C++ op says what the Python wrapper says.
+
+def _dw_ok():
+    x = torch.randn(1, 3, 8, 8)
+    wt, sc, sh = dw_params(3, 3, torch.float32)
+    return dict(x=x, weight=wt, scale=sc, shift=sh, stride=1, padding=1)
+
+
+DW_BAD = {
+    "dtype mismatch": dict(weight=torch.randn(3, 1, 3, 3, dtype=torch.float64)),
+    "rank": dict(x=torch.randn(3, 8, 8)),
+    "weight shape": dict(weight=torch.randn(3, 1, 3, 5)),
+    "weight channels": dict(weight=torch.randn(4, 1, 3, 3)),
+    "scale channels": dict(scale=torch.randn(4)),
+    "shift rank": dict(shift=torch.randn(3, 1)),
+    "negative padding": dict(padding=-1),
+    "padding >= K": dict(padding=3),
+    "K > 7": dict(weight=torch.randn(3, 1, 9, 9)),
+    "stride 0": dict(stride=0),
+    "stride 3": dict(stride=3),
+    "too small": dict(x=torch.randn(1, 3, 1, 8), weight=torch.randn(3, 1, 5, 5), padding=1),
+    "float16 on cpu": dict(x=torch.randn(1, 3, 8, 8).half(), weight=torch.randn(3, 1, 3, 3).half(),
+                           scale=torch.randn(3).half(), shift=torch.randn(3).half()),
+}
+
+
+@pytest.mark.parametrize("case", DW_BAD)
+def test_dwconv_errors_match_wrapper(case):
+    a = {**_dw_ok(), **DW_BAD[case]}
+    with pytest.raises(ValueError) as py_err:
+        dasp_kernels.dwconv_bn_relu(a["x"], a["weight"], a["scale"], a["shift"],
+                                    stride=a["stride"], padding=a["padding"], backend="cpu")
+    msg = str(py_err.value)
+    assert msg.startswith("dwconv_bn_relu: expected") or "backend 'cpu' supports" in msg
+    args = (a["x"], a["weight"], a["scale"], a["shift"], a["stride"], a["padding"], True)
+    with pytest.raises(RuntimeError, match=re.escape(msg)):
+        ops.dwconv_bn_relu(*args)
+    with pytest.raises(RuntimeError, match=re.escape(msg)):
+        ops._dwconv_bn_relu_backward(torch.zeros(1), *args)
+
+
+def test_dwconv_integer_x():
+    # The C++ message names the dtype as c10 does ("Long"); the wrapper says "int64".
+    a = _dw_ok()
+    a["x"] = torch.ones(1, 3, 8, 8, dtype=torch.int64)
+    prefix = "dwconv_bn_relu: expected x of dtype float32, float64, float16 or bfloat16, got "
+    with pytest.raises(ValueError, match=re.escape(prefix + "int64")):
+        dasp_kernels.dwconv_bn_relu(a["x"], a["weight"], a["scale"], a["shift"], backend="cpu")
+    with pytest.raises(RuntimeError, match=re.escape(prefix)):
+        ops.dwconv_bn_relu(*a.values(), True)
+
+
+def test_dwconv_backward_grad_out_shape():
+    a = _dw_ok()
+    with pytest.raises(RuntimeError, match=re.escape(
+            "_dwconv_bn_relu_backward: expected grad_out of shape [1, 3, 8, 8], got [1, 3, 8, 7]")):
+        ops._dwconv_bn_relu_backward(torch.zeros(1, 3, 8, 7), *a.values(), True)
+
+
+def _ppm_ok():
+    return dict(x=torch.randn(2, 4, 7, 6), weight=torch.randn(5, 4, 1, 1),
+                residual=torch.randn(2, 5, 4, 3))
+
+
+PPM_BAD = {
+    "dtype mismatch": dict(residual=torch.randn(2, 5, 4, 3, dtype=torch.float64)),
+    "rank": dict(x=torch.randn(4, 7, 6)),
+    "weight shape": dict(weight=torch.randn(5, 4, 3, 3)),
+    "channel mismatch": dict(weight=torch.randn(5, 3, 1, 1)),
+    "residual shape": dict(residual=torch.randn(2, 5, 3, 3)),
+    "float16 on cpu": dict(x=torch.randn(2, 4, 7, 6).half(), weight=torch.randn(5, 4, 1, 1).half(),
+                           residual=torch.randn(2, 5, 4, 3).half()),
+}
+
+
+@pytest.mark.parametrize("case", PPM_BAD)
+def test_ppm_errors_match_wrapper(case):
+    a = {**_ppm_ok(), **PPM_BAD[case]}
+    with pytest.raises(ValueError) as py_err:
+        dasp_kernels.ppm_add(a["x"], a["weight"], a["residual"], backend="cpu")
+    msg = str(py_err.value)
+    with pytest.raises(RuntimeError, match=re.escape(msg)):
+        ops.ppm_add(a["x"], a["weight"], a["residual"])
+
+
+def test_ppm_backward_errors():
+    a = _ppm_ok()
+    with pytest.raises(RuntimeError, match=re.escape(
+            "_ppm_add_backward: expected grad_out of shape [2, 5, 4, 3], got [2, 5, 4, 4]")):
+        ops._ppm_add_backward(torch.zeros(2, 5, 4, 4), a["x"], a["weight"])
+    with pytest.raises(RuntimeError, match=re.escape(
+            "ppm_add: expected weight of shape [Cout, Cin, 1, 1] with Cin = 4, got [5, 3, 1, 1]")):
+        ops._ppm_add_backward(torch.zeros(2, 5, 4, 3), a["x"], torch.randn(5, 3, 1, 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# The portable build of the kernels (chosen on CPUs without AVX2, or with ATEN_CPU_CAPABILITY=
+# default) must agree as well; on this machine it only runs in a fresh process.
+
+PORTABLE_CHECK = r"""
+import torch, dasp_kernels
+from dasp_kernels import reference
+assert torch.backends.cpu.get_cpu_capability() == "DEFAULT"
+ops = torch.ops.dasp_kernels
+torch.manual_seed(0)
+for dtype in (torch.float32, torch.float64):
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-9, atol=1e-9)
+    for cl in (False, True):
+        fmt = torch.channels_last if cl else torch.contiguous_format
+        for (n, c, h, w), k, s, p in [((2, 3, 19, 17), 7, 2, 3), ((1, 12, 9, 10), 3, 1, 1),
+                                      ((1, 5, 6, 11), 4, 2, 0), ((1, 4, 1, 9), 5, 1, 2)]:
+            x = torch.randn(n, c, h, w, dtype=dtype).contiguous(memory_format=fmt)
+            wt = torch.randn(c, 1, k, k, dtype=dtype)
+            sc, sh = torch.rand(c, dtype=dtype) + 0.5, torch.randn(c, dtype=dtype)
+            y = ops.dwconv_bn_relu(x, wt, sc, sh, s, p, True)
+            torch.testing.assert_close(y, reference.dwconv_bn_relu(x, wt, sc, sh, s, p, True), **tol)
+            go = torch.randn_like(y)
+            leaves = [t.clone().requires_grad_() for t in (x, wt, sc, sh)]
+            want = torch.autograd.grad(reference.dwconv_bn_relu(*leaves, s, p, True), leaves, go)
+            for a, b in zip(ops._dwconv_bn_relu_backward(go, x, wt, sc, sh, s, p, True), want):
+                torch.testing.assert_close(a, b, **tol)
+        for n, cin, cout, h, w in [(2, 3, 5, 11, 9), (1, 20, 17, 18, 35)]:
+            x = torch.randn(n, cin, h, w, dtype=dtype).contiguous(memory_format=fmt)
+            x[0, 0, 0, :2] = float("nan")
+            wt = torch.randn(cout, cin, 1, 1, dtype=dtype)
+            res = torch.randn(n, cout, (h + 1) // 2, (w + 1) // 2, dtype=dtype)
+            y = ops.ppm_add(x, wt, res)
+            torch.testing.assert_close(y, reference.ppm_add(x, wt, res), equal_nan=True, **tol)
+            go = torch.randn_like(y)
+            xx, ww = x.clone().requires_grad_(), wt.clone().requires_grad_()
+            want = torch.autograd.grad(reference.ppm_add(xx, ww, res), (xx, ww), go)
+            for a, b in zip(ops._ppm_add_backward(go, x, wt), want):
+                torch.testing.assert_close(a, b, equal_nan=True, **tol)
+print("portable ok")
+"""
+
+
+def test_portable_build_agrees():
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run([sys.executable, "-c", PORTABLE_CHECK], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0 and "portable ok" in out.stdout, out.stdout + out.stderr
