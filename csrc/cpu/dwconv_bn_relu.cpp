@@ -11,6 +11,7 @@
 
 #include "../checks.h"
 #include "cpu_kernels.h"
+#include "parallel_tasks.h"
 
 namespace dasp_kernels {
 namespace {
@@ -79,7 +80,7 @@ at::Tensor dwconv_bn_relu_cpu(const at::Tensor& x, const at::Tensor& weight,
     a.shift = sh.const_data_ptr<scalar_t>();
     a.y = y.mutable_data_ptr<scalar_t>();
     const auto fn = g.nhwc ? k.dw_fwd_nhwc : k.dw_fwd_nchw;
-    at::parallel_for(0, num_tasks(g), 1, [&](int64_t t0, int64_t t1) { fn(p, a, t0, t1); });
+    cpu::run_tasks(num_tasks(g), [&](int64_t t0, int64_t t1) { fn(p, a, t0, t1); });
   });
   return y;
 }
@@ -127,7 +128,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_bn_relu_backwa
     a.gscale_part = gsc_part.mutable_data_ptr<scalar_t>();
     a.gshift_part = gsh_part.mutable_data_ptr<scalar_t>();
     const auto fn = g.nhwc ? k.dw_bwd_nhwc : k.dw_bwd_nchw;
-    at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) { fn(p, a, t0, t1); });
+    cpu::run_tasks(tasks, [&](int64_t t0, int64_t t1) { fn(p, a, t0, t1); });
 
     scalar_t* gwp = gw.mutable_data_ptr<scalar_t>();
     scalar_t* gsp = gscale.mutable_data_ptr<scalar_t>();

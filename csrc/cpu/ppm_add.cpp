@@ -11,6 +11,7 @@
 
 #include "../checks.h"
 #include "cpu_kernels.h"
+#include "parallel_tasks.h"
 
 namespace dasp_kernels {
 namespace {
@@ -70,7 +71,7 @@ at::Tensor ppm_add_cpu(const at::Tensor& x, const at::Tensor& weight, const at::
     a.residual = rc.const_data_ptr<scalar_t>();
     a.out = out.mutable_data_ptr<scalar_t>();
     const auto fn = g.nhwc ? k.ppm_fwd_nhwc : k.ppm_fwd_nchw;
-    at::parallel_for(0, p.N * p.bands, 1, [&](int64_t t0, int64_t t1) { fn(p, a, t0, t1); });
+    cpu::run_tasks(p.N * p.bands, [&](int64_t t0, int64_t t1) { fn(p, a, t0, t1); });
   });
   return out;
 }
@@ -110,7 +111,7 @@ std::tuple<at::Tensor, at::Tensor> ppm_add_backward_cpu(const at::Tensor& grad_o
     a.gx = gx.mutable_data_ptr<scalar_t>();
     a.gw_part = gw_part.mutable_data_ptr<scalar_t>();
     const auto fn = g.nhwc ? k.ppm_bwd_nhwc : k.ppm_bwd_nchw;
-    at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) { fn(p, a, t0, t1); });
+    cpu::run_tasks(tasks, [&](int64_t t0, int64_t t1) { fn(p, a, t0, t1); });
     // Per-task partial sums, added in task order: the result does not depend on threads.
     scalar_t* gwp = gw.mutable_data_ptr<scalar_t>();
     const scalar_t* part = a.gw_part;
