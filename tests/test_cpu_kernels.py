@@ -150,6 +150,21 @@ def test_dwconv_bands(layout, threads):
         torch.set_num_threads(old)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_dwconv_large_outputs_streamed(layout):
+    """Outputs of 16 MiB and more are written with non-temporal stores: aligned and odd rows."""
+    for (h, w), s in (((513, 511), 1), ((1024, 1030), 2)):
+        x0 = torch.randn(1, 16, h, w)
+        wt, sc, sh = dw_params(16, 3, torch.float32)
+        x = make_layout(x0, layout)
+        y = ops.dwconv_bn_relu(x, wt, sc, sh, s, 1, True)
+        close(y, reference.dwconv_bn_relu(x0, wt, sc, sh, s, 1, True))
+        go = torch.randn_like(y)
+        got = ops._dwconv_bn_relu_backward(go, x, wt, sc, sh, s, 1, True)
+        want = dw_reference_grads(go, x0, wt, sc, sh, s, 1, True)
+        close(got[0], want[0], grad=True)
+
+
 def test_dwconv_relu_mask_and_nan():
     """The ReLU backward is torch.relu's (zero where relu(y) <= 0): y == 0 passes no gradient, a
     NaN y passes it; NaN and inf in x propagate as in the reference, also from columns that no
@@ -299,6 +314,20 @@ def test_ppm_float64_bands(layout, threads):
                 close(a, b, torch.float64)
     finally:
         torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_ppm_large_outputs_streamed(layout):
+    for shape in [(1, 8, 64, 512, 512), (1, 4, 40, 1023, 1021)]:
+        x0, wt, res = ppm_inputs(*shape)
+        x, r = make_layout(x0, layout), make_layout(res, layout)
+        y = ops.ppm_add(x, wt, r)
+        close(y, reference.ppm_add(x0, wt, res))
+        go = torch.randn_like(y)
+        gx, gw = ops._ppm_add_backward(go, x, wt)
+        want = ppm_reference_grads(go, x0, wt, res)
+        close(gx, want[0], grad=True)
+        close(gw, want[1], grad=True)
 
 
 def test_ppm_empty_batch():

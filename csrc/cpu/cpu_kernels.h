@@ -21,6 +21,7 @@ struct DwShape {
   int64_t N, C, H, W, Ho, Wo, K, S, pad;
   bool relu;
   int64_t bands;
+  bool stream;  // write the output with non-temporal stores (large outputs, see stream_output)
 };
 
 template <typename T>
@@ -43,7 +44,14 @@ struct DwArgs {
 struct PpmShape {
   int64_t N, Cin, Cout, H, W, Ho, Wo;
   int64_t bands;
+  bool stream;
 };
+
+// Outputs at least this large are written with non-temporal stores where the build has them
+// (AVX2): they would not stay in cache for the next op anyway, and streaming them skips reading
+// every output line from memory before writing it.
+constexpr int64_t kStreamBytes = int64_t(16) << 20;
+inline bool stream_output(int64_t bytes) { return bytes >= kStreamBytes; }
 
 template <typename T>
 struct PpmArgs {

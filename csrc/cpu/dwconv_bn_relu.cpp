@@ -48,6 +48,7 @@ Geometry geometry(const at::Tensor& x, const at::Tensor& weight, int64_t stride,
   p.Wo = dwconv_out_size(p.W, p.K, stride, padding);
   p.relu = relu;
   p.bands = g.nhwc ? pick_bands(p.N, p.Ho, 4) : pick_bands(p.N * p.C, p.Ho, 16);
+  p.stream = false;  // set per output by the caller
   return g;
 }
 
@@ -64,7 +65,8 @@ at::Tensor dwconv_bn_relu_cpu(const at::Tensor& x, const at::Tensor& weight,
                               int64_t padding, bool relu) {
   check_dwconv_bn_relu(x, weight, scale, shift, stride, padding);
   check_backend_dtype("dwconv_bn_relu", "cpu", x, {at::kFloat, at::kDouble});
-  const Geometry g = geometry(x, weight, stride, padding, relu);
+  Geometry g = geometry(x, weight, stride, padding, relu);
+  g.p.stream = cpu::stream_output(g.p.N * g.p.C * g.p.Ho * g.p.Wo * x.element_size());
   const auto& p = g.p;
   at::Tensor y = at::empty({p.N, p.C, p.Ho, p.Wo}, x.options().memory_format(g.fmt));
   if (y.numel() == 0) return y;
@@ -91,7 +93,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_bn_relu_backwa
   check_dwconv_bn_relu(x, weight, scale, shift, stride, padding);
   check_backend_dtype("dwconv_bn_relu", "cpu", x, {at::kFloat, at::kDouble});
   const char* op = "_dwconv_bn_relu_backward";
-  const Geometry g = geometry(x, weight, stride, padding, relu);
+  Geometry g = geometry(x, weight, stride, padding, relu);
+  g.p.stream = cpu::stream_output(x.numel() * x.element_size());
   const auto& p = g.p;
   const std::vector<int64_t> out_shape = {p.N, p.C, p.Ho, p.Wo};
   TORCH_CHECK(grad_out.sizes() == at::IntArrayRef(out_shape), op,

@@ -34,9 +34,11 @@ using Vec = at::vec::Vectorized<T>;
 // NCHW
 
 // ph[r * L + j] = xpad[S * j + r], xpad[q] = xrow[q - pad] inside the row, 0 outside. L % V == 0.
-// Vector loads straight from the input row (a libc memcpy of a row was slower here).
+// Vector loads straight from the input row (a libc memcpy of a row was slower here). `ahead`: a
+// row that a later output row reads, prefetched into L2 alongside (null: none).
 template <typename T, int S>
-inline void fill_phases(const T* xrow, int64_t W, int64_t pad, int64_t L, T* ph) {
+inline void fill_phases(const T* xrow, int64_t W, int64_t pad, int64_t L, T* ph,
+                        const T* ahead) {
   constexpr int V = Vec<T>::size();
   // Positions j whose S*V input elements x[S*j - pad ...] all lie inside the row.
   const int64_t j0 = imin(L, ceil_div(pad, S));
@@ -50,6 +52,7 @@ inline void fill_phases(const T* xrow, int64_t W, int64_t pad, int64_t L, T* ph)
   for (; j < j0; ++j) scalar(j);
   for (; j + V <= L && S * (j + V) - pad <= W; j += V) {
     const T* src = xrow + S * j - pad;
+    if (ahead) DASP_PREFETCH_L2(ahead + (src - xrow));
     if constexpr (S == 1) {
       Vec<T>::loadu(src).store(ph + j);
     } else {
@@ -70,12 +73,13 @@ struct PlaneRing {
   int64_t tag[K];
 
   void reset() { fill(tag, K, int64_t(-1)); }
-  // Phase rows of input row iy (0 <= iy < H).
-  const T* row(const T* xp, int64_t iy, int64_t W, int64_t pad) {
+  // Phase rows of input row iy (0 <= iy < H); filling one prefetches the row kAhead below.
+  static constexpr int64_t kAhead = 2 * S;
+  const T* row(const T* xp, int64_t iy, int64_t W, int64_t H, int64_t pad) {
     const int64_t slot = iy % K;
     T* r = ring + slot * S * L;
     if (tag[slot] != iy) {
-      fill_phases<T, S>(xp + iy * W, W, pad, L, r);
+      fill_phases<T, S>(xp + iy * W, W, pad, L, r, iy + kAhead < H ? xp + (iy + kAhead) * W : nullptr);
       tag[slot] = iy;
     }
     return r;
@@ -182,7 +186,7 @@ void fwd_nchw(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) {
       int ky0, ky1;
       ky_range(oy, S, pad, H, K, ky0, ky1);
       const T* rows[K];
-      for (int ky = ky0; ky < ky1; ++ky) rows[ky] = ring.row(xp, oy * S - pad + ky, W, pad);
+      for (int ky = ky0; ky < ky1; ++ky) rows[ky] = ring.row(xp, oy * S - pad + ky, W, H, pad);
       T* yrow = yp + oy * Wo;
       // The S input rows that the next output row adds, fetched while this row computes:
       // reading them only when needed left the loads waiting on memory.
@@ -199,15 +203,17 @@ void fwd_nchw(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) {
         pf.step();
         conv_block<T, K, S, NU>(rows, ky0, ky1, wv, g.L, ox, acc);
         DASP_UNROLL
-        for (int u = 0; u < NU; ++u) bn_act(acc[u], sc, sh, p.relu).store(yrow + ox + u * V);
+        for (int u = 0; u < NU; ++u)
+          put(bn_act(acc[u], sc, sh, p.relu), yrow + ox + u * V, V, p.stream);
       }
       pf.rest();
       for (; ox < Wo; ox += V) {
         conv_block<T, K, S, 1>(rows, ky0, ky1, wv, g.L, ox, acc);
-        bn_act(acc[0], sc, sh, p.relu).store(yrow + ox, imin(V, Wo - ox));
+        put(bn_act(acc[0], sc, sh, p.relu), yrow + ox, imin(V, Wo - ox), p.stream);
       }
     }
   }
+  stream_fence();
 }
 
 // gw[r*K + kx] += sum_{ox < Wo} gy[ox] * phase row r at ox + kx/S, for NR input rows at once
@@ -328,11 +334,11 @@ void bwd_nchw(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) {
         int64_t ix = 0;
         for (; ix + NU * V <= W; ix += NU * V) {
           block(ix, acc, std::integral_constant<int, NU>{});
-          for (int u = 0; u < NU; ++u) acc[u].store(gxrow + ix + u * V);
+          for (int u = 0; u < NU; ++u) put(acc[u], gxrow + ix + u * V, V, p.stream);
         }
         for (; ix < W; ix += V) {
           block(ix, acc, std::integral_constant<int, 1>{});
-          acc[0].store(gxrow + ix, imin(V, W - ix));
+          put(acc[0], gxrow + ix, imin(V, W - ix), p.stream);
         }
       } else {
         // Phase r of the padded grad row: q = 2j + r gets w[ky][r + 2m] * gy[j - m].
@@ -364,7 +370,7 @@ void bwd_nchw(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) {
         int64_t j = 0;
         for (; j + 4 * V <= Jv; j += 4 * V) block(j, std::integral_constant<int, 4>{});
         for (; j < Jv; j += V) block(j, std::integral_constant<int, 1>{});
-        copy_n(qrow + pad, W, gxrow);
+        copy_put(qrow + pad, W, gxrow, p.stream);
       }
     };
 
@@ -372,7 +378,7 @@ void bwd_nchw(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) {
       int ky0, ky1;
       ky_range(oy, S, pad, H, K, ky0, ky1);
       const T* rows[K];
-      for (int ky = ky0; ky < ky1; ++ky) rows[ky] = ring.row(xp, oy * S - pad + ky, W, pad);
+      for (int ky = ky0; ky < ky1; ++ky) rows[ky] = ring.row(xp, oy * S - pad + ky, W, H, pad);
       const bool own = oy >= oyA;
       const T* grow = gp + oy * Wo;
       T* G = gring + (oy % K) * LG + lp;
@@ -424,6 +430,7 @@ void bwd_nchw(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) {
     a.gscale_part[task] = hsum(gs[0] + gs[1]);
     a.gshift_part[task] = hsum(gh[0] + gh[1]);
   }
+  stream_fence();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -558,12 +565,14 @@ void fwd_nhwc(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) {
             const Vec<T> sc = part ? Vec<T>::loadu(a.scale + cc, cl) : Vec<T>::loadu(a.scale + cc);
             const Vec<T> sh = part ? Vec<T>::loadu(a.shift + cc, cl) : Vec<T>::loadu(a.shift + cc);
             for (int px = 0; px < PX; ++px)
-              bn_act(acc[px][v], sc, sh, p.relu).store(yrow + (ox + px) * C + cc, part ? cl : V);
+              put(bn_act(acc[px][v], sc, sh, p.relu), yrow + (ox + px) * C + cc, part ? cl : V,
+                  p.stream);
           }
         });
       });
     }
   }
+  stream_fence();
 }
 
 template <typename T, int K>
@@ -640,8 +649,8 @@ void bwd_nhwc(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) {
           }
           for (int px = 0; px < PX; ++px)
             for (int v = 0; v < CV; ++v)
-              acc[px][v].store(gxrow + (ix + px * S) * C + c + v * V,
-                               (PART && v == CV - 1) ? cl : V);
+              put(acc[px][v], gxrow + (ix + px * S) * C + c + v * V,
+                  (PART && v == CV - 1) ? cl : V, p.stream);
         });
       };
       for (int64_t r = 0; r < S; ++r) {
@@ -741,6 +750,7 @@ void bwd_nhwc(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) {
     }
     while (next_iy < iyB) emit(next_iy++);
   }
+  stream_fence();
 }
 
 }  // namespace dw

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <type_traits>
 #if defined(_MSC_VER)
 #include <malloc.h>
 #endif
@@ -87,6 +88,40 @@ inline void prefetch_span(const T* p, int64_t n) {
   const int64_t bytes = n * static_cast<int64_t>(sizeof(T));
   for (int64_t b = 0; b < bytes; b += 64) DASP_PREFETCH_L2(c + b);
   if (bytes > 0) DASP_PREFETCH_L2(c + bytes - 1);
+}
+
+// Stores n lanes of v at p; a full vector at a 32-byte aligned p goes around the caches when nt
+// (non-temporal, AVX2 build only). Callers fence with stream_fence() before their task ends.
+template <typename T>
+inline void put(const at::vec::Vectorized<T>& v, T* p, int64_t n, bool nt) {
+#if defined(CPU_CAPABILITY_AVX2)
+  if (nt && n >= at::vec::Vectorized<T>::size() && (reinterpret_cast<uintptr_t>(p) & 31) == 0) {
+    if constexpr (std::is_same_v<T, float>)
+      _mm256_stream_ps(p, v);
+    else
+      _mm256_stream_pd(p, v);
+    return;
+  }
+#endif
+  v.store(p, n);
+}
+
+inline void stream_fence() {
+#if defined(CPU_CAPABILITY_AVX2)
+  _mm_sfence();
+#endif
+}
+
+// dst[i] = src[i], i < n, dst with put().
+template <typename T>
+inline void copy_put(const T* src, int64_t n, T* dst, bool nt) {
+  constexpr int V = at::vec::Vectorized<T>::size();
+  int64_t i = 0;
+  // Scalar head up to a 32-byte boundary, so that the vectors can stream.
+  if (nt)
+    for (; i < n && (reinterpret_cast<uintptr_t>(dst + i) & 31) != 0; ++i) dst[i] = src[i];
+  for (; i + V <= n; i += V) put(at::vec::Vectorized<T>::loadu(src + i), dst + i, V, nt);
+  if (i < n) at::vec::Vectorized<T>::loadu(src + i, n - i).store(dst + i, n - i);
 }
 
 template <typename T>

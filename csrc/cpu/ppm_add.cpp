@@ -38,6 +38,7 @@ Geometry geometry(const at::Tensor& x, const at::Tensor& weight) {
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
   const int64_t want = threads == 1 ? 1 : (8 * threads + p.N - 1) / std::max<int64_t>(1, p.N);
   p.bands = std::clamp<int64_t>(want, 1, std::max<int64_t>(1, p.Ho / 2));
+  p.stream = false;  // set per output by the caller
   return g;
 }
 
@@ -53,7 +54,8 @@ void check_ppm_weight(const char* op, const at::Tensor& x, const at::Tensor& wei
 at::Tensor ppm_add_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& residual) {
   check_ppm_add(x, weight, residual);
   check_backend_dtype("ppm_add", "cpu", x, {at::kFloat, at::kDouble});
-  const Geometry g = geometry(x, weight);
+  Geometry g = geometry(x, weight);
+  g.p.stream = cpu::stream_output(residual.numel() * x.element_size());
   const auto& p = g.p;
   at::Tensor out = at::empty({p.N, p.Cout, p.Ho, p.Wo}, x.options().memory_format(g.fmt));
   if (out.numel() == 0) return out;
@@ -83,7 +85,8 @@ std::tuple<at::Tensor, at::Tensor> ppm_add_backward_cpu(const at::Tensor& grad_o
   check_rank4_floating(op, x);
   check_ppm_weight(op, x, weight);
   check_backend_dtype(op, "cpu", x, {at::kFloat, at::kDouble});
-  const Geometry g = geometry(x, weight);
+  Geometry g = geometry(x, weight);
+  g.p.stream = cpu::stream_output(x.numel() * x.element_size());
   const auto& p = g.p;
   const std::vector<int64_t> out_shape = {p.N, p.Cout, p.Ho, p.Wo};
   TORCH_CHECK(grad_out.sizes() == at::IntArrayRef(out_shape),

@@ -46,7 +46,7 @@ constexpr int64_t tile_pitch() {
 
 template <typename T, int MR, int NV, bool PART>
 inline void micro(int64_t kd, const T* A, int64_t rsa, int64_t csa, const T* B, int64_t ldb,
-                  const T* R, int64_t ldr, T* C, int64_t ldc, int64_t nl) {
+                  const T* R, int64_t ldr, T* C, int64_t ldc, int64_t nl, bool nt) {
   constexpr int V = Vec<T>::size();
   Vec<T> acc[MR][NV];
   DASP_UNROLL
@@ -75,28 +75,29 @@ inline void micro(int64_t kd, const T* A, int64_t rsa, int64_t csa, const T* B, 
   for (int r = 0; r < MR; ++r) {
     DASP_UNROLL
     for (int v = 0; v < NV; ++v)
-      acc[r][v].store(C + r * ldc + v * V, (PART && v == NV - 1) ? nl : V);
+      put(acc[r][v], C + r * ldc + v * V, (PART && v == NV - 1) ? nl : V, nt);
   }
 }
 
 template <typename T, int MR>
 inline void micro_cols(int64_t n_rem, int64_t kd, const T* A, int64_t rsa, int64_t csa, const T* B,
-                       int64_t ldb, const T* R, int64_t ldr, T* C, int64_t ldc) {
+                       int64_t ldb, const T* R, int64_t ldr, T* C, int64_t ldc, bool nt) {
   constexpr int V = Vec<T>::size();
   if (n_rem >= 2 * V)
-    micro<T, MR, 2, false>(kd, A, rsa, csa, B, ldb, R, ldr, C, ldc, V);
+    micro<T, MR, 2, false>(kd, A, rsa, csa, B, ldb, R, ldr, C, ldc, V, nt);
   else if (n_rem > V)
-    micro<T, MR, 2, true>(kd, A, rsa, csa, B, ldb, R, ldr, C, ldc, n_rem - V);
+    micro<T, MR, 2, true>(kd, A, rsa, csa, B, ldb, R, ldr, C, ldc, n_rem - V, nt);
   else if (n_rem == V)
-    micro<T, MR, 1, false>(kd, A, rsa, csa, B, ldb, R, ldr, C, ldc, V);
+    micro<T, MR, 1, false>(kd, A, rsa, csa, B, ldb, R, ldr, C, ldc, V, nt);
   else
-    micro<T, MR, 1, true>(kd, A, rsa, csa, B, ldb, R, ldr, C, ldc, n_rem);
+    micro<T, MR, 1, true>(kd, A, rsa, csa, B, ldb, R, ldr, C, ldc, n_rem, nt);
 }
 
-// C[m][n] = R[m][n] (or 0) + sum_k A(m, k) * B[k][n]; B, R and C unit-stride along n.
+// C[m][n] = R[m][n] (or 0) + sum_k A(m, k) * B[k][n]; B, R and C unit-stride along n. nt: C is
+// a large output (see put()).
 template <typename T>
 void gemm(int64_t M, int64_t N, int64_t kd, const T* A, int64_t rsa, int64_t csa, const T* B,
-          int64_t ldb, const T* R, int64_t ldr, T* C, int64_t ldc) {
+          int64_t ldb, const T* R, int64_t ldr, T* C, int64_t ldc, bool nt = false) {
   constexpr int V = Vec<T>::size();
   constexpr int MR = 6;
   for (int64_t n0 = 0; n0 < N; n0 += 2 * V) {
@@ -107,16 +108,16 @@ void gemm(int64_t M, int64_t N, int64_t kd, const T* A, int64_t rsa, int64_t csa
     int64_t m0 = 0;
     for (; m0 + MR <= M; m0 += MR)
       micro_cols<T, MR>(n_rem, kd, A + m0 * rsa, rsa, csa, Bn, ldb, Rn ? Rn + m0 * ldr : nullptr,
-                        ldr, Cn + m0 * ldc, ldc);
+                        ldr, Cn + m0 * ldc, ldc, nt);
     const T* Am = A + m0 * rsa;
     const T* Rm = Rn ? Rn + m0 * ldr : nullptr;
     T* Cm = Cn + m0 * ldc;
     switch (M - m0) {
-      case 5: micro_cols<T, 5>(n_rem, kd, Am, rsa, csa, Bn, ldb, Rm, ldr, Cm, ldc); break;
-      case 4: micro_cols<T, 4>(n_rem, kd, Am, rsa, csa, Bn, ldb, Rm, ldr, Cm, ldc); break;
-      case 3: micro_cols<T, 3>(n_rem, kd, Am, rsa, csa, Bn, ldb, Rm, ldr, Cm, ldc); break;
-      case 2: micro_cols<T, 2>(n_rem, kd, Am, rsa, csa, Bn, ldb, Rm, ldr, Cm, ldc); break;
-      case 1: micro_cols<T, 1>(n_rem, kd, Am, rsa, csa, Bn, ldb, Rm, ldr, Cm, ldc); break;
+      case 5: micro_cols<T, 5>(n_rem, kd, Am, rsa, csa, Bn, ldb, Rm, ldr, Cm, ldc, nt); break;
+      case 4: micro_cols<T, 4>(n_rem, kd, Am, rsa, csa, Bn, ldb, Rm, ldr, Cm, ldc, nt); break;
+      case 3: micro_cols<T, 3>(n_rem, kd, Am, rsa, csa, Bn, ldb, Rm, ldr, Cm, ldc, nt); break;
+      case 2: micro_cols<T, 2>(n_rem, kd, Am, rsa, csa, Bn, ldb, Rm, ldr, Cm, ldc, nt); break;
+      case 1: micro_cols<T, 1>(n_rem, kd, Am, rsa, csa, Bn, ldb, Rm, ldr, Cm, ldc, nt); break;
       default: break;
     }
   }
@@ -208,13 +209,19 @@ inline T pool_one(const T* r0, const T* r1, int64_t cstride, bool has_c1, int& i
 }
 
 // NCHW: pooled pixels ox in [ox0, ox1) of one channel row pair into P[ox - ox0] (and I).
+// `ahead`: the row pair below, prefetched into L2 as this one is read (null: none). Without it
+// the reads, short runs a plane apart, reached under half the memory bandwidth.
 template <typename T, bool IDX>
 inline void pool_seg_nchw(const T* r0, const T* r1, int64_t W, int64_t ox0, int64_t ox1, T* P,
-                          T* I) {
+                          T* I, const T* ahead = nullptr) {
   constexpr int V = Vec<T>::size();
   const int64_t full = imin(ox1, W / 2);  // windows with two columns
   int64_t ox = ox0;
   for (; ox + V <= full; ox += V) {
+    if (ahead) {
+      DASP_PREFETCH_L2(ahead + 2 * ox);
+      DASP_PREFETCH_L2(ahead + W + 2 * ox);
+    }
     auto e0o0 = at::vec::deinterleave2(Vec<T>::loadu(r0 + 2 * ox), Vec<T>::loadu(r0 + 2 * ox + V));
     Vec<T> m = e0o0.first, idx(T(0));
     take<T, IDX>(e0o0.second, T(1), m, idx);
@@ -237,7 +244,7 @@ inline void pool_seg_nchw(const T* r0, const T* r1, int64_t W, int64_t ox0, int6
 // NCHW backward: writes grad_x of the windows of [ox0, ox1): D[t] at the argmax I[t], 0 elsewhere.
 template <typename T>
 inline void scatter_seg_nchw(T* g0, T* g1, int64_t W, int64_t ox0, int64_t ox1, const T* D,
-                             const T* I) {
+                             const T* I, bool nt) {
   constexpr int V = Vec<T>::size();
   const Vec<T> zero(T(0));
   const int64_t full = imin(ox1, W / 2);
@@ -246,13 +253,13 @@ inline void scatter_seg_nchw(T* g0, T* g1, int64_t W, int64_t ox0, int64_t ox1, 
     const Vec<T> d = Vec<T>::loadu(D + ox - ox0), idx = Vec<T>::loadu(I + ox - ox0);
     auto top = at::vec::interleave2(Vec<T>::blendv(zero, d, idx == Vec<T>(T(0))),
                                     Vec<T>::blendv(zero, d, idx == Vec<T>(T(1))));
-    top.first.store(g0 + 2 * ox);
-    top.second.store(g0 + 2 * ox + V);
+    put(top.first, g0 + 2 * ox, V, nt);
+    put(top.second, g0 + 2 * ox + V, V, nt);
     if (g1) {
       auto bot = at::vec::interleave2(Vec<T>::blendv(zero, d, idx == Vec<T>(T(2))),
                                       Vec<T>::blendv(zero, d, idx == Vec<T>(T(3))));
-      bot.first.store(g1 + 2 * ox);
-      bot.second.store(g1 + 2 * ox + V);
+      put(bot.first, g1 + 2 * ox, V, nt);
+      put(bot.second, g1 + 2 * ox + V, V, nt);
     }
   }
   for (; ox < ox1; ++ox) {
@@ -310,45 +317,32 @@ inline Window window(int64_t oy, int64_t ox, int64_t H, int64_t W) {
 // ---------------------------------------------------------------------------------------------
 // Tasks
 
-// Planes (rows of a tile a plane apart) prefetched ahead of the one being read: each tile reads
-// many short runs, too short for the hardware prefetcher to ramp up on.
+// Rows a plane apart (residual, grad_out) prefetched ahead of the one being read.
 constexpr int64_t kPlanesAhead = 2;
 
-// Prefetch the input rows that pooled pixels [tA, tA + tn) read from channel plane ci (if any).
-template <typename T>
-inline void prefetch_tile_nchw(const T* xn, int64_t ci, int64_t Cin, int64_t H, int64_t W,
-                               int64_t Wo, int64_t tA, int64_t tn) {
-  if (ci >= Cin) return;
-  const T* xc = xn + ci * H * W;
-  row_segments(tA, tA + tn, Wo, [&](int64_t oy, int64_t ox0, int64_t ox1, int64_t) {
-    const int64_t c0 = 2 * ox0, c1 = imin(W, 2 * ox1);
-    prefetch_span(xc + 2 * oy * W + c0, c1 - c0);
-    if (2 * oy + 1 < H) prefetch_span(xc + (2 * oy + 1) * W + c0, c1 - c0);
-  });
-}
-
 // Pools pooled pixels [tA, tA + tn) of every plane: P[ci * ld + t] (and argmax I when IDX).
+// Each row pair read prefetches the pair below it, which the next tile (or segment) reads.
 template <typename T, bool IDX>
 inline void pool_tile_nchw(const T* xn, int64_t Cin, int64_t H, int64_t W, int64_t Wo, int64_t tA,
                            int64_t tn, T* P, T* I, int64_t ld) {
-  for (int64_t ci = 0; ci < kPlanesAhead; ++ci) prefetch_tile_nchw(xn, ci, Cin, H, W, Wo, tA, tn);
   for (int64_t ci = 0; ci < Cin; ++ci) {
-    prefetch_tile_nchw(xn, ci + kPlanesAhead, Cin, H, W, Wo, tA, tn);
     const T* xc = xn + ci * H * W;
     row_segments(tA, tA + tn, Wo, [&](int64_t oy, int64_t ox0, int64_t ox1, int64_t t) {
       const T* r0 = xc + 2 * oy * W;
       pool_seg_nchw<T, IDX>(r0, 2 * oy + 1 < H ? r0 + W : nullptr, W, ox0, ox1, P + ci * ld + t,
-                            IDX ? I + ci * ld + t : nullptr);
+                            IDX ? I + ci * ld + t : nullptr, 2 * oy + 3 < H ? r0 + 2 * W : nullptr);
     });
   }
 }
 
 // out[i] = o[i] + r[i], i < n.
 template <typename T>
-inline void add_rows(const T* o, const T* r, int64_t n, T* out) {
+inline void add_rows(const T* o, const T* r, int64_t n, T* out, bool nt) {
   constexpr int V = Vec<T>::size();
   int64_t i = 0;
-  for (; i + V <= n; i += V) (Vec<T>::loadu(o + i) + Vec<T>::loadu(r + i)).store(out + i);
+  if (nt)
+    for (; i < n && (reinterpret_cast<uintptr_t>(out + i) & 31) != 0; ++i) out[i] = o[i] + r[i];
+  for (; i + V <= n; i += V) put(Vec<T>::loadu(o + i) + Vec<T>::loadu(r + i), out + i, V, nt);
   if (i < n) (Vec<T>::loadu(o + i, n - i) + Vec<T>::loadu(r + i, n - i)).store(out + i, n - i);
 }
 
@@ -372,10 +366,11 @@ void fwd_nchw(const PpmShape& p, const PpmArgs<T>& a, int64_t t0, int64_t t1) {
       const int64_t off = n * Cout * HWo + tA;
       for (int64_t co = 0; co < Cout; ++co) {
         if (co + kPlanesAhead < Cout) prefetch_span(a.residual + off + (co + kPlanesAhead) * HWo, tn);
-        add_rows(O + co * LD, a.residual + off + co * HWo, tn, a.out + off + co * HWo);
+        add_rows(O + co * LD, a.residual + off + co * HWo, tn, a.out + off + co * HWo, p.stream);
       }
     }
   }
+  stream_fence();
 }
 
 template <typename T>
@@ -396,9 +391,11 @@ void fwd_nhwc(const PpmShape& p, const PpmArgs<T>& a, int64_t t0, int64_t t1) {
                                   P.data() + t * Cin, nullptr);
       }
       const int64_t off = (n * HWo + tA) * Cout;
-      gemm<T>(tn, Cout, Cin, P.data(), Cin, 1, a.wt, Cout, a.residual + off, Cout, a.out + off, Cout);
+      gemm<T>(tn, Cout, Cin, P.data(), Cin, 1, a.wt, Cout, a.residual + off, Cout, a.out + off, Cout,
+              p.stream);
     }
   }
+  stream_fence();
 }
 
 template <typename T>
@@ -431,7 +428,7 @@ void bwd_nchw(const PpmShape& p, const PpmArgs<T>& a, int64_t t0, int64_t t1) {
         row_segments(tA, tA + tn, Wo, [&](int64_t oy, int64_t ox0, int64_t ox1, int64_t t) {
           T* g0 = gc + 2 * oy * W;
           scatter_seg_nchw<T>(g0, 2 * oy + 1 < H ? g0 + W : nullptr, W, ox0, ox1,
-                              D + ci * LD + t, I + ci * LD + t);
+                              D + ci * LD + t, I + ci * LD + t, p.stream);
         });
       }
       // gw[co][ci] += sum_t G[co][t] * P[ci][t]
@@ -440,6 +437,7 @@ void bwd_nchw(const PpmShape& p, const PpmArgs<T>& a, int64_t t0, int64_t t1) {
     T* gw = a.gw_part + task * Cout * Cin;
     for (int64_t i = 0; i < Cout * Cin; ++i) gw[i] = hsum(gwv.data()[i]);
   }
+  stream_fence();
 }
 
 template <typename T>
@@ -478,7 +476,8 @@ void bwd_nhwc(const PpmShape& p, const PpmArgs<T>& a, int64_t t0, int64_t t1) {
           const Vec<T> d = load_n<T>(D + t * Cin + c, cnt), idx = load_n<T>(I + t * Cin + c, cnt);
           for (int k = 0; k < 4; ++k)
             if (pos[k] >= 0)
-              Vec<T>::blendv(zero, d, idx == Vec<T>(T(k))).store(gxn + pos[k] * Cin + c, cnt);
+              put(Vec<T>::blendv(zero, d, idx == Vec<T>(T(k))), gxn + pos[k] * Cin + c, cnt,
+                  p.stream);
         }
       }
       // gw[co][ci] += sum_t G[t][co] * P[t][ci]
@@ -486,6 +485,7 @@ void bwd_nhwc(const PpmShape& p, const PpmArgs<T>& a, int64_t t0, int64_t t1) {
     }
     copy_n(gwb, Cout * Cin, a.gw_part + task * Cout * Cin);
   }
+  stream_fence();
 }
 
 }  // namespace ppm
