@@ -163,7 +163,8 @@ inline void ky_range(int64_t oy, int64_t S, int64_t pad, int64_t H, int64_t K, i
 template <typename T, int K, int S>
 void fwd_nchw(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) {
   constexpr int V = Vec<T>::size();
-  constexpr int NU = 8;  // independent accumulators: enough to cover the FMA latency
+  // Independent accumulators: enough to cover the FMA latency (fewer where Vectorized is an array).
+  constexpr int NU = kNativeVec ? 8 : 4;
   const int64_t H = p.H, W = p.W, Ho = p.Ho, Wo = p.Wo, pad = p.pad;
   const NchwGeom<T, K, S> g(p);
   Scratch<T> buf(K * S * g.L);
@@ -258,7 +259,7 @@ inline void gw_rows(const T* const* rows, const T* G, int64_t Wo, int64_t L, Vec
 template <typename T, int K, int S>
 void bwd_nchw(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) {
   constexpr int V = Vec<T>::size();
-  constexpr int NU = 8;
+  constexpr int NU = kNativeVec ? 8 : 4;
   // Weight-gradient rows handled together: up to 12 accumulators.
   constexpr int KB = K * K <= 12 ? K : (12 / K > 1 ? 12 / K : 1);
   constexpr int64_t lp = (K - 1) / S;  // gy columns needed left of j

@@ -25,6 +25,15 @@
 
 namespace dasp_kernels::cpu::DASP_ISA::util {
 
+// Whether at::vec::Vectorized is a machine register here. The portable x86 build's Vectorized
+// is a 32-byte array (two SSE registers per value), so the kernels keep fewer accumulators there
+// to stay within the 16 registers.
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512) || defined(__aarch64__)
+constexpr bool kNativeVec = true;
+#else
+constexpr bool kNativeVec = false;
+#endif
+
 inline int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 inline int64_t ceil_div(int64_t a, int64_t b) { return -floor_div(-a, b); }

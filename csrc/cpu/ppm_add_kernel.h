@@ -79,15 +79,19 @@ inline void micro(int64_t kd, const T* A, int64_t rsa, int64_t csa, const T* B, 
   }
 }
 
+// Register blocking: MR rows by NV vectors of accumulators.
+constexpr int kMR = kNativeVec ? 6 : 4;
+constexpr int kNV = kNativeVec ? 2 : 1;
+
 template <typename T, int MR>
 inline void micro_cols(int64_t n_rem, int64_t kd, const T* A, int64_t rsa, int64_t csa, const T* B,
                        int64_t ldb, const T* R, int64_t ldr, T* C, int64_t ldc, bool nt) {
   constexpr int V = Vec<T>::size();
-  if (n_rem >= 2 * V)
+  if (kNV == 2 && n_rem >= 2 * V)
     micro<T, MR, 2, false>(kd, A, rsa, csa, B, ldb, R, ldr, C, ldc, V, nt);
-  else if (n_rem > V)
+  else if (kNV == 2 && n_rem > V)
     micro<T, MR, 2, true>(kd, A, rsa, csa, B, ldb, R, ldr, C, ldc, n_rem - V, nt);
-  else if (n_rem == V)
+  else if (n_rem >= V)
     micro<T, MR, 1, false>(kd, A, rsa, csa, B, ldb, R, ldr, C, ldc, V, nt);
   else
     micro<T, MR, 1, true>(kd, A, rsa, csa, B, ldb, R, ldr, C, ldc, n_rem, nt);
@@ -99,8 +103,8 @@ template <typename T>
 void gemm(int64_t M, int64_t N, int64_t kd, const T* A, int64_t rsa, int64_t csa, const T* B,
           int64_t ldb, const T* R, int64_t ldr, T* C, int64_t ldc, bool nt = false) {
   constexpr int V = Vec<T>::size();
-  constexpr int MR = 6;
-  for (int64_t n0 = 0; n0 < N; n0 += 2 * V) {
+  constexpr int MR = kMR;
+  for (int64_t n0 = 0; n0 < N; n0 += kNV * V) {
     const int64_t n_rem = N - n0;
     const T* Bn = B + n0;
     T* Cn = C + n0;
