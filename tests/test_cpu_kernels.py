@@ -497,8 +497,9 @@ print("portable ok")
 
 def test_portable_build_agrees():
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "default"}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    # Import the same dasp_kernels (and built extension) as this process.
+    pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(dasp_kernels.__file__)))
+    env["PYTHONPATH"] = pkg_root + os.pathsep + env.get("PYTHONPATH", "")
     out = subprocess.run([sys.executable, "-c", PORTABLE_CHECK], env=env, capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0 and "portable ok" in out.stdout, out.stdout + out.stderr
