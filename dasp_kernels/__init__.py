@@ -11,10 +11,10 @@ is missing and why.
 from dasp_kernels import ops as _ops  # loads _C and registers fakes and autograd, if it loads
 from dasp_kernels import nn
 from dasp_kernels._backends import available_backends, backend_status
-from dasp_kernels.functional import dasp_stage, dwconv_bn_relu, ppm_add
+from dasp_kernels.functional import dasp_spatial_path, dasp_stage, dwconv_bn_relu, ppm_add
 from dasp_kernels.nn import fuse
 from dasp_kernels.reference import fold_bn
 
 __version__ = "0.1.0"
-__all__ = ["available_backends", "backend_status", "dasp_stage", "dwconv_bn_relu", "fold_bn",
+__all__ = ["available_backends", "backend_status", "dasp_spatial_path", "dasp_stage", "dwconv_bn_relu", "fold_bn",
            "fuse", "nn", "ppm_add"]
