@@ -13,7 +13,6 @@
 #error "define DASP_ISA before including dwconv_bn_relu_kernel.h"
 #endif
 
-#include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
 #include <cstring>
