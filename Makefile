@@ -7,7 +7,7 @@ setup:
 # Table I, then the kernel benchmark summary.
 run: setup
 	.venv/bin/python -m benchmarks.table1
-	@if [ -f benchmarks/bench_cpu.py ]; then .venv/bin/python -m benchmarks.bench_cpu --quick; fi
+	.venv/bin/python -m benchmarks.bench_cpu --quick
 
 # The whole test suite; Triton kernels run on the CPU interpreter when there is no GPU.
 test: setup
