@@ -22,7 +22,7 @@ from dasp_kernels import _backends, functional, reference
 
 # Error allowed, relative to the largest reference magnitude, per dtype.
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 1e-2, torch.bfloat16: 6e-2}
-OPS = ("dwconv_bn_relu", "ppm_add", "dasp_stage")
+OPS = ("dwconv_bn_relu", "ppm_add", "dasp_stage", "dasp_spatial_path")
 
 
 def _dw_case(n, c, h, w, k, stride, padding, relu=True):
@@ -38,6 +38,11 @@ def _stage_case(n, cin, cout, h, w, k):
     return {"op": "dasp_stage", "shape": (n, cin, h, w), "cout": cout, "k": k}
 
 
+def _path_case(n, h, w, stages):
+    """stages: [(cout, k), ...] chained from 3 input channels."""
+    return {"op": "dasp_spatial_path", "shape": (n, 3, h, w), "stages": stages}
+
+
 def cases(quick, interpreter):
     """The fixed matrix. `interpreter`: Triton on the CPU interpreter, where each program costs
     ~24 ms, so only small maps."""
@@ -47,6 +52,7 @@ def cases(quick, interpreter):
         _dw_case(0, 3, 5, 5, 3, 1, 1),
         _ppm_case(2, 3, 8, 9, 11), _ppm_case(1, 16, 4, 1, 5), _ppm_case(2, 5, 1, 6, 6),
         _stage_case(2, 3, 8, 9, 11, 7), _stage_case(1, 16, 8, 6, 5, 3), _stage_case(1, 4, 4, 1, 1, 1),
+        _path_case(2, 13, 10, [(8, 7), (8, 3)]),
     ]
     if interpreter:
         return small
@@ -54,6 +60,7 @@ def cases(quick, interpreter):
         _dw_case(2, 64, 33, 31, 3, 2, 1), _dw_case(1, 128, 17, 20, 3, 1, 1), _dw_case(1, 3, 65, 63, 7, 2, 3),
         _ppm_case(2, 64, 128, 33, 31), _ppm_case(1, 3, 64, 40, 41),
         _stage_case(2, 64, 128, 33, 31, 3), _stage_case(1, 3, 64, 64, 65, 7),
+        _path_case(1, 67, 61, [(64, 7), (64, 3), (128, 3)]),
     ]
     if quick:
         return small + medium
@@ -62,6 +69,7 @@ def cases(quick, interpreter):
         _ppm_case(1, 3, 64, 1024, 1024), _ppm_case(1, 64, 64, 512, 512), _ppm_case(1, 64, 128, 256, 256),
         _stage_case(1, 3, 64, 1024, 1024, 7), _stage_case(1, 64, 64, 512, 512, 3),
         _stage_case(1, 64, 128, 256, 256, 3),
+        _path_case(1, 1024, 1024, [(64, 7), (64, 3), (128, 3)]),
     ]
     edge = [_dw_case(3, 7, h, w, k, s, p) for (h, w) in [(1, 1), (2, 3), (15, 4)]
             for k in range(1, 8) for s in (1, 2) for p in range(k) if h + 2 * p >= k and w + 2 * p >= k]
@@ -80,16 +88,25 @@ def _make_inputs(case, gen):
         co = case["cout"]
         params = [torch.randn(co, c, 1, 1, generator=gen, dtype=torch.float64) / c ** 0.5,
                   torch.randn(n, co, (h + 1) // 2, (w + 1) // 2, generator=gen, dtype=torch.float64)]
+    elif case["op"] == "dasp_spatial_path":
+        params = []
+        for co, k in case["stages"]:
+            params += _stage_params(c, co, k, gen)
+            c = co
     else:
-        co, k = case["cout"], case["k"]
-        params = [torch.randn(c, 1, k, k, generator=gen, dtype=torch.float64) / k,
-                  torch.rand(c, generator=gen, dtype=torch.float64) + 0.5,
-                  torch.randn(c, generator=gen, dtype=torch.float64) * 0.1,
-                  torch.randn(co, c, 1, 1, generator=gen, dtype=torch.float64) / c ** 0.5,
-                  torch.rand(co, generator=gen, dtype=torch.float64) + 0.5,
-                  torch.randn(co, generator=gen, dtype=torch.float64) * 0.1,
-                  torch.randn(co, c, 1, 1, generator=gen, dtype=torch.float64) / c ** 0.5]
+        params = _stage_params(c, case["cout"], case["k"], gen)
     return x, params
+
+
+def _stage_params(c, co, k, gen):
+    f64 = torch.float64
+    return [torch.randn(c, 1, k, k, generator=gen, dtype=f64) / k,
+            torch.rand(c, generator=gen, dtype=f64) + 0.5,
+            torch.randn(c, generator=gen, dtype=f64) * 0.1,
+            torch.randn(co, c, 1, 1, generator=gen, dtype=f64) / c ** 0.5,
+            torch.rand(co, generator=gen, dtype=f64) + 0.5,
+            torch.randn(co, generator=gen, dtype=f64) * 0.1,
+            torch.randn(co, c, 1, 1, generator=gen, dtype=f64) / c ** 0.5]
 
 
 def _layout(x, layout):
@@ -108,6 +125,8 @@ def _call(case, backend, x, params):
                                          relu=case["relu"], backend=backend)
     if op == "ppm_add":
         return functional.ppm_add(x, *params, backend=backend)
+    if op == "dasp_spatial_path":
+        return functional.dasp_spatial_path(x, params, backend=backend)
     return functional.dasp_stage(x, *params, backend=backend)
 
 
@@ -204,12 +223,12 @@ def run(quick=True, bench=False, call=_call, log=print):
 
 
 def _row_text(r):
-    return (f"{r['op']:<15} {r['backend']:<7} {r['device']:<5} {r['dtype']:<9} {r['cases']:>5} "
+    return (f"{r['op']:<17} {r['backend']:<7} {r['device']:<5} {r['dtype']:<9} {r['cases']:>5} "
             f"{r['max_abs']:>10.2e} {r['max_rel']:>10.2e} {r['tol']:>8.0e}  "
             f"{'pass' if r['passed'] else 'FAIL'}")
 
 
-HEADER = (f"{'op':<15} {'backend':<7} {'dev':<5} {'dtype':<9} {'cases':>5} {'max abs':>10} "
+HEADER = (f"{'op':<17} {'backend':<7} {'dev':<5} {'dtype':<9} {'cases':>5} {'max abs':>10} "
           f"{'max rel':>10} {'tol':>8}  result")
 
 
@@ -238,7 +257,7 @@ def _time(fn, device, reps):
 def run_bench(todo, log=print):
     """Forward time of each op at the paper's stage shapes vs the reference on the same device."""
     out = []
-    paper = [c for c in cases(False, False)[-9:]]
+    paper = [c for c in cases(False, False)[-10:]]
     for backend, device, _, interpreter in todo:
         if interpreter:
             continue
@@ -254,7 +273,7 @@ def run_bench(todo, log=print):
             row = {"op": case["op"], "shape": list(case["shape"]), "backend": backend,
                    "device": device, "ms": ours, "reference_ms": ref, "speedup": ref / ours}
             out.append(row)
-            log(f"bench {row['op']:<15} {str(tuple(row['shape'])):<20} {backend:<7} {device:<5} "
+            log(f"bench {row['op']:<17} {str(tuple(row['shape'])):<20} {backend:<7} {device:<5} "
                 f"{ours:8.3f} ms  reference {ref:8.3f} ms  {row['speedup']:5.2f}x")
     return out
 
