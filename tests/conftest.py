@@ -15,6 +15,15 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for a module's tests, restored after."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def backend_skip(backend):
     """A pytest mark that skips, with the reason, when `backend` cannot run here."""
     why = dasp_kernels.backend_status()[backend]

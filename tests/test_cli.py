@@ -18,12 +18,8 @@ from dasp.synthetic import write_synthetic
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(dasp.__file__)))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Small models on 2 shared cores: one thread is faster and steadier (conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

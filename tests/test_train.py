@@ -24,12 +24,8 @@ TINY = dict(batch_size=4, crop=[64, 64], warmup_iters=2, lr=0.05, jitter=0.1, sc
             workers=0, progress=False, device="cpu", log_every=1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Small models on 2 shared cores: one thread is faster and steadier (conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
