@@ -143,9 +143,14 @@ def markdown(rows):
     return "\n".join(out) + "\n"
 
 
-def _targets(rows, copy_gbps):
-    """Issue 4's targets, per (size, threads, allocator)."""
-    body = []
+# Ratios at other sizes and thread counts are compared with this configuration's, per allocator.
+BASE_SIZE, BASE_THREADS = "1x3x1024x1024", 2
+TARGET_DRIFT = 0.15
+
+
+def _target_numbers(rows, copy_gbps):
+    """Per (size, threads, allocator): the fastest ours / peer / original rows and the ratios."""
+    out = []
     for (size, threads, alloc), rs in _groups(
             rows, lambda r: (r["size"], int(num(r["threads"])), r["allocator"])).items():
         # the fused path as users get it (fuse) and as one op: whichever is faster counts
@@ -154,40 +159,76 @@ def _targets(rows, copy_gbps):
         dw = [r for r in rs if r["workload"] == "dwconv_bn_relu/s1"]
         if not (dasp or dw):
             continue
-        ours = _best(dasp, is_ours)
-        peer = _best(dasp, lambda p: p in PEER_PROVIDERS)
-        orig = _best(sp, lambda p: True)
-        cells = [size, threads, alloc]
+        t = {"size": size, "threads": threads, "alloc": alloc,
+             "ours": _best(dasp, is_ours), "peer": _best(dasp, lambda p: p in PEER_PROVIDERS),
+             "orig": _best(sp, lambda p: True), "dw": _best(dw, is_ours),
+             "ceiling": copy_gbps.get((alloc, threads)), "vs_peer": math.nan,
+             "vs_orig": math.nan, "copy_frac": math.nan}
+        if t["ours"] and t["peer"]:
+            t["vs_peer"] = num(t["peer"]["median_ms"]) / num(t["ours"]["median_ms"])
+        if t["ours"] and t["orig"]:
+            t["vs_orig"] = num(t["orig"]["median_ms"]) / num(t["ours"]["median_ms"])
+        if t["dw"] and t["ceiling"]:
+            t["copy_frac"] = num(t["dw"]["gbps"]) / t["ceiling"]
+        out.append(t)
+    return out
+
+
+def _targets(rows, copy_gbps):
+    """Issue 4's targets, per (size, threads, allocator), and how far the ratios move away from
+    the 1x3x1024x1024, 2-thread ones."""
+    nums = _target_numbers(rows, copy_gbps)
+    if not nums:
+        return []
+
+    def meets(v, target):
+        return "meets" if v >= target else "below"
+
+    body = []
+    for t in nums:
+        ours, peer, orig, dw = t["ours"], t["peer"], t["orig"], t["dw"]
+        cells = [t["size"], t["threads"], t["alloc"]]
         cells.append(_ms(ours["median_ms"]) + f" ({ours['provider']}, {ours['workload']})"
                      if ours else "—")
-        if ours and peer:
-            s = num(peer["median_ms"]) / num(ours["median_ms"])
-            cells.append(f"{s:.2f}x vs {peer['provider']} {_ms(peer['median_ms'])} "
-                         f"({'meets' if s >= TARGET_VS_PEER else 'below'} {TARGET_VS_PEER}x)")
-        else:
-            cells.append("—")
-        if ours and orig:
-            s = num(orig["median_ms"]) / num(ours["median_ms"])
-            cells.append(f"{s:.2f}x vs {orig['provider']} {_ms(orig['median_ms'])} "
-                         f"({'meets' if s >= TARGET_VS_ORIGINAL else 'below'} {TARGET_VS_ORIGINAL}x)")
-        else:
-            cells.append("—")
-        dw_ours = _best(dw, is_ours)
-        ceiling = copy_gbps.get((alloc, threads))
-        if dw_ours and ceiling:
-            f = num(dw_ours["gbps"]) / ceiling
-            cells.append(f"{num(dw_ours['gbps']):.1f} / {ceiling:.1f} GB/s = {f:.0%} "
-                         f"({'meets' if f >= TARGET_COPY_FRACTION else 'below'} "
-                         f"{TARGET_COPY_FRACTION:.0%})")
-        else:
-            cells.append("—")
+        cells.append(f"{t['vs_peer']:.2f}x vs {peer['provider']} {_ms(peer['median_ms'])} "
+                     f"({meets(t['vs_peer'], TARGET_VS_PEER)} {TARGET_VS_PEER}x)"
+                     if ours and peer else "—")
+        cells.append(f"{t['vs_orig']:.2f}x vs {orig['provider']} {_ms(orig['median_ms'])} "
+                     f"({meets(t['vs_orig'], TARGET_VS_ORIGINAL)} {TARGET_VS_ORIGINAL}x)"
+                     if ours and orig else "—")
+        cells.append(f"{num(dw['gbps']):.1f} / {t['ceiling']:.1f} GB/s = {t['copy_frac']:.0%} "
+                     f"({meets(t['copy_frac'], TARGET_COPY_FRACTION)} {TARGET_COPY_FRACTION:.0%})"
+                     if not math.isnan(t["copy_frac"]) else "—")
         body.append(cells)
-    if not body:
-        return []
-    return ["## Targets of issue 4", "",
-            _table(["size", "threads", "allocator", "DASP path, fastest ours (ms)",
-                    "vs fastest peer's DASP path", "vs fastest original spatial path",
-                    "dwconv_bn_relu/s1 GB/s vs copy"], body), ""]
+    out = ["## Targets of issue 4", "",
+           _table(["size", "threads", "allocator", "DASP path, fastest ours (ms)",
+                   "vs fastest peer's DASP path", "vs fastest original spatial path",
+                   "dwconv_bn_relu/s1 GB/s vs copy"], body), ""]
+
+    base = {t["alloc"]: t for t in nums
+            if t["size"] == BASE_SIZE and t["threads"] == BASE_THREADS}
+    body = []
+    for t in nums:
+        b = base.get(t["alloc"])
+        if b is None or t is b:
+            continue
+        cells, moves = [t["size"], t["threads"], t["alloc"]], []
+        for key in ("vs_peer", "vs_orig", "copy_frac"):
+            if math.isnan(t[key]) or math.isnan(b[key]):
+                cells.append("—")
+                continue
+            rel = t[key] / b[key]
+            moves.append(abs(rel - 1) <= TARGET_DRIFT)
+            cells.append(f"{rel:.2f}")
+        cells.append("—" if not moves else
+                     "all within 15%" if all(moves) else "outside 15%")
+        body.append(cells)
+    if body:
+        out += [f"Each ratio divided by the same allocator's ratio at {BASE_SIZE}, "
+                f"{BASE_THREADS} threads (1.00: unchanged; issue 4 asks for 0.85-1.15):", "",
+                _table(["size", "threads", "allocator", "vs peer", "vs original",
+                        "dwconv GB/s / copy", "verdict"], body), ""]
+    return out
 
 
 def _details(rows, provs):

@@ -307,6 +307,27 @@ def export_onnx(module, inputs):
     raise Skip("ONNX export failed: " + " | ".join(m[:200] for m in errors))
 
 
+def ort_session_options(threads):
+    """ONNX Runtime's CPU settings: every graph optimisation, `threads` intra-op threads, and no
+    spin-waiting (DASP_BENCH_ORT_SPIN=1 turns ORT's default back on). ORT's idle workers otherwise
+    keep spinning for tens of milliseconds after each run, on the cores that the next provider of
+    the interleaved round is timed on. Measured here (2 threads, stage-1 dwconv_bn_relu, `python -m
+    benchmarks.bench_cpu --workloads dwconv_bn_relu/s1 --providers onnxruntime ours:cpu
+    --allocators nofault --no-save`): ours:cpu 4.2 ms timed after a spinning ORT, 1.0-1.2 ms
+    without, ORT itself 11-18 ms either way."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    if os.environ.get("DASP_BENCH_ORT_SPIN") != "1":
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return so
+
+
 def _onnxruntime(case, threads):
     try:
         import onnxruntime as ort
@@ -320,13 +341,7 @@ def _onnxruntime(case, threads):
     else:
         eps = ["CPUExecutionProvider"]
     model_bytes, how = export_onnx(case.module, case.inputs)
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(model_bytes, so, providers=eps)
+    sess = ort.InferenceSession(model_bytes, ort_session_options(threads), providers=eps)
     names = [i.name for i in sess.get_inputs()]
     feeds = {n: t.detach().cpu().contiguous().numpy() for n, t in zip(names, case.inputs)}
     return Provider("onnxruntime", lambda: sess.run(None, feeds)[0], torch.from_numpy,

@@ -191,6 +191,30 @@ def test_report_and_plot_from_rows(tmp_path):
                     "cpu_paths_1x3x64x64_t2.png"]
 
 
+def test_report_compares_ratios_with_the_base_configuration():
+    def rows_for(size, threads, ours_ms, ort_ms, sp_ms, dw_gbps, copy_gbps):
+        base = {"run_id": "r", "device": "cpu", "allocator": "default", "threads": threads,
+                "size": size, "input_shape": size, "status": "ok"}
+        out = [dict(base, workload=wl, kind="path", provider=prov, median_ms=ms, p20_ms=ms,
+                    p80_ms=ms, gbps=1.0)
+               for wl, prov, ms in (("DASP", "ours:cpu", ours_ms), ("DASP", "onnxruntime", ort_ms),
+                                    ("SpatialPath", "onnxruntime", sp_ms))]
+        out.append(dict(base, workload="dwconv_bn_relu/s1", kind="op", provider="ours:cpu",
+                        median_ms=1.0, p20_ms=1.0, p80_ms=1.0, gbps=dw_gbps))
+        out.append(dict(base, workload="stream/copy", kind="stream", provider="torch",
+                        median_ms=1.0, p20_ms=1.0, p80_ms=1.0, gbps=copy_gbps))
+        return out
+
+    rows = rows_for("1x3x1024x1024", 2, 10.0, 30.0, 50.0, 14.0, 20.0)  # 3x, 5x, 70%
+    rows += rows_for("1x3x1024x2048", 2, 20.0, 66.0, 100.0, 14.0, 20.0)  # 3.3x (1.10), 5x, 70%
+    rows += rows_for("4x3x512x1024", 1, 10.0, 24.0, 50.0, 7.0, 20.0)  # 2.4x (0.80), 5x, 35%
+    md = report.markdown(rows)
+    assert "| 1x3x1024x2048 | 2 | default | 1.10 | 1.00 | 1.00 | all within 15% |" in md
+    assert "| 4x3x512x1024 | 1 | default | 0.80 | 1.00 | 0.50 | outside 15% |" in md
+    assert "2.40x vs onnxruntime 24.0 (meets 1.8x)" in md
+    assert "35% (below 70%)" in md
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: GPU mode would run")
 def test_gpu_mode_skips_clearly_without_a_gpu(tmp_path, capsys):
     assert bench_cpu.main(["--device", "cuda", "--results-dir", str(tmp_path)]) == 0
@@ -207,3 +231,15 @@ def test_bad_arguments_are_refused():
         "dasp_stage/s1", "dasp_stage/s2", "dasp_stage/s3", "SpatialPath", "DASP"]
     with pytest.raises(SystemExit):
         bench_cpu.parse_args(["--sizes", "64x64"])
+
+
+def test_onnxruntime_does_not_spin_wait_unless_asked(monkeypatch):
+    # ORT's spinning workers would slow whatever the interleaved round times next.
+    pytest.importorskip("onnxruntime")
+    key = "session.intra_op.allow_spinning"
+    monkeypatch.delenv("DASP_BENCH_ORT_SPIN", raising=False)
+    so = suite.ort_session_options(2)
+    assert so.intra_op_num_threads == 2 and so.get_session_config_entry(key) == "0"
+    monkeypatch.setenv("DASP_BENCH_ORT_SPIN", "1")
+    with pytest.raises(Exception, match="does not have configuration"):
+        suite.ort_session_options(2).get_session_config_entry(key)  # ORT's default: spin
