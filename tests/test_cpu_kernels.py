@@ -108,11 +108,11 @@ def test_dwconv_matrix(k, stride):
                 assert got[1].is_contiguous() and got[1].shape == wt.shape
 
 
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_dwconv_float64_backward_exact(layout):
-    for (n, c, h, w), k, s in [((2, 3, 13, 12), 7, 2), ((1, 16, 10, 11), 3, 1), ((1, 9, 8, 9), 4, 2),
-                               ((1, 3, 7, 6), 6, 1)]:
-        for pad in (0, k // 2, k - 1):
+def check_dw_float64(cases, pads, layout):
+    """Forward and all four gradients in float64 against the reference, for each
+    ((n, c, h, w), K, stride) of `cases` and each padding of pads(K)."""
+    for (n, c, h, w), k, s in cases:
+        for pad in pads(k):
             x0 = torch.randn(n, c, h, w, dtype=torch.float64)
             wt, sc, sh = dw_params(c, k, torch.float64)
             x = make_layout(x0, layout)
@@ -125,6 +125,12 @@ def test_dwconv_float64_backward_exact(layout):
                 close(a, b, torch.float64)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_dwconv_float64_backward_exact(layout):
+    check_dw_float64([((2, 3, 13, 12), 7, 2), ((1, 16, 10, 11), 3, 1), ((1, 9, 8, 9), 4, 2),
+                      ((1, 3, 7, 6), 6, 1)], lambda k: (0, k // 2, k - 1), layout)
+
+
 @pytest.mark.parametrize("threads", [3, 4])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_dwconv_bands(layout, threads):
@@ -133,19 +139,8 @@ def test_dwconv_bands(layout, threads):
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for (n, c, h, w), k, s in [((1, 3, 150, 37), 7, 2), ((1, 2, 133, 20), 5, 1),
-                                   ((2, 8, 70, 9), 3, 1), ((1, 3, 97, 21), 4, 2)]:
-            for pad in (0, k - 1):
-                x0 = torch.randn(n, c, h, w, dtype=torch.float64)
-                wt, sc, sh = dw_params(c, k, torch.float64)
-                x = make_layout(x0, layout)
-                y = ops.dwconv_bn_relu(x, wt, sc, sh, s, pad, True)
-                close(y, reference.dwconv_bn_relu(x0, wt, sc, sh, s, pad, True), torch.float64)
-                go = torch.randn_like(y)
-                got = ops._dwconv_bn_relu_backward(go, x, wt, sc, sh, s, pad, True)
-                want = dw_reference_grads(go, x0, wt, sc, sh, s, pad, True)
-                for a, b in zip(got, want):
-                    close(a, b, torch.float64)
+        check_dw_float64([((1, 3, 150, 37), 7, 2), ((1, 2, 133, 20), 5, 1), ((2, 8, 70, 9), 3, 1),
+                          ((1, 3, 97, 21), 4, 2)], lambda k: (0, k - 1), layout)
     finally:
         torch.set_num_threads(old)
 

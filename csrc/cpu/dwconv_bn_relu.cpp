@@ -60,6 +60,18 @@ at::Tensor kernel_weight(const at::Tensor& weight, const Geometry& g) {
   return g.nhwc ? w.t().contiguous() : w.contiguous();
 }
 
+// The kernel arguments both directions share (contiguous inputs in the kernels' layouts).
+template <typename T>
+cpu::DwArgs<T> input_args(const at::Tensor& xc, const at::Tensor& w, const at::Tensor& sc,
+                          const at::Tensor& sh) {
+  cpu::DwArgs<T> a{};
+  a.x = xc.const_data_ptr<T>();
+  a.w = w.const_data_ptr<T>();
+  a.scale = sc.const_data_ptr<T>();
+  a.shift = sh.const_data_ptr<T>();
+  return a;
+}
+
 at::Tensor dwconv_bn_relu_cpu(const at::Tensor& x, const at::Tensor& weight,
                               const at::Tensor& scale, const at::Tensor& shift, int64_t stride,
                               int64_t padding, bool relu) {
@@ -75,11 +87,7 @@ at::Tensor dwconv_bn_relu_cpu(const at::Tensor& x, const at::Tensor& weight,
   const at::Tensor sc = scale.contiguous(), sh = shift.contiguous();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dwconv_bn_relu_cpu", [&] {
     const auto& k = cpu::kernels<scalar_t>();
-    cpu::DwArgs<scalar_t> a{};
-    a.x = xc.const_data_ptr<scalar_t>();
-    a.w = w.const_data_ptr<scalar_t>();
-    a.scale = sc.const_data_ptr<scalar_t>();
-    a.shift = sh.const_data_ptr<scalar_t>();
+    cpu::DwArgs<scalar_t> a = input_args<scalar_t>(xc, w, sc, sh);
     a.y = y.mutable_data_ptr<scalar_t>();
     const auto fn = g.nhwc ? k.dw_fwd_nhwc : k.dw_fwd_nchw;
     cpu::run_tasks(num_tasks(g), [&](int64_t t0, int64_t t1) { fn(p, a, t0, t1); });
@@ -120,11 +128,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_bn_relu_backwa
   at::Tensor gsh_part = at::empty({tasks, per_task}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dwconv_bn_relu_backward_cpu", [&] {
     const auto& k = cpu::kernels<scalar_t>();
-    cpu::DwArgs<scalar_t> a{};
-    a.x = xc.const_data_ptr<scalar_t>();
-    a.w = w.const_data_ptr<scalar_t>();
-    a.scale = sc.const_data_ptr<scalar_t>();
-    a.shift = sh.const_data_ptr<scalar_t>();
+    cpu::DwArgs<scalar_t> a = input_args<scalar_t>(xc, w, sc, sh);
     a.gout = go.const_data_ptr<scalar_t>();
     a.gx = gx.mutable_data_ptr<scalar_t>();
     a.gw_part = gw_part.mutable_data_ptr<scalar_t>();

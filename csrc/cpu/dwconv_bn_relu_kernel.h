@@ -218,6 +218,38 @@ void fwd_nchw(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) {
 
 // gw[r*K + kx] += sum_{ox < Wo} gy[ox] * phase row r at ox + kx/S, for NR input rows at once
 // (NR*K independent accumulators).
+// The rows one backward band covers. It owns output rows [oyA, oyB) (their weight, scale and shift
+// gradients) and writes grad_x rows [iyA, iyB): row iy belongs to the band holding last(iy), the
+// last output row that reads it. It recomputes gy from oyH, the first output row those need.
+struct BwdBand {
+  int64_t Ho, S, pad, oyA, oyB, iyA, iyB, oyH;
+  BwdBand(const DwShape& p, int64_t band) : Ho(p.Ho), S(p.S), pad(p.pad) {
+    oyA = band * p.Ho / p.bands;
+    oyB = (band + 1) * p.Ho / p.bands;
+    iyA = band == 0 ? 0 : iclamp(oyA * S - pad, 0, p.H);
+    iyB = band == p.bands - 1 ? p.H : iclamp(oyB * S - pad, 0, p.H);
+    oyH = iyA < iyB ? imax(0, ceil_div(iyA + pad - p.K + 1, S)) : oyA;
+  }
+  int64_t last(int64_t iy) const { return imin(Ho - 1, (iy + pad) / S); }
+};
+
+// The output rows whose tap ky reads input row iy: returns how many, with their taps kys[] and
+// their gy rows gys[] = gy_row(oy).
+template <typename T, int K, typename GyRow>
+inline int rows_reading(int64_t iy, const BwdBand& b, GyRow&& gy_row, const T** gys, int* kys) {
+  int n = 0;
+  for (int ky = 0; ky < K; ++ky) {
+    const int64_t t = iy + b.pad - ky;
+    if (t < 0) break;
+    if (t % b.S) continue;
+    const int64_t oy = t / b.S;
+    if (oy >= b.Ho) continue;
+    gys[n] = gy_row(oy);
+    kys[n++] = ky;
+  }
+  return n;
+}
+
 template <typename T, int K, int S, int NR>
 inline void gw_rows(const T* const* rows, const T* G, int64_t Wo, int64_t L, Vec<T>* gw) {
   constexpr int V = Vec<T>::size();
@@ -291,28 +323,15 @@ void bwd_nchw(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) {
     const T* xp = a.x + plane * H * W;
     const T* gp = a.gout + plane * Ho * Wo;
     T* gxp = a.gx + plane * H * W;
-    const int64_t oyA = band * Ho / p.bands, oyB = (band + 1) * Ho / p.bands;
-    // grad_x row iy belongs to the band holding last(iy), the last output row that reads it.
-    auto last = [&](int64_t iy) { return imin(Ho - 1, (iy + pad) / S); };
-    const int64_t iyA = band == 0 ? 0 : iclamp(oyA * S - pad, 0, H);
-    const int64_t iyB = band == p.bands - 1 ? H : iclamp(oyB * S - pad, 0, H);
-    const int64_t oyH =
-        iyA < iyB ? imax(0, ceil_div(iyA + pad - K + 1, S)) : oyA;
-    int64_t next_iy = iyA;
+    const BwdBand bb(p, band);
+    const int64_t oyA = bb.oyA, oyB = bb.oyB, iyB = bb.iyB, oyH = bb.oyH;
+    int64_t next_iy = bb.iyA;
 
     auto emit = [&](int64_t iy) {
       const T* gys[K] = {};
       int kys[K];
-      int n = 0;
-      for (int ky = 0; ky < K; ++ky) {
-        const int64_t t = iy + pad - ky;
-        if (t < 0) break;
-        if (t % S) continue;
-        const int64_t oy = t / S;
-        if (oy >= Ho) continue;
-        gys[n] = gring + (oy % K) * LG + lp;
-        kys[n++] = ky;
-      }
+      const int n = rows_reading<T, K>(
+          iy, bb, [&](int64_t oy) { return gring + (oy % K) * LG + lp; }, gys, kys);
       T* gxrow = gxp + iy * W;
       if constexpr (S == 1) {
         // grad_x[ix] = sum_{ky, kx} w[ky][kx] * gy[ix + pad - kx]
@@ -423,7 +442,7 @@ void bwd_nchw(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) {
         for (; ky + KB <= ky1; ky += KB) gw_rows<T, K, S, KB>(rows + ky, G, Wo, g.L, gw + ky * K);
         for (; ky < ky1; ++ky) gw_rows<T, K, S, 1>(rows + ky, G, Wo, g.L, gw + ky * K);
       }
-      while (next_iy < iyB && last(next_iy) <= oy) emit(next_iy++);
+      while (next_iy < iyB && bb.last(next_iy) <= oy) emit(next_iy++);
     }
     while (next_iy < iyB) emit(next_iy++);
     for (int i = 0; i < K * K; ++i) a.gw_part[task * K * K + i] = hsum(gw[i]);
@@ -595,27 +614,16 @@ void bwd_nhwc(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) {
     fill(gsc, C, T(0));
     fill(gsh, C, T(0));
     fill(gring.data(), K * LGp * C, T(0));
-    const int64_t oyA = band * Ho / p.bands, oyB = (band + 1) * Ho / p.bands;
-    auto last = [&](int64_t iy) { return imin(Ho - 1, (iy + pad) / S); };
-    const int64_t iyA = band == 0 ? 0 : iclamp(oyA * S - pad, 0, H);
-    const int64_t iyB = band == p.bands - 1 ? H : iclamp(oyB * S - pad, 0, H);
-    const int64_t oyH =
-        iyA < iyB ? imax(0, ceil_div(iyA + pad - K + 1, S)) : oyA;
-    int64_t next_iy = iyA;
+    const BwdBand bb(p, band);
+    const int64_t oyA = bb.oyA, oyB = bb.oyB, iyB = bb.iyB, oyH = bb.oyH;
+    int64_t next_iy = bb.iyA;
 
     auto emit = [&](int64_t iy) {
       const T* gys[K] = {};
       int kys[K];
-      int n_ky = 0;
-      for (int ky = 0; ky < K; ++ky) {
-        const int64_t t = iy + pad - ky;
-        if (t < 0) break;
-        if (t % S) continue;
-        const int64_t oy = t / S;
-        if (oy >= Ho) continue;
-        gys[n_ky] = gring.data() + ((oy % K) * LGp + lp) * C;
-        kys[n_ky++] = ky;
-      }
+      const int n_ky = rows_reading<T, K>(
+          iy, bb, [&](int64_t oy) { return gring.data() + ((oy % K) * LGp + lp) * C; }, gys,
+          kys);
       T* gxrow = gxn + iy * W * C;
       // Pixels ix, ix + S, ... share their taps kx = (ix + pad) mod S, mod S + S, ...
       auto pix = [&](int64_t ix, auto px_tag) {
@@ -746,7 +754,7 @@ void bwd_nhwc(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) {
           }
         }
       }
-      while (next_iy < iyB && last(next_iy) <= oy) emit(next_iy++);
+      while (next_iy < iyB && bb.last(next_iy) <= oy) emit(next_iy++);
     }
     while (next_iy < iyB) emit(next_iy++);
   }

@@ -121,6 +121,15 @@ def index64(*tensors):
 
 
 @triton.jit
+def pixel_tile(Q, OH, OW, IDX: tl.constexpr, BLOCK_Q: tl.constexpr):
+    """This program's output pixels (grid axis 0): their mask and n, oh, ow as [1, BLOCK_Q] rows,
+    to pair with a [BLOCK, 1] column of channels."""
+    q = tl.program_id(0).to(IDX) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    r = q % (OH * OW)
+    return q < Q, (q // (OH * OW))[None, :], (r // OW)[None, :], (r % OW)[None, :]
+
+
+@triton.jit
 def pool2x2_tile(x_ptr, base, ih0, iw0, H, W, sxh, sxw, mask, ACC: tl.constexpr):
     """2x2 window max starting at (ih0, iw0), with PyTorch's scan order, ties and NaN rule.
 

@@ -15,7 +15,8 @@ from torch.library import triton_op, wrap_triton
 from dasp_kernels import _checks
 from dasp_kernels.triton._common import (acc_dtype, check_device, dot16, index64,
                                          dw_tile, keep_opaque_when_interpreted, on_interpreter,
-                                         out_like, pool2x2_tile, pow2, should_launch)
+                                         out_like, pixel_tile, pool2x2_tile, pow2,
+                                         should_launch)
 from dasp_kernels.triton.dwconv_bn_relu import dw_backward, dw_forward
 from dasp_kernels.triton.ppm_add import ppm_backward
 
@@ -32,14 +33,9 @@ def _stage_fwd_kernel(x_ptr, dww_ptr, dws_ptr, dwb_ptr, pww_ptr, pws_ptr, pwb_pt
     ACC: tl.constexpr = tl.float64 if ACC64 else tl.float32
     DOT: tl.constexpr = x_ptr.dtype.element_ty if DOT16 else ACC
     IDX: tl.constexpr = tl.int64 if IDX64 else tl.int32
-    q = tl.program_id(0).to(IDX) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    mq, n, oh, ow = pixel_tile(Q, OH, OW, IDX, BLOCK_Q)
     co = tl.program_id(1) * BLOCK_CO + tl.arange(0, BLOCK_CO)
-    mq = q < Q
     mco = co < COUT
-    n = (q // (OH * OW))[None, :]
-    r = q % (OH * OW)
-    oh = (r // OW)[None, :]
-    ow = (r % OW)[None, :]
     cout = co.to(IDX)[:, None]
     acc_pw = tl.zeros([BLOCK_CO, BLOCK_Q], dtype=ACC)
     acc_pp = tl.zeros([BLOCK_CO, BLOCK_Q], dtype=ACC)

@@ -13,7 +13,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from dasp_kernels import _checks
-from dasp_kernels.triton._common import (acc_dtype, check_device, dw_tile, index64,
+from dasp_kernels.triton._common import (acc_dtype, check_device, dw_tile, index64, pixel_tile,
                                          keep_opaque_when_interpreted, num_programs_target,
                                          on_interpreter, out_like, pow2, should_launch)
 
@@ -28,14 +28,9 @@ def _dw_fwd_kernel(x_ptr, w_ptr, scale_ptr, shift_ptr, y_ptr, C, H, W, OH, OW, Q
                    BLOCK_Q: tl.constexpr):
     ACC: tl.constexpr = tl.float64 if ACC64 else tl.float32
     IDX: tl.constexpr = tl.int64 if IDX64 else tl.int32
-    q = tl.program_id(0).to(IDX) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    mq, n, oh, ow = pixel_tile(Q, OH, OW, IDX, BLOCK_Q)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    mq = q < Q
     mc = c < C
-    n = (q // (OH * OW))[None, :]
-    r = q % (OH * OW)
-    oh = (r // OW)[None, :]
-    ow = (r % OW)[None, :]
     ci = c.to(IDX)[:, None]
     mask = mc[:, None] & mq[None, :]
     acc = dw_tile(x_ptr, w_ptr, ci * sxc + n * sxn, ci * swc, oh, ow, mask, mc[:, None],

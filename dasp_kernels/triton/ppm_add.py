@@ -14,8 +14,8 @@ from torch.library import triton_op, wrap_triton
 from dasp_kernels import _checks
 from dasp_kernels.triton._common import (acc_dtype, check_device, dot16, index64,
                                          keep_opaque_when_interpreted, num_programs_target,
-                                         on_interpreter, out_like, pool2x2_tile, pow2,
-                                         should_launch)
+                                         on_interpreter, out_like, pixel_tile, pool2x2_tile,
+                                         pow2, should_launch)
 
 OP = "ppm_add"
 
@@ -28,14 +28,9 @@ def _ppm_fwd_kernel(x_ptr, w_ptr, r_ptr, y_ptr, CIN, COUT, H, W, OH, OW, Q,
     ACC: tl.constexpr = tl.float64 if ACC64 else tl.float32
     DOT: tl.constexpr = x_ptr.dtype.element_ty if DOT16 else ACC
     IDX: tl.constexpr = tl.int64 if IDX64 else tl.int32
-    q = tl.program_id(0).to(IDX) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    mq, n, oh, ow = pixel_tile(Q, OH, OW, IDX, BLOCK_Q)
     co = tl.program_id(1) * BLOCK_CO + tl.arange(0, BLOCK_CO)
-    mq = q < Q
     mco = co < COUT
-    n = (q // (OH * OW))[None, :]
-    r = q % (OH * OW)
-    oh = (r // OW)[None, :]
-    ow = (r % OW)[None, :]
     cout = co.to(IDX)[:, None]
     acc = tl.zeros([BLOCK_CO, BLOCK_Q], dtype=ACC)
     for ci0 in range(0, CIN, BLOCK_CI):
@@ -64,14 +59,9 @@ def _ppm_bwd_x_kernel(x_ptr, w_ptr, go_ptr, gx_ptr, CIN, COUT, H, W, OH, OW, Q,
     ACC: tl.constexpr = tl.float64 if ACC64 else tl.float32
     DOT: tl.constexpr = x_ptr.dtype.element_ty if DOT16 else ACC
     IDX: tl.constexpr = tl.int64 if IDX64 else tl.int32
-    q = tl.program_id(0).to(IDX) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    mq, n, oh, ow = pixel_tile(Q, OH, OW, IDX, BLOCK_Q)
     ci = tl.program_id(1) * BLOCK_CI + tl.arange(0, BLOCK_CI)
-    mq = q < Q
     mci = ci < CIN
-    n = (q // (OH * OW))[None, :]
-    r = q % (OH * OW)
-    oh = (r // OW)[None, :]
-    ow = (r % OW)[None, :]
     cin = ci.to(IDX)[:, None]
     gp = tl.zeros([BLOCK_CI, BLOCK_Q], dtype=ACC)
     for co0 in range(0, COUT, BLOCK_CO):
