@@ -145,6 +145,20 @@ def test_dwconv_bands(layout, threads):
         torch.set_num_threads(old)
 
 
+@pytest.mark.parametrize("k,stride", [(7, 2), (3, 1), (4, 2)])
+def test_dwconv_few_channels_last_runs_by_planes(k, stride):
+    """Channels-last inputs with fewer than 4 channels go forward plane by plane (the NCHW kernel
+    reading strided pixels): wide rows that use the full vector blocks, same bits as NCHW."""
+    for n, c, h, w in [(2, 3, 19, 301), (1, 1, 9, 130), (1, 2, 8, 75)]:
+        x0 = torch.randn(n, c, h, w)
+        wt, sc, sh = dw_params(c, k, torch.float32)
+        x = x0.contiguous(memory_format=torch.channels_last)
+        y = ops.dwconv_bn_relu(x, wt, sc, sh, stride, k // 2, True)
+        expect_format(x, y)
+        close(y, reference.dwconv_bn_relu(x0, wt, sc, sh, stride, k // 2, True))
+        assert torch.equal(y, ops.dwconv_bn_relu(x0, wt, sc, sh, stride, k // 2, True))
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_dwconv_large_outputs_streamed(layout):
     """Outputs of 16 MiB and more are written with non-temporal stores: aligned and odd rows."""

@@ -25,17 +25,23 @@ int64_t pick_bands(int64_t units, int64_t rows, int64_t min_rows) {
   return std::clamp<int64_t>(want, 1, std::max<int64_t>(1, rows / min_rows));
 }
 
+// Channels-last inputs with fewer channels than this go forward plane by plane (see
+// fwd_nhwc_planes): a channel vector would hold fewer lanes than any ISA's float vector.
+constexpr int64_t kPlaneChannels = 4;
+
 struct Geometry {
   cpu::DwShape p;
   bool nhwc;
+  bool planes;  // tasks (plane n * C + c, band) and weights [C][K*K], as for NCHW
   at::MemoryFormat fmt;
 };
 
 Geometry geometry(const at::Tensor& x, const at::Tensor& weight, int64_t stride, int64_t padding,
-                  bool relu) {
+                  bool relu, bool forward) {
   Geometry g;
   g.fmt = x.suggest_memory_format();
   g.nhwc = g.fmt == at::MemoryFormat::ChannelsLast;
+  g.planes = !g.nhwc || (forward && x.size(1) < kPlaneChannels);
   auto& p = g.p;
   p.N = x.size(0);
   p.C = x.size(1);
@@ -47,17 +53,17 @@ Geometry geometry(const at::Tensor& x, const at::Tensor& weight, int64_t stride,
   p.Ho = dwconv_out_size(p.H, p.K, stride, padding);
   p.Wo = dwconv_out_size(p.W, p.K, stride, padding);
   p.relu = relu;
-  p.bands = g.nhwc ? pick_bands(p.N, p.Ho, 4) : pick_bands(p.N * p.C, p.Ho, 16);
+  p.bands = g.planes ? pick_bands(p.N * p.C, p.Ho, 16) : pick_bands(p.N, p.Ho, 4);
   p.stream = false;  // set per output by the caller
   return g;
 }
 
-int64_t num_tasks(const Geometry& g) { return (g.nhwc ? g.p.N : g.p.N * g.p.C) * g.p.bands; }
+int64_t num_tasks(const Geometry& g) { return (g.planes ? g.p.N * g.p.C : g.p.N) * g.p.bands; }
 
-// Weights as the kernels read them: [C][K*K] for NCHW, [K*K][C] for NHWC.
+// Weights as the kernels read them: [C][K*K] by planes, [K*K][C] for NHWC.
 at::Tensor kernel_weight(const at::Tensor& weight, const Geometry& g) {
   auto w = weight.reshape({g.p.C, g.p.K * g.p.K});
-  return g.nhwc ? w.t().contiguous() : w.contiguous();
+  return g.planes ? w.contiguous() : w.t().contiguous();
 }
 
 // The kernel arguments both directions share (contiguous inputs in the kernels' layouts).
@@ -77,7 +83,7 @@ at::Tensor dwconv_bn_relu_cpu(const at::Tensor& x, const at::Tensor& weight,
                               int64_t padding, bool relu) {
   check_dwconv_bn_relu(x, weight, scale, shift, stride, padding);
   check_backend_dtype("dwconv_bn_relu", "cpu", x, {at::kFloat, at::kDouble});
-  Geometry g = geometry(x, weight, stride, padding, relu);
+  Geometry g = geometry(x, weight, stride, padding, relu, /*forward=*/true);
   g.p.stream = cpu::stream_output(g.p.N * g.p.C * g.p.Ho * g.p.Wo * x.element_size());
   const auto& p = g.p;
   at::Tensor y = at::empty({p.N, p.C, p.Ho, p.Wo}, x.options().memory_format(g.fmt));
@@ -89,7 +95,7 @@ at::Tensor dwconv_bn_relu_cpu(const at::Tensor& x, const at::Tensor& weight,
     const auto& k = cpu::kernels<scalar_t>();
     cpu::DwArgs<scalar_t> a = input_args<scalar_t>(xc, w, sc, sh);
     a.y = y.mutable_data_ptr<scalar_t>();
-    const auto fn = g.nhwc ? k.dw_fwd_nhwc : k.dw_fwd_nchw;
+    const auto fn = !g.nhwc ? k.dw_fwd_nchw : g.planes ? k.dw_fwd_nhwc_planes : k.dw_fwd_nhwc;
     cpu::run_tasks(num_tasks(g), [&](int64_t t0, int64_t t1) { fn(p, a, t0, t1); });
   });
   return y;
@@ -101,7 +107,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_bn_relu_backwa
   check_dwconv_bn_relu(x, weight, scale, shift, stride, padding);
   check_backend_dtype("dwconv_bn_relu", "cpu", x, {at::kFloat, at::kDouble});
   const char* op = "_dwconv_bn_relu_backward";
-  Geometry g = geometry(x, weight, stride, padding, relu);
+  Geometry g = geometry(x, weight, stride, padding, relu, /*forward=*/false);
   g.p.stream = cpu::stream_output(x.numel() * x.element_size());
   const auto& p = g.p;
   const std::vector<int64_t> out_shape = {p.N, p.C, p.Ho, p.Wo};

@@ -34,6 +34,11 @@ void fwd_nchw_any(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) 
 }
 
 template <typename T>
+void fwd_nhwc_planes_any(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) {
+  DASP_DW_SWITCH(fwd_nhwc_planes, T, p, a, t0, t1)
+}
+
+template <typename T>
 void bwd_nchw_any(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) {
   DASP_DW_SWITCH(bwd_nchw, T, p, a, t0, t1)
 }
@@ -62,6 +67,7 @@ Kernels<T> kernels() {
   k.vec_size = at::vec::Vectorized<T>::size();
   k.dw_fwd_nchw = &dw::fwd_nchw_any<T>;
   k.dw_fwd_nhwc = &dw::fwd_nhwc<T>;
+  k.dw_fwd_nhwc_planes = &dw::fwd_nhwc_planes_any<T>;
   k.dw_bwd_nchw = &dw::bwd_nchw_any<T>;
   k.dw_bwd_nhwc = &dw::bwd_nhwc_any<T>;
   k.ppm_fwd_nchw = &ppm::fwd_nchw<T>;
