@@ -16,5 +16,5 @@ from dasp_kernels.nn import fuse
 from dasp_kernels.reference import fold_bn
 
 __version__ = "0.1.0"
-__all__ = ["available_backends", "backend_status", "dasp_spatial_path", "dasp_stage", "dwconv_bn_relu", "fold_bn",
-           "fuse", "nn", "ppm_add"]
+__all__ = ["available_backends", "backend_status", "dasp_spatial_path", "dasp_stage",
+           "dwconv_bn_relu", "fold_bn", "fuse", "nn", "ppm_add"]

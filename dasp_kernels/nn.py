@@ -156,13 +156,17 @@ class FusedDASPStage(nn.Module):
         stage = copy.deepcopy(stage)
         return cls(stage.dw, stage.pw, stage.ppm, backend=backend)
 
+    def op_params(self):
+        """The 7 tensors the dasp_stage op takes after x, BN folded from the current statistics."""
+        dw_scale, dw_shift = _folded(self.dw.conv, self.dw.bn)
+        pw_scale, pw_shift = _folded(self.pw.conv, self.pw.bn)
+        return [self.dw.conv.weight, dw_scale, dw_shift, self.pw.conv.weight, pw_scale, pw_shift,
+                self.ppm.conv.weight]
+
     def forward(self, x):
         if self.training or _onnx_exporting():
             return self.ppm(x, self.pw(self.dw(x)))
-        dw_scale, dw_shift = _folded(self.dw.conv, self.dw.bn)
-        pw_scale, pw_shift = _folded(self.pw.conv, self.pw.bn)
-        return functional.dasp_stage(x, self.dw.conv.weight, dw_scale, dw_shift, self.pw.conv.weight,
-                                     pw_scale, pw_shift, self.ppm.conv.weight, backend=self.backend)
+        return functional.dasp_stage(x, *self.op_params(), backend=self.backend)
 
 
 class FusedDASPSpatialPath(nn.Module):
@@ -189,12 +193,7 @@ class FusedDASPSpatialPath(nn.Module):
             for stage in stages:
                 x = stage(x)
             return x
-        params = []
-        for st in stages:
-            dw_scale, dw_shift = _folded(st.dw.conv, st.dw.bn)
-            pw_scale, pw_shift = _folded(st.pw.conv, st.pw.bn)
-            params += [st.dw.conv.weight, dw_scale, dw_shift, st.pw.conv.weight, pw_scale,
-                       pw_shift, st.ppm.conv.weight]
+        params = [t for st in stages for t in st.op_params()]
         return functional.dasp_spatial_path(x, params, backend=self.backend)
 
 

@@ -266,6 +266,17 @@ def ppm_reference_grads(go, x, wt, res):
     return torch.autograd.grad(reference.ppm_add(xx, ww, res), (xx, ww), go)
 
 
+def check_ppm(x0, wt, res, x, r, dtype=torch.float32):
+    """ppm_add at (x, r), layouts of (x0, res), and both its gradients against the reference
+    (float32 gradients within the grad tolerance)."""
+    y = ops.ppm_add(x, wt, r)
+    close(y, reference.ppm_add(x0, wt, res), dtype)
+    go = torch.randn_like(y)
+    got = ops._ppm_add_backward(go, x, wt)
+    for a, b in zip(got, ppm_reference_grads(go, x0, wt, res)):
+        close(a, b, dtype, grad=dtype == torch.float32)
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_ppm_matrix(layout):
     for shape in PPM_SHAPES:
@@ -296,14 +307,7 @@ def test_ppm_ties_and_nan(layout):
         x0[0, 1, 2, 3] = float("nan")
         x0[-1, 2, 4, 4:6] = float("nan")  # two NaN in one window
         _, wt, res = ppm_inputs(n, cin, cout, h, w)
-        x = make_layout(x0, layout)
-        y = ops.ppm_add(x, wt, res)
-        close(y, reference.ppm_add(x0, wt, res))
-        go = torch.randn_like(y)
-        gx, gw = ops._ppm_add_backward(go, x, wt)
-        want = ppm_reference_grads(go, x0, wt, res)
-        close(gx, want[0], grad=True)
-        close(gw, want[1], grad=True)
+        check_ppm(x0, wt, res, make_layout(x0, layout), res)
 
 
 @pytest.mark.parametrize("threads", [3])
@@ -314,13 +318,7 @@ def test_ppm_float64_bands(layout, threads):
     try:
         for shape in [(1, 6, 7, 71, 40), (3, 20, 9, 25, 27)]:
             x0, wt, res = ppm_inputs(*shape, dtype=torch.float64)
-            x = make_layout(x0, layout)
-            y = ops.ppm_add(x, wt, res)
-            close(y, reference.ppm_add(x0, wt, res), torch.float64)
-            go = torch.randn_like(y)
-            got = ops._ppm_add_backward(go, x, wt)
-            for a, b in zip(got, ppm_reference_grads(go, x0, wt, res)):
-                close(a, b, torch.float64)
+            check_ppm(x0, wt, res, make_layout(x0, layout), res, torch.float64)
     finally:
         torch.set_num_threads(old)
 
@@ -329,14 +327,7 @@ def test_ppm_float64_bands(layout, threads):
 def test_ppm_large_outputs_streamed(layout):
     for shape in [(1, 8, 64, 512, 512), (1, 4, 40, 1023, 1021)]:
         x0, wt, res = ppm_inputs(*shape)
-        x, r = make_layout(x0, layout), make_layout(res, layout)
-        y = ops.ppm_add(x, wt, r)
-        close(y, reference.ppm_add(x0, wt, res))
-        go = torch.randn_like(y)
-        gx, gw = ops._ppm_add_backward(go, x, wt)
-        want = ppm_reference_grads(go, x0, wt, res)
-        close(gx, want[0], grad=True)
-        close(gw, want[1], grad=True)
+        check_ppm(x0, wt, res, make_layout(x0, layout), make_layout(res, layout))
 
 
 def test_ppm_empty_batch():

@@ -76,9 +76,8 @@ struct PlaneRing {
   // Phase rows of input row iy (0 <= iy < H); filling one prefetches the row kAhead below.
   static constexpr int64_t kAhead = 2 * S;
   // rs, cs: row and element strides of the plane (W, 1 when contiguous).
-  const T* row(const T* xp, int64_t iy, int64_t W, int64_t H, int64_t pad, int64_t rs = -1,
-               int64_t cs = 1) {
-    if (rs < 0) rs = W;
+  const T* row(const T* xp, int64_t iy, int64_t W, int64_t H, int64_t pad, int64_t rs,
+               int64_t cs) {
     const int64_t slot = iy % K;
     T* r = ring + slot * S * L;
     if (tag[slot] != iy) {
@@ -140,6 +139,18 @@ struct RowPrefetch {
     step();
   }
 };
+
+// Adds to pf the S input rows that output row oy + 1 reads and row oy does not (none past the
+// band's last row oyB - 1); rs: the plane's row stride.
+template <typename T>
+inline void prefetch_next_rows(RowPrefetch& pf, const T* xp, int64_t oy, int64_t oyB, int64_t K,
+                               int64_t S, int64_t pad, int64_t H, int64_t rs) {
+  if (oy + 1 >= oyB) return;
+  for (int64_t q = 0; q < S; ++q) {
+    const int64_t iy = (oy + 1) * S - pad + K - S + q;
+    if (iy >= 0 && iy < H) pf.add(xp + iy * rs, rs * static_cast<int64_t>(sizeof(T)));
+  }
+}
 
 template <typename T>
 inline Vec<T> bn_act(const Vec<T>& acc, const Vec<T>& sc, const Vec<T>& sh, bool relu) {
@@ -211,11 +222,7 @@ void fwd_nchw(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) {
       // The S input rows that the next output row adds, fetched while this row computes:
       // reading them only when needed left the loads waiting on memory.
       RowPrefetch pf;
-      if (oy + 1 < oyB)
-        for (int q = 0; q < S; ++q) {
-          const int64_t iy = (oy + 1) * S - pad + K - S + q;
-          if (iy >= 0 && iy < H) pf.add(xp + iy * rs, rs * static_cast<int64_t>(sizeof(T)));
-        }
+      prefetch_next_rows(pf, xp, oy, oyB, K, S, pad, H, rs);
       pf.plan(Wo / (NU * V) + 1);
       int64_t ox = 0;
       Vec<T> acc[NU];
@@ -241,8 +248,6 @@ void fwd_nhwc_planes(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t
   fwd_nchw<T, K, S, true>(p, a, t0, t1);
 }
 
-// gw[r*K + kx] += sum_{ox < Wo} gy[ox] * phase row r at ox + kx/S, for NR input rows at once
-// (NR*K independent accumulators).
 // The rows one backward band covers. It owns output rows [oyA, oyB) (their weight, scale and shift
 // gradients) and writes grad_x rows [iyA, iyB): row iy belongs to the band holding last(iy), the
 // last output row that reads it. It recomputes gy from oyH, the first output row those need.
@@ -275,6 +280,8 @@ inline int rows_reading(int64_t iy, const BwdBand& b, GyRow&& gy_row, const T** 
   return n;
 }
 
+// gw[r*K + kx] += sum_{ox < Wo} gy[ox] * phase row r at ox + kx/S, for NR input rows at once
+// (NR*K independent accumulators).
 template <typename T, int K, int S, int NR>
 inline void gw_rows(const T* const* rows, const T* G, int64_t Wo, int64_t L, Vec<T>* gw) {
   constexpr int V = Vec<T>::size();
@@ -422,18 +429,14 @@ void bwd_nchw(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) {
       int ky0, ky1;
       ky_range(oy, S, pad, H, K, ky0, ky1);
       const T* rows[K];
-      for (int ky = ky0; ky < ky1; ++ky) rows[ky] = ring.row(xp, oy * S - pad + ky, W, H, pad);
+      for (int ky = ky0; ky < ky1; ++ky)
+        rows[ky] = ring.row(xp, oy * S - pad + ky, W, H, pad, W, 1);
       const bool own = oy >= oyA;
       const T* grow = gp + oy * Wo;
       T* G = gring + (oy % K) * LG + lp;
       RowPrefetch pf;  // next output row's new input rows and its grad_out row
-      if (oy + 1 < oyB) {
-        for (int q = 0; q < S; ++q) {
-          const int64_t iy = (oy + 1) * S - pad + K - S + q;
-          if (iy >= 0 && iy < H) pf.add(xp + iy * W, W * static_cast<int64_t>(sizeof(T)));
-        }
-        pf.add(grow + Wo, Wo * static_cast<int64_t>(sizeof(T)));
-      }
+      prefetch_next_rows(pf, xp, oy, oyB, K, S, pad, H, W);
+      if (oy + 1 < oyB) pf.add(grow + Wo, Wo * static_cast<int64_t>(sizeof(T)));
       pf.plan(Wo / (NU * V) + 1);
       Vec<T> acc[NU];
       auto finish = [&](int64_t ox, const Vec<T>& accv, int h) {
