@@ -311,10 +311,8 @@ def ort_session_options(threads):
     """ONNX Runtime's CPU settings: every graph optimisation, `threads` intra-op threads, and no
     spin-waiting (DASP_BENCH_ORT_SPIN=1 turns ORT's default back on). ORT's idle workers otherwise
     keep spinning for tens of milliseconds after each run, on the cores that the next provider of
-    the interleaved round is timed on. Measured here (2 threads, stage-1 dwconv_bn_relu, `python -m
-    benchmarks.bench_cpu --workloads dwconv_bn_relu/s1 --providers onnxruntime ours:cpu
-    --allocators nofault --no-save`): ours:cpu 4.2 ms timed after a spinning ORT, 1.0-1.2 ms
-    without, ORT itself 11-18 ms either way."""
+    the interleaved round is timed on: the stage-1 dwconv_bn_relu op timed after a spinning ORT took
+    3.98 ms, 1.26 ms without (benchmarks/results/ort_spinning, ort_no_spinning)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
