@@ -176,6 +176,7 @@ def git_commit():
 def environment(device="cpu"):
     """Fields that go into every row: what ran, where, with which libraries."""
     import dasp_kernels
+    from dasp_kernels import _loader
 
     dev = torch.device(device)
     env = {
@@ -192,6 +193,7 @@ def environment(device="cpu"):
         "numpy_version": _version("numpy"),
         "dasp_kernels_version": dasp_kernels.__version__,
         "dasp_backends": " ".join(dasp_kernels.available_backends()),
+        "dasp_cpu_isa": _loader.cpu_isa(),
         "git_commit": git_commit(),
     }
     if dev.type == "cuda":

@@ -4,11 +4,23 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "cpu/cpu_kernels.h"
+
+namespace {
+// dasp_kernels._C.cpu_isa(): which build of the CPU kernels this process runs ("avx512", "avx2"
+// or "default"), for benchmarks and tests.
+PyObject* cpu_isa(PyObject*, PyObject*) {
+  return PyUnicode_FromString(dasp_kernels::cpu::kernels<float>().isa);
+}
+PyMethodDef methods[] = {{"cpu_isa", cpu_isa, METH_NOARGS, "The CPU kernels' instruction set."},
+                         {nullptr, nullptr, 0, nullptr}};
+}  // namespace
+
 extern "C" {
-// Lets `import dasp_kernels._C` load this library (and so run the registrations below)
-// without binding any Python function: everything goes through torch.ops.
+// Lets `import dasp_kernels._C` load this library (and so run the registrations below). The ops
+// all go through torch.ops; the module itself holds only cpu_isa().
 PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   return PyModule_Create(&module_def);
 }
 }

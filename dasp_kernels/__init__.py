@@ -4,6 +4,7 @@
     y = dasp_kernels.dwconv_bn_relu(x, w, scale, shift, stride=2, padding=3)
     z = dasp_kernels.ppm_add(x, w_pw, residual)
     dasp_kernels.available_backends()   # e.g. ['reference', 'cpu']
+    dasp_kernels.cpu_isa()              # the CPU kernels' build: 'avx512', 'avx2' or 'default'
 
 Importing never fails for want of the compiled extension or of a GPU: `backend_status()` says what
 is missing and why.
@@ -11,10 +12,11 @@ is missing and why.
 from dasp_kernels import ops as _ops  # loads _C and registers fakes and autograd, if it loads
 from dasp_kernels import nn
 from dasp_kernels._backends import available_backends, backend_status
+from dasp_kernels._loader import cpu_isa
 from dasp_kernels.functional import dasp_spatial_path, dasp_stage, dwconv_bn_relu, ppm_add
 from dasp_kernels.nn import fuse
 from dasp_kernels.reference import fold_bn
 
 __version__ = "0.1.0"
-__all__ = ["available_backends", "backend_status", "dasp_spatial_path", "dasp_stage",
+__all__ = ["available_backends", "backend_status", "cpu_isa", "dasp_spatial_path", "dasp_stage",
            "dwconv_bn_relu", "fold_bn", "fuse", "nn", "ppm_add"]

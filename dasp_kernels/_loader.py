@@ -23,6 +23,13 @@ CUDA_HAS_SPATIAL_PATH = _C is not None and torch._C._dispatch_has_kernel_for_dis
     "dasp_kernels::dasp_spatial_path", "CUDA")
 
 
+def cpu_isa():
+    """The instruction set of the CPU kernels this process runs: "avx512", "avx2" or "default"
+    (None without the extension). It follows ATen's own choice, so ATEN_CPU_CAPABILITY=avx2 or
+    =default selects the narrower builds."""
+    return _C.cpu_isa() if _C is not None else None
+
+
 def built_with_cuda() -> bool:
     """True when the extension holds CUDA kernels (whether or not a GPU is present)."""
     return _BUILT_WITH_CUDA

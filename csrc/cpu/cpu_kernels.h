@@ -1,8 +1,9 @@
 // Raw-pointer CPU kernels shared by the ops in csrc/cpu/*.cpp. The same kernel source
-// (dwconv_bn_relu_kernel.h, ppm_add_kernel.h) is compiled twice: once with the build's flags
-// (namespace base) and, on x86-64 with GCC, once more with AVX2+FMA enabled (namespace avx2, in
-// cpu_avx2.cpp). kernels<T>() picks the table at run time, so the extension still loads and runs on
-// CPUs without AVX2, and no -march flag is needed in setup.py.
+// (dwconv_bn_relu_kernel.h, ppm_add_kernel.h) is compiled with the build's flags (namespace base)
+// and, on x86-64 with GCC, twice more: with AVX2+FMA (namespace avx2, cpu_kernels_avx2.cpp) and
+// with AVX-512 (namespace avx512, cpu_kernels_avx512.cpp). kernels<T>() picks the table at run
+// time, so the extension still loads and runs on CPUs without AVX2, and no -march flag is needed
+// in setup.py.
 #pragma once
 #include <cstdint>
 
@@ -88,10 +89,15 @@ namespace avx2 {
 template <typename T>
 Kernels<T> kernels();
 }
+namespace avx512 {
+template <typename T>
+Kernels<T> kernels();
+}
 #endif
 
-// The table for this CPU: AVX2 when the CPU has AVX2 and FMA and ATen itself was not told to stay
-// below AVX2 (ATEN_CPU_CAPABILITY=default), the portable build otherwise.
+// The table for this CPU, following ATen's own choice (cpuinfo, lowered by ATEN_CPU_CAPABILITY):
+// AVX-512 where ATen runs AVX512 and the CPU has F/BW/VL/DQ, else AVX2 where ATen runs AVX2 or
+// better and the CPU has AVX2 and FMA, else the portable build.
 template <typename T>
 const Kernels<T>& kernels();
 

@@ -1,5 +1,5 @@
 // The portable build of the CPU kernels (the compiler's default target), and the run-time choice
-// between it and the AVX2 build (cpu_kernels_avx2.cpp).
+// between it and the AVX2 and AVX-512 builds (cpu_kernels_avx2.cpp, cpu_kernels_avx512.cpp).
 #include <ATen/Version.h>
 
 #include <string>
@@ -13,31 +13,36 @@
 namespace dasp_kernels::cpu {
 
 namespace {
-bool use_avx2() {
+enum class Isa { base, avx2, avx512 };
+
+Isa pick_isa() {
 #if DASP_CPU_HAVE_AVX2_BUILD
-  static const bool ok = [] {
-    // ATen's own choice (cpuinfo, lowered by ATEN_CPU_CAPABILITY=default), and the CPU flags the
-    // AVX2 build was compiled for.
-    const std::string cap = at::get_cpu_capability();
-    const bool aten = cap == "AVX2" || cap == "AVX512";
-    __builtin_cpu_init();
-    return aten && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           __builtin_cpu_supports("f16c");
-  }();
-  return ok;
-#else
-  return false;
+  // ATen's own choice, and the CPU flags each build was compiled for.
+  const std::string cap = at::get_cpu_capability();
+  __builtin_cpu_init();
+  if (cap == "AVX512" && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+      __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+    return Isa::avx512;
+  if ((cap == "AVX2" || cap == "AVX512") && __builtin_cpu_supports("avx2") &&
+      __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+    return Isa::avx2;
 #endif
+  return Isa::base;
 }
 }  // namespace
 
 template <typename T>
 const Kernels<T>& kernels() {
+  static const Kernels<T> k = [] {
+    switch (pick_isa()) {
 #if DASP_CPU_HAVE_AVX2_BUILD
-  static const Kernels<T> k = use_avx2() ? avx2::kernels<T>() : base::kernels<T>();
-#else
-  static const Kernels<T> k = base::kernels<T>();
+      case Isa::avx512: return avx512::kernels<T>();
+      case Isa::avx2: return avx2::kernels<T>();
 #endif
+      default: return base::kernels<T>();
+    }
+  }();
   return k;
 }
 

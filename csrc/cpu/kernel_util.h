@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <type_traits>
+#include <utility>
 #if defined(_MSC_VER)
 #include <malloc.h>
 #endif
@@ -55,6 +56,71 @@ inline T hsum(const at::vec::Vectorized<T>& v) {
   return s;
 }
 
+// f(std::integral_constant<int, i>{}) for i = 0 .. N-1, unrolled: for template arguments that
+// depend on a loop index.
+template <int N, typename F>
+inline void static_for(F&& f) {
+  [&]<int... I>(std::integer_sequence<int, I...>) {
+    (f(std::integral_constant<int, I>{}), ...);
+  }(std::make_integer_sequence<int, N>{});
+}
+
+// lane_shift<k>(a, b): lanes [k, k + size()) of the concatenation a, b, i.e. the vector k elements
+// past a when a and b are consecutive vectors in memory. It replaces an unaligned load, which
+// splits across two cache lines for most k and loads (a 256-bit load: half of them), with one
+// in-register shuffle (two on AVX2), so a tap loop is no longer bound by its loads. Only the
+// AVX2 and AVX-512 builds have it (kHaveLaneShift).
+#if defined(CPU_CAPABILITY_AVX512)
+constexpr bool kHaveLaneShift = true;
+template <int k, typename T>
+inline at::vec::Vectorized<T> lane_shift(const at::vec::Vectorized<T>& a,
+                                         const at::vec::Vectorized<T>& b) {
+  static_assert(k >= 0 && k < at::vec::Vectorized<T>::size());
+  if constexpr (k == 0) {
+    return a;
+  } else if constexpr (std::is_same_v<T, float>) {
+    return _mm512_castsi512_ps(
+        _mm512_alignr_epi32(_mm512_castps_si512(b), _mm512_castps_si512(a), k));
+  } else {
+    return _mm512_castsi512_pd(
+        _mm512_alignr_epi64(_mm512_castpd_si512(b), _mm512_castpd_si512(a), k));
+  }
+}
+#elif defined(CPU_CAPABILITY_AVX2)
+constexpr bool kHaveLaneShift = true;
+template <int k, typename T>
+inline at::vec::Vectorized<T> lane_shift(const at::vec::Vectorized<T>& a,
+                                         const at::vec::Vectorized<T>& b) {
+  static_assert(k >= 0 && k < at::vec::Vectorized<T>::size());
+  constexpr int half = 16 / sizeof(T);  // lanes per 128-bit half
+  auto bits = [](const at::vec::Vectorized<T>& v) {
+    if constexpr (std::is_same_v<T, float>) return _mm256_castps_si256(v);
+    else return _mm256_castpd_si256(v);
+  };
+  auto back = [](__m256i v) -> at::vec::Vectorized<T> {
+    if constexpr (std::is_same_v<T, float>) return _mm256_castsi256_ps(v);
+    else return _mm256_castsi256_pd(v);
+  };
+  if constexpr (k == 0) {
+    return a;
+  } else {
+    // vpalignr works within 128-bit halves: pair a with (a.hi, b.lo), or that with b.
+    const __m256i ai = bits(a), bi = bits(b), mid = _mm256_permute2x128_si256(ai, bi, 0x21);
+    if constexpr (k < half) return back(_mm256_alignr_epi8(mid, ai, k * sizeof(T)));
+    else if constexpr (k == half) return back(mid);
+    else return back(_mm256_alignr_epi8(bi, mid, (k - half) * sizeof(T)));
+  }
+}
+#else
+constexpr bool kHaveLaneShift = false;
+template <int k, typename T>
+inline at::vec::Vectorized<T> lane_shift(const at::vec::Vectorized<T>& a,
+                                         const at::vec::Vectorized<T>&) {
+  static_assert(k == 0, "lane_shift: only the AVX2 and AVX-512 builds shift lanes");
+  return a;
+}
+#endif
+
 // A per-call scratch buffer (std::vector would instantiate std:: templates in this ISA's code).
 template <typename T>
 struct Scratch {
@@ -99,16 +165,28 @@ inline void prefetch_span(const T* p, int64_t n) {
   if (bytes > 0) DASP_PREFETCH_L2(c + bytes - 1);
 }
 
-// Stores n lanes of v at p; a full vector at a 32-byte aligned p goes around the caches when nt
-// (non-temporal, AVX2 build only). Callers fence with stream_fence() before their task ends.
+// Bytes a non-temporal store of one vector must be aligned to.
+constexpr uintptr_t kStreamAlign = sizeof(at::vec::Vectorized<float>);
+
+// Stores n lanes of v at p; a full vector at a vector-aligned p goes around the caches when nt
+// (non-temporal, AVX2 and AVX-512 builds only). Callers fence with stream_fence() before their
+// task ends.
 template <typename T>
 inline void put(const at::vec::Vectorized<T>& v, T* p, int64_t n, bool nt) {
-#if defined(CPU_CAPABILITY_AVX2)
-  if (nt && n >= at::vec::Vectorized<T>::size() && (reinterpret_cast<uintptr_t>(p) & 31) == 0) {
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+  if (nt && n >= at::vec::Vectorized<T>::size() &&
+      (reinterpret_cast<uintptr_t>(p) & (kStreamAlign - 1)) == 0) {
+#if defined(CPU_CAPABILITY_AVX512)
+    if constexpr (std::is_same_v<T, float>)
+      _mm512_stream_ps(p, v);
+    else
+      _mm512_stream_pd(p, v);
+#else
     if constexpr (std::is_same_v<T, float>)
       _mm256_stream_ps(p, v);
     else
       _mm256_stream_pd(p, v);
+#endif
     return;
   }
 #endif
@@ -116,21 +194,29 @@ inline void put(const at::vec::Vectorized<T>& v, T* p, int64_t n, bool nt) {
 }
 
 inline void stream_fence() {
-#if defined(CPU_CAPABILITY_AVX2)
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
   _mm_sfence();
 #endif
+}
+
+// dst[i] = f(i, m)'s lanes for i < n, the full vectors written with put(); f(i, m) returns the
+// m <= size() lanes starting at element i (a scalar head up to a vector boundary when nt, so that
+// the vectors can stream; a partial tail).
+template <typename T, typename F>
+inline void put_n(T* dst, int64_t n, bool nt, F&& f) {
+  constexpr int V = at::vec::Vectorized<T>::size();
+  int64_t i = 0;
+  if (nt)
+    for (; i < n && (reinterpret_cast<uintptr_t>(dst + i) & (kStreamAlign - 1)) != 0; ++i)
+      f(i, 1).store(dst + i, 1);
+  for (; i + V <= n; i += V) put(f(i, V), dst + i, V, nt);
+  if (i < n) f(i, n - i).store(dst + i, n - i);
 }
 
 // dst[i] = src[i], i < n, dst with put().
 template <typename T>
 inline void copy_put(const T* src, int64_t n, T* dst, bool nt) {
-  constexpr int V = at::vec::Vectorized<T>::size();
-  int64_t i = 0;
-  // Scalar head up to a 32-byte boundary, so that the vectors can stream.
-  if (nt)
-    for (; i < n && (reinterpret_cast<uintptr_t>(dst + i) & 31) != 0; ++i) dst[i] = src[i];
-  for (; i + V <= n; i += V) put(at::vec::Vectorized<T>::loadu(src + i), dst + i, V, nt);
-  if (i < n) at::vec::Vectorized<T>::loadu(src + i, n - i).store(dst + i, n - i);
+  put_n(dst, n, nt, [&](int64_t i, int64_t m) { return load_n(src + i, m); });
 }
 
 template <typename T>

@@ -342,12 +342,7 @@ inline void pool_tile_nchw(const T* xn, int64_t Cin, int64_t H, int64_t W, int64
 // out[i] = o[i] + r[i], i < n.
 template <typename T>
 inline void add_rows(const T* o, const T* r, int64_t n, T* out, bool nt) {
-  constexpr int V = Vec<T>::size();
-  int64_t i = 0;
-  if (nt)
-    for (; i < n && (reinterpret_cast<uintptr_t>(out + i) & 31) != 0; ++i) out[i] = o[i] + r[i];
-  for (; i + V <= n; i += V) put(Vec<T>::loadu(o + i) + Vec<T>::loadu(r + i), out + i, V, nt);
-  if (i < n) (Vec<T>::loadu(o + i, n - i) + Vec<T>::loadu(r + i, n - i)).store(out + i, n - i);
+  put_n(out, n, nt, [&](int64_t i, int64_t m) { return load_n(o + i, m) + load_n(r + i, m); });
 }
 
 template <typename T>
