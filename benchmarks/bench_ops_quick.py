@@ -113,11 +113,15 @@ def main():
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"ATen CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+          f"dasp_kernels CPU build {dasp_kernels.cpu_isa()}, "
           f"backends {dasp_kernels.available_backends()}")
     cases = [
         ("stage1 1x3x1024x1024 K7 s2", lambda: dw_case("stage1 1x3x1024x1024 K7 s2", 1, 3, 1024,
                                                          1024, 7, 2, False, args.repeat,
                                                          args.backward)),
+        ("stage1 CL 1x3x1024x1024 K7 s2", lambda: dw_case("stage1 CL 1x3x1024x1024 K7 s2", 1, 3,
+                                                            1024, 1024, 7, 2, True, args.repeat,
+                                                            args.backward)),
         ("stage2 1x64x512x512 K3 s2", lambda: dw_case("stage2 1x64x512x512 K3 s2", 1, 64, 512, 512,
                                                         3, 2, False, args.repeat, args.backward)),
         ("stage2 CL 1x64x512x512 K3 s2", lambda: dw_case("stage2 CL 1x64x512x512 K3 s2", 1, 64,
