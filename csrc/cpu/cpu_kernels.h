@@ -76,7 +76,7 @@ struct Kernels {
   const char* isa;
   int vec_size;  // elements per at::vec::Vectorized<T> in that build
   DwFn<T> dw_fwd_nchw, dw_fwd_nhwc, dw_bwd_nchw, dw_bwd_nhwc;
-  DwFn<T> dw_fwd_nhwc_planes;  // channels-last input with few channels, by planes (NCHW tasks)
+  DwFn<T> dw_fwd_nhwc_planes;  // channels-last input with few channels, by planes (NHWC tasks)
   PpmFn<T> ppm_fwd_nchw, ppm_fwd_nhwc, ppm_bwd_nchw, ppm_bwd_nhwc;
 };
 
