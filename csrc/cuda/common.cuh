@@ -100,6 +100,25 @@ __device__ __forceinline__ T relu_nan(T v) {
   return v < T(0) ? T(0) : v;
 }
 
+// Calls f(kh, kw, ih, iw) for every tap (kh, kw) of the K x K window whose top-left input is
+// (ih0, iw0) and that lies inside the H x W plane, row by row: the summation order of the
+// depthwise kernels that use it.
+template <int K, typename F>
+__device__ __forceinline__ void for_each_tap(int64_t ih0, int64_t iw0, int64_t H, int64_t W,
+                                             F&& f) {
+#pragma unroll
+  for (int kh = 0; kh < K; ++kh) {
+    const int64_t ih = ih0 + kh;
+    if (ih < 0 || ih >= H) continue;
+#pragma unroll
+    for (int kw = 0; kw < K; ++kw) {
+      const int64_t iw = iw0 + kw;
+      if (iw < 0 || iw >= W) continue;
+      f(kh, kw, ih, iw);
+    }
+  }
+}
+
 // Max of the 2x2, stride-2, ceil-mode pooling window of output (oh, ow) in one (n, c) plane whose
 // element (h, w) is at base[h * hs + w * ws]; *arg gets the flat h * W + w of the chosen element.
 // Same scan and rule as PyTorch's max_pool2d (row by row; `v > max || isnan(v)`), so ties pick the

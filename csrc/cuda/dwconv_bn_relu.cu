@@ -165,17 +165,9 @@ __global__ void __launch_bounds__(kThreads)
       const int64_t oh = rem / Wo, ow = rem % Wo;
       const int64_t ih0 = oh * stride - pad, iw0 = ow * stride - pad;
       acc_t z = 0;
-#pragma unroll
-      for (int kh = 0; kh < K; ++kh) {
-        const int64_t ih = ih0 + kh;
-        if (ih < 0 || ih >= H) continue;
-#pragma unroll
-        for (int kw = 0; kw < K; ++kw) {
-          const int64_t iw = iw0 + kw;
-          if (iw < 0 || iw >= W) continue;
-          z += static_cast<acc_t>(x[offset4<CL>(n, c, ih, iw, C, H, W)]) * wk[kh * K + kw];
-        }
-      }
+      for_each_tap<K>(ih0, iw0, H, W, [&](int kh, int kw, int64_t ih, int64_t iw) {
+        z += static_cast<acc_t>(x[offset4<CL>(n, c, ih, iw, C, H, W)]) * wk[kh * K + kw];
+      });
       const int64_t o = offset4<CL>(n, c, oh, ow, C, Ho, Wo);
       const acc_t gv = static_cast<acc_t>(g[o]);
       // ReLU backward as autograd does it: the gradient passes where the output is > 0.
@@ -184,17 +176,9 @@ __global__ void __launch_bounds__(kThreads)
       gz[o] = gzv;
       acc[0] += gy;
       acc[1] += gy * z;
-#pragma unroll
-      for (int kh = 0; kh < K; ++kh) {
-        const int64_t ih = ih0 + kh;
-        if (ih < 0 || ih >= H) continue;
-#pragma unroll
-        for (int kw = 0; kw < K; ++kw) {
-          const int64_t iw = iw0 + kw;
-          if (iw < 0 || iw >= W) continue;
-          acc[2 + kh * K + kw] += gzv * static_cast<acc_t>(x[offset4<CL>(n, c, ih, iw, C, H, W)]);
-        }
-      }
+      for_each_tap<K>(ih0, iw0, H, W, [&](int kh, int kw, int64_t ih, int64_t iw) {
+        acc[2 + kh * K + kw] += gzv * static_cast<acc_t>(x[offset4<CL>(n, c, ih, iw, C, H, W)]);
+      });
     }
   }
 

@@ -116,18 +116,9 @@ __global__ void __launch_bounds__(kThreads) pool_pw_gemm_kernel(const StageArgs<
           const int64_t ih0 = 2 * oh - PAD, iw0 = 2 * ow - PAD;
           const scalar_t* wc = a.dw_w + ci * K * K;
           acc_t s = 0;
-#pragma unroll
-          for (int kh = 0; kh < K; ++kh) {
-            const int64_t ih = ih0 + kh;
-            if (ih < 0 || ih >= H) continue;
-#pragma unroll
-            for (int kw = 0; kw < K; ++kw) {
-              const int64_t iw = iw0 + kw;
-              if (iw < 0 || iw >= W) continue;
-              s += static_cast<acc_t>(base[ih * hs + iw * ws]) *
-                   static_cast<acc_t>(wc[kh * K + kw]);
-            }
-          }
+          for_each_tap<K>(ih0, iw0, H, W, [&](int kh, int kw, int64_t ih, int64_t iw) {
+            s += static_cast<acc_t>(base[ih * hs + iw * ws]) * static_cast<acc_t>(wc[kh * K + kw]);
+          });
           d = relu_nan(s * static_cast<acc_t>(a.dw_scale[ci]) +
                        static_cast<acc_t>(a.dw_shift[ci]));
         }
