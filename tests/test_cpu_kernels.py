@@ -543,3 +543,49 @@ def test_dwconv_wide_stride2_rows(k, layout):
     got = torch.ops.dasp_kernels._dwconv_bn_relu_backward(go, x, w, sc, sh, 2, k // 2, True)
     for name, a, b in zip(("x", "weight", "scale", "shift"), got, ref_grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3, msg=lambda m, n=name: f"grad {n}: {m}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs (and grad_x) of 1 MiB and more come from a pool of storages nothing refers to any more.
+
+def _pooled_cases():
+    x = torch.randn(1, 8, 128, 160)  # 640 KiB in; ppm_add out 1x64x64x80 = 1.25 MiB
+    w = torch.randn(64, 8, 1, 1)
+    r = torch.randn(1, 64, 64, 80)
+    xd = torch.randn(1, 4, 256, 300)  # 1.2 MiB: dwconv stride 1 output and grad_x
+    wd, sc, sh = torch.randn(4, 1, 3, 3), torch.rand(4) + 0.5, torch.randn(4)
+    ops = torch.ops.dasp_kernels
+    return {
+        "ppm_add": (lambda s: ops.ppm_add(x * s, w, r),
+                    lambda s: reference.ppm_add(x * s, w, r)),
+        "dwconv_bn_relu": (lambda s: ops.dwconv_bn_relu(xd * s, wd, sc, sh, 1, 1, True),
+                           lambda s: reference.dwconv_bn_relu(xd * s, wd, sc, sh, 1, 1, True)),
+        "_dwconv_bn_relu_backward": (
+            lambda s: ops._dwconv_bn_relu_backward(xd * s, xd, wd, sc, sh, 1, 1, False)[0],
+            lambda s: torch.nn.functional.conv_transpose2d(xd * s * sc.view(1, -1, 1, 1), wd,
+                                                           padding=1, groups=4)),
+    }
+
+
+@needs_cpu_ext
+@pytest.mark.parametrize("name", ["ppm_add", "dwconv_bn_relu", "_dwconv_bn_relu_backward"])
+def test_large_outputs_reused_only_when_nothing_holds_them(name):
+    run, want = _pooled_cases()[name]
+    a = run(1.0)
+    b = run(2.0)
+    assert a.data_ptr() != b.data_ptr()
+    torch.testing.assert_close(a, want(1.0), rtol=1e-4, atol=1e-4)  # b did not overwrite a
+    ptr = a.data_ptr()
+    view = a.view(-1)[:7]
+    del a
+    c = run(3.0)
+    assert c.data_ptr() != ptr  # the view still holds a's storage
+    torch.testing.assert_close(view, want(1.0).view(-1)[:7], rtol=1e-4, atol=1e-4)
+    freed = {ptr, b.data_ptr(), c.data_ptr()}
+    del view, b, c
+    d = run(4.0)
+    e = run(5.0)
+    # Once nothing refers to them, the storages are handed out again.
+    assert {d.data_ptr(), e.data_ptr()} <= freed
+    torch.testing.assert_close(d, want(4.0), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(e, want(5.0), rtol=1e-4, atol=1e-4)

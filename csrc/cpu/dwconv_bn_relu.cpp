@@ -11,6 +11,7 @@
 
 #include "../checks.h"
 #include "cpu_kernels.h"
+#include "output_pool.h"
 #include "parallel_tasks.h"
 
 namespace dasp_kernels {
@@ -95,7 +96,7 @@ at::Tensor dwconv_bn_relu_cpu(const at::Tensor& x, const at::Tensor& weight,
   Geometry g = geometry(x, weight, stride, padding, relu, /*forward=*/true);
   g.p.stream = cpu::stream_output(g.p.N * g.p.C * g.p.Ho * g.p.Wo * x.element_size());
   const auto& p = g.p;
-  at::Tensor y = at::empty({p.N, p.C, p.Ho, p.Wo}, x.options().memory_format(g.fmt));
+  at::Tensor y = cpu::pooled_empty({p.N, p.C, p.Ho, p.Wo}, x.options(), g.fmt);
   if (y.numel() == 0) return y;
   const at::Tensor xc = x.contiguous(g.fmt);
   const at::Tensor w = kernel_weight(weight, g);
@@ -125,7 +126,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_bn_relu_backwa
               grad_out.sizes());
   check_like_x(op, x, "grad_out", grad_out);
 
-  at::Tensor gx = at::empty(x.sizes(), x.options().memory_format(g.fmt));
+  at::Tensor gx = cpu::pooled_empty(x.sizes(), x.options(), g.fmt);
   at::Tensor gw = at::zeros({p.C, 1, p.K, p.K}, weight.options());
   at::Tensor gscale = at::zeros({p.C}, scale.options());
   at::Tensor gshift = at::zeros({p.C}, shift.options());

@@ -11,6 +11,7 @@
 
 #include "../checks.h"
 #include "cpu_kernels.h"
+#include "output_pool.h"
 #include "parallel_tasks.h"
 
 namespace dasp_kernels {
@@ -57,7 +58,7 @@ at::Tensor ppm_add_cpu(const at::Tensor& x, const at::Tensor& weight, const at::
   Geometry g = geometry(x, weight);
   g.p.stream = cpu::stream_output(residual.numel() * x.element_size());
   const auto& p = g.p;
-  at::Tensor out = at::empty({p.N, p.Cout, p.Ho, p.Wo}, x.options().memory_format(g.fmt));
+  at::Tensor out = cpu::pooled_empty({p.N, p.Cout, p.Ho, p.Wo}, x.options(), g.fmt);
   if (out.numel() == 0) return out;
   if (p.Cin == 0) return out.copy_(residual);
   const at::Tensor xc = x.contiguous(g.fmt);
@@ -94,7 +95,7 @@ std::tuple<at::Tensor, at::Tensor> ppm_add_backward_cpu(const at::Tensor& grad_o
               ", got ", grad_out.sizes());
   check_like_x("_ppm_add_backward", x, "grad_out", grad_out);
 
-  at::Tensor gx = at::empty(x.sizes(), x.options().memory_format(g.fmt));
+  at::Tensor gx = cpu::pooled_empty(x.sizes(), x.options(), g.fmt);
   at::Tensor gw = at::zeros({p.Cout, p.Cin, 1, 1}, weight.options());
   if (x.numel() == 0) return {gx, gw};
   if (p.Cout == 0) return {gx.zero_(), gw};
