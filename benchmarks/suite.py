@@ -12,8 +12,9 @@ Workloads (names for --workloads; a group name or a prefix selects several):
   stream  stream/copy, stream/triad: the memory-bandwidth ceiling for the GB/s figures
 Providers: eager (model as built), eager+fold+cl (BN folded into the conv, channels_last),
 compile (inductor, freezing), onnxruntime (the unfused model exported, all graph optimisations),
-ours:<backend> (dasp_kernels.fuse(model, backend) or the op called directly) and
-ours:<backend>+cl (the same with channels_last input).
+ours:<backend> (dasp_kernels.fuse(model, backend) or the op called directly),
+ours:<backend>+cl (the same with channels_last input) and, for stages, paths and models,
+ours:<backend>+compile (torch.compile of the fused model, inductor with freezing).
 """
 import copy
 import gc
@@ -369,6 +370,21 @@ def _ours(case, backend, channels_last):
     return Provider(name, lambda: m(*xs), note=note)
 
 
+def _ours_compiled(case, backend):
+    """fuse(model) under torch.compile (inductor, freezing): our ops for the DASP parts, inductor
+    for the rest of the model (the context path, heads), as a user would combine them."""
+    import torch._inductor.config as inductor_config
+
+    p = _ours(case, backend, False)
+    inductor_config.freezing = True
+    torch._dynamo.reset()
+    m = torch.compile(dasp_kernels.fuse(case.module, backend=backend), backend="inductor",
+                      dynamic=False)
+    xs = case.inputs
+    return Provider(f"ours:{backend}+compile", lambda: m(*xs),
+                    note=p.note + "; torch.compile (inductor, freezing)")
+
+
 def provider_builders(case, threads, backends):
     """[(name, build)] in table order; build() returns a Provider or raises Skip."""
     out = [("eager", lambda: _eager(case)),
@@ -379,6 +395,8 @@ def provider_builders(case, threads, backends):
         out.append((f"ours:{b}", lambda b=b: _ours(case, b, False)))
         if b != "reference":
             out.append((f"ours:{b}+cl", lambda b=b: _ours(case, b, True)))
+        if b != "reference" and case.kind in ("stage", "path", "model"):
+            out.append((f"ours:{b}+compile", lambda b=b: _ours_compiled(case, b)))
     return out
 
 

@@ -95,7 +95,7 @@ def test_wrong_provider_is_flagged_and_not_timed():
 
 def test_every_available_provider_runs_and_agrees_on_tiny_shapes():
     backends = ["reference", "cpu"]
-    for workload in ("DASP",):  # one compile: each costs seconds
+    for workload in ("DASP",):  # two compiles (compile, ours:cpu+compile): each costs seconds
         case = suite.make_case(workload, TINY)
         rows = suite.run_case(case, threads=1, backends=backends, timing=FAST, log=_quiet)
         by = {r["provider"]: r for r in rows}
@@ -109,7 +109,8 @@ def test_every_available_provider_runs_and_agrees_on_tiny_shapes():
             assert by["onnxruntime"]["status"] == "ok", by["onnxruntime"]["note"]
         import dasp_kernels
         if dasp_kernels.backend_status()["cpu"] is None:
-            assert by["ours:cpu"]["status"] == "ok" and by["ours:cpu+cl"]["status"] == "ok"
+            for name in ("ours:cpu", "ours:cpu+cl", "ours:cpu+compile"):
+                assert by[name]["status"] == "ok", (name, by[name]["note"])
             assert by["eager"]["speedup_of_ours"] > 0
         assert by["eager"]["gflop"] > 0 and by["eager"]["gbps"] > 0
 
