@@ -347,24 +347,29 @@ def _onnxruntime(case, threads):
                     note=f"{how}, ORT_ENABLE_ALL, {threads} intra-op threads")
 
 
-def _ours(case, backend, channels_last):
+def _fused(case, backend):
+    """(callable, note) of ours for `case`: the op module, or dasp_kernels.fuse(model, backend);
+    raises Skip when the backend or the fusion is not there."""
     why = dasp_kernels.backend_status().get(backend)
     if why is not None:
         raise Skip(f"backend {backend!r}: {why}")
     if backend == "triton" and case.inputs[0].device.type == "cpu":
         raise Skip("triton on the CPU runs only in the interpreter: not a performance backend")
-    name = f"ours:{backend}" + ("+cl" if channels_last else "")
     if case.kind == "op":
         if not hasattr(functional, case.workload.split("/")[0]):
             raise Skip(f"this dasp_kernels has no {case.workload.split('/')[0]}")
         m = type(case.module)(case.source, backend=backend).eval()
-        note = f"dasp_kernels.{case.workload.split('/')[0]}(backend={backend!r})"
-    else:
-        m = dasp_kernels.fuse(case.module, backend=backend)
-        counts = getattr(m, "dasp_fused", {})
-        if not any(counts.values()):
-            raise Skip("dasp_kernels.fuse found no DASP stage or depthwise conv to fuse")
-        note = "fuse(): " + ", ".join(f"{v} {k}" for k, v in counts.items() if v)
+        return m, f"dasp_kernels.{case.workload.split('/')[0]}(backend={backend!r})"
+    m = dasp_kernels.fuse(case.module, backend=backend)
+    counts = getattr(m, "dasp_fused", {})
+    if not any(counts.values()):
+        raise Skip("dasp_kernels.fuse found no DASP stage or depthwise conv to fuse")
+    return m, "fuse(): " + ", ".join(f"{v} {k}" for k, v in counts.items() if v)
+
+
+def _ours(case, backend, channels_last):
+    m, note = _fused(case, backend)
+    name = f"ours:{backend}" + ("+cl" if channels_last else "")
     # +cl changes the activations' layout only: the kernels follow the input's memory format.
     xs = tuple(_cl(t) for t in case.inputs) if channels_last else case.inputs
     return Provider(name, lambda: m(*xs), note=note)
@@ -375,14 +380,13 @@ def _ours_compiled(case, backend):
     for the rest of the model (the context path, heads), as a user would combine them."""
     import torch._inductor.config as inductor_config
 
-    p = _ours(case, backend, False)
+    m, note = _fused(case, backend)
     inductor_config.freezing = True
     torch._dynamo.reset()
-    m = torch.compile(dasp_kernels.fuse(case.module, backend=backend), backend="inductor",
-                      dynamic=False)
+    m = torch.compile(m, backend="inductor", dynamic=False)
     xs = case.inputs
     return Provider(f"ours:{backend}+compile", lambda: m(*xs),
-                    note=p.note + "; torch.compile (inductor, freezing)")
+                    note=note + "; torch.compile (inductor, freezing)")
 
 
 def provider_builders(case, threads, backends):

@@ -29,12 +29,14 @@ int64_t pick_bands(int64_t units, int64_t rows, int64_t min_rows) {
 // Channels-last inputs with fewer channels than this go forward plane by plane (see
 // fwd_nhwc_planes): a channel vector would hold fewer lanes than any ISA's float vector.
 constexpr int64_t kPlaneChannels = 4;
+// Output rows per band of that forward: each task runs its band for every channel in turn, and
+// bands this thin keep the band's pixel rows in L2 for the next channel.
 constexpr int64_t kPlaneBandRows = 16;
 
 struct Geometry {
   cpu::DwShape p;
   bool nhwc;
-  bool planes;  // tasks (plane n * C + c, band) and weights [C][K*K], as for NCHW
+  bool planes;  // weights [C][K*K] and one plane at a time, as for NCHW
   at::MemoryFormat fmt;
 };
 
@@ -55,20 +57,18 @@ Geometry geometry(const at::Tensor& x, const at::Tensor& weight, int64_t stride,
   p.Ho = dwconv_out_size(p.H, p.K, stride, padding);
   p.Wo = dwconv_out_size(p.W, p.K, stride, padding);
   p.relu = relu;
-  // Tasks: (plane, band) for NCHW, (n, band) for NHWC and for the few-channel forward by planes,
-  // whose task runs its band for every channel in turn (fwd_nhwc_planes); there, bands of
-  // kPlaneBandRows output rows keep the band's pixel rows in L2 for the next channel.
-  if (g.planes && g.nhwc)
+  // Tasks (see num_tasks): (plane, band) for NCHW, (n, band) for channels-last.
+  if (!g.nhwc)
+    p.bands = pick_bands(p.N * p.C, p.Ho, 16);
+  else if (g.planes)
     p.bands = std::max<int64_t>(1, p.Ho / kPlaneBandRows);
   else
-    p.bands = g.planes ? pick_bands(p.N * p.C, p.Ho, 16) : pick_bands(p.N, p.Ho, 4);
+    p.bands = pick_bands(p.N, p.Ho, 4);
   p.stream = false;  // set per output by the caller
   return g;
 }
 
-int64_t num_tasks(const Geometry& g) {
-  return (g.planes && !g.nhwc ? g.p.N * g.p.C : g.p.N) * g.p.bands;
-}
+int64_t num_tasks(const Geometry& g) { return (g.nhwc ? g.p.N : g.p.N * g.p.C) * g.p.bands; }
 
 // Weights as the kernels read them: [C][K*K] by planes, [K*K][C] for NHWC.
 at::Tensor kernel_weight(const at::Tensor& weight, const Geometry& g) {

@@ -50,16 +50,19 @@ inline void fill_phases(const T* xrow, int64_t W, int64_t pad, int64_t L, T* ph,
       ab.second.store(ph + L + j);
     }
   };
+  // A step whose elements run past the row's start (or that gathers a channels-last channel):
+  // staged element by element through a zero-padded buffer.
+  alignas(64) T tmp[2 * V] = {};
+  auto staged = [&](int64_t j) {
+    for (int i = 0; i < S * V; ++i) {
+      const int64_t ix = S * j - pad + i;
+      tmp[i] = (ix >= 0 && ix < W) ? xrow[ix * cs] : T(0);
+    }
+    put_step(Vec<T>::loadu(tmp), Vec<T>::loadu(tmp + V), j);
+  };
   int64_t j = 0;
   if (cs == 1) {
-    // Steps that start left of the row (j < pad / S): staged through a zero-padded buffer.
-    alignas(64) T tmp[2 * V];
-    for (; j < L && S * j - pad < 0; j += V) {
-      const int64_t q = S * j - pad, hi = imin(q + S * V, W);
-      fill(tmp, 2 * V, T(0));
-      for (int64_t ix = 0; ix < hi; ++ix) tmp[ix - q] = xrow[ix];
-      put_step(Vec<T>::loadu(tmp), Vec<T>::loadu(tmp + V), j);
-    }
+    for (; j < L && S * j - pad < 0; j += V) staged(j);
     for (; j < L && S * j - pad < W; j += V) {
       const T* src = xrow + S * j - pad;
       const int64_t n = W - (S * j - pad);  // row elements left from src
@@ -69,22 +72,17 @@ inline void fill_phases(const T* xrow, int64_t W, int64_t pad, int64_t L, T* ph,
     }
   } else {
     // One channel of a channels-last row: each phase gathered straight from the row (hardware
-    // gathers in the AVX2 and AVX-512 builds), the row's ends element by element.
+    // gathers in the AVX2 and AVX-512 builds), the row's ends staged.
     using I = at::vec::int_same_size_t<T>;
     const auto idx = Vec<I>::arange(I(0), I(S * cs));  // lane i: element S*i of the channel
-    alignas(64) T tmp[2 * V] = {};
     for (; j < L && S * j - pad < W; j += V) {
       const int64_t q = S * j - pad;
-      if (q >= 0 && q + S * V <= W) {
-        for (int r = 0; r < S; ++r)
-          at::vec::gather<sizeof(T)>(xrow + (q + r) * cs, idx).store(ph + r * L + j);
+      if (q < 0 || q + S * V > W) {
+        staged(j);
         continue;
       }
-      for (int i = 0; i < S * V; ++i) {
-        const int64_t ix = S * j - pad + i;
-        tmp[i] = (ix >= 0 && ix < W) ? xrow[ix * cs] : T(0);
-      }
-      put_step(Vec<T>::loadu(tmp), Vec<T>::loadu(tmp + V), j);
+      for (int r = 0; r < S; ++r)
+        at::vec::gather<sizeof(T)>(xrow + (q + r) * cs, idx).store(ph + r * L + j);
     }
   }
   for (int r = 0; r < S; ++r) fill(ph + r * L + j, L - j, T(0));
@@ -124,10 +122,8 @@ inline void conv_block(const T* const* rows, int ky0, int ky1, const Vec<T>* wv,
   for (int u = 0; u < NU; ++u) acc[u] = Vec<T>(T(0));
   if constexpr (S == 2 && K >= 3 && kHaveLaneShift) {
     // Even taps (phase 0, offset kx/2) from the vectors at ox + u*V and the next one, shifted in
-    // registers; odd taps loaded. This balance of shuffles against loads beat both all-loads and
-    // all-shuffles in a tap-loop microbenchmark (7x7, hot rows, one thread: ~1.2x on AVX2, ~1.45x
-    // on AVX-512 over all-loads). Reads the even row up to ox + (NU+1)*V, inside L since
-    // L >= Wv + V when K >= 3.
+    // registers; odd taps loaded, so that the loop is bound neither by its loads nor by its
+    // shuffles. Reads the even row up to ox + (NU+1)*V, inside L since L >= Wv + V when K >= 3.
     for (int ky = ky0; ky < ky1; ++ky) {
       const T* ev = rows[ky] + ox;
       const T* od = rows[ky] + L + ox;
@@ -206,9 +202,8 @@ inline void prefetch_next_rows(RowPrefetch& pf, const T* xp, int64_t oy, int64_t
   }
 }
 
-// How many output rows ahead the forward prefetches its input rows. 3 rather than 1: with the
-// input cold in memory the rows arrived late (3x1024x1024, 7x7 stride 2, one thread, input
-// evicted before each call: ~1.48 vs ~1.60 ms, timed on a standalone build of this kernel).
+// How many output rows ahead the forward prefetches its input rows: 3 rather than 1, since with
+// the input cold in memory the rows arrived late.
 constexpr int64_t kFwdPrefetchRows = 3;
 
 template <typename T>
