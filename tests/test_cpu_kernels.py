@@ -471,7 +471,8 @@ for dtype in (torch.float32, torch.float64):
         fmt = torch.channels_last if cl else torch.contiguous_format
         for (n, c, h, w), k, s, p in [((2, 3, 19, 17), 7, 2, 3), ((1, 12, 9, 10), 3, 1, 1),
                                       ((1, 5, 6, 11), 4, 2, 0), ((1, 4, 1, 9), 5, 1, 2),
-                                      ((1, 2, 9, WIDE), 7, 2, 3), ((1, 2, 7, WIDE), 3, 2, 1)]:
+                                      ((1, 2, 9, WIDE), 7, 2, 3), ((1, 2, 7, WIDE), 3, 2, 1),
+                                      ((1, 3, 9, WIDE), 7, 2, 3), ((1, 3, 4, WIDE), 3, 1, 1)]:
             x = torch.randn(n, c, h, w, dtype=dtype).contiguous(memory_format=fmt)
             wt = torch.randn(c, 1, k, k, dtype=dtype)
             sc, sh = torch.rand(c, dtype=dtype) + 0.5, torch.randn(c, dtype=dtype)

@@ -121,6 +121,39 @@ inline at::vec::Vectorized<T> lane_shift(const at::vec::Vectorized<T>& a,
 }
 #endif
 
+// every3(a, b, c): lanes 0, 3, 6, ... of the concatenation a, b, c, i.e. one channel of
+// 3-channel pixels (a channels-last RGB row). Since 3 and the lane count are coprime, every lane
+// position is taken from exactly one of a, b, c: two blends and one permute, where a gather of
+// the same lanes loads them one by one. float in the AVX2 and AVX-512 builds (kHaveEvery3).
+#if defined(CPU_CAPABILITY_AVX512)
+constexpr bool kHaveEvery3 = true;
+inline at::vec::Vectorized<float> every3(const at::vec::Vectorized<float>& a,
+                                         const at::vec::Vectorized<float>& b,
+                                         const at::vec::Vectorized<float>& c) {
+  // Element 3i lies in a, b or c at lane 3i % 16; mask bits pick b's and c's lanes.
+  const __m512 ab = _mm512_mask_blend_ps(0x4924, a, b);   // lanes 2, 5, 8, 11, 14
+  const __m512 abc = _mm512_mask_blend_ps(0x2492, ab, c);  // lanes 1, 4, 7, 10, 13
+  const __m512i idx = _mm512_setr_epi32(0, 3, 6, 9, 12, 15, 2, 5, 8, 11, 14, 1, 4, 7, 10, 13);
+  return _mm512_permutexvar_ps(idx, abc);
+}
+#elif defined(CPU_CAPABILITY_AVX2)
+constexpr bool kHaveEvery3 = true;
+inline at::vec::Vectorized<float> every3(const at::vec::Vectorized<float>& a,
+                                         const at::vec::Vectorized<float>& b,
+                                         const at::vec::Vectorized<float>& c) {
+  const __m256 ab = _mm256_blend_ps(a, b, 0x92);    // lanes 1, 4, 7
+  const __m256 abc = _mm256_blend_ps(ab, c, 0x24);  // lanes 2, 5
+  return _mm256_permutevar8x32_ps(abc, _mm256_setr_epi32(0, 3, 6, 1, 4, 7, 2, 5));
+}
+#else
+constexpr bool kHaveEvery3 = false;
+inline at::vec::Vectorized<float> every3(const at::vec::Vectorized<float>& a,
+                                         const at::vec::Vectorized<float>&,
+                                         const at::vec::Vectorized<float>&) {
+  return a;  // never called: kHaveEvery3 is false
+}
+#endif
+
 // A per-call scratch buffer (std::vector would instantiate std:: templates in this ISA's code).
 template <typename T>
 struct Scratch {
