@@ -1,10 +1,21 @@
 """Quick CPU timings of the C++ ops against the eager reference, for tuning the CPU kernels.
 
     python benchmarks/bench_ops_quick.py [--threads N] [--repeat R] [--backward]
+                                         [--before none|flush|idle|flush+idle]
 
-Prints best-of-R milliseconds (the machine may be shared; the best run is the least disturbed)
-and effective bandwidth over the tensors each op must read and write. Not the project benchmark
-(see benchmarks/harness.py); no results are stored.
+Prints best-of-R milliseconds (the machine may be shared; the best run is the least disturbed),
+the median, and effective bandwidth over the tensors each op must read and write, beside the
+bandwidth of a 256 MiB copy timed in the same run. Not the project benchmark (see
+benchmarks/harness.py); no results are stored.
+
+--before sets what happens, untimed, before each timed call:
+  none        nothing: back to back, so the input is warm in cache (when it fits) and the
+              worker threads are awake
+  flush       a 64 MiB buffer (more than the L3) is written on torch's threads: the input comes
+              from memory, the threads stay awake (how triton.testing.do_bench times kernels)
+  idle        a 1 ms sleep: the worker threads go idle and must be woken
+  flush+idle  both, close to what each call of the interleaved harness meets after the other
+              providers' calls
 """
 import argparse
 import resource
@@ -16,6 +27,10 @@ import dasp_kernels
 from dasp_kernels import reference
 
 CPU_TIME = False
+BEFORE = "none"
+FLUSH_MB = 64
+IDLE_S = 0.001
+_flush_buf = None
 
 
 def _cpu_s():
@@ -23,23 +38,59 @@ def _cpu_s():
     return r.ru_utime + r.ru_stime
 
 
-def best_ms(fn, repeat, warmup=2):
-    """Best wall time in ms; with --cpu-time, process CPU time per call divided by the threads
-    (what the wall time would be on idle cores, a steadier number on a loaded machine)."""
+def before_call(kind):
+    """The untimed step run before each timed call for --before `kind` (None for "none")."""
+    def flush():
+        global _flush_buf
+        if _flush_buf is None:
+            _flush_buf = torch.zeros(FLUSH_MB * 2**20 // 4)
+        _flush_buf.add_(1.0)  # written, on torch's threads
+
+    steps = {"none": [], "flush": [flush], "idle": [lambda: time.sleep(IDLE_S)],
+             "flush+idle": [flush, lambda: time.sleep(IDLE_S)]}[kind]
+    if not steps:
+        return None
+    return lambda: [step() for step in steps]
+
+
+def time_ms(fn, repeat, warmup=2, before=None):
+    """(best, median) ms of fn() over `repeat` calls, each after `before()` (untimed) if given.
+    Wall time; with --cpu-time, process CPU time per call divided by the threads (what the wall
+    time would be on idle cores, a steadier number on a loaded machine)."""
     for _ in range(warmup):
         fn()
-    best = float("inf")
+    times = []
     for _ in range(repeat):
+        if before is not None:
+            before()
         t, c = time.perf_counter(), _cpu_s()
         fn()
         dt = (_cpu_s() - c) / torch.get_num_threads() if CPU_TIME else time.perf_counter() - t
-        best = min(best, dt)
-    return best * 1e3
+        times.append(dt * 1e3)
+    times.sort()
+    return times[0], times[len(times) // 2]
 
 
-def row(name, ref_ms, cpu_ms, nbytes):
-    print(f"{name:44s} reference {ref_ms:8.2f} ms   cpu {cpu_ms:8.2f} ms   "
-          f"x{ref_ms / cpu_ms:5.1f}   cpu {nbytes / cpu_ms / 1e6:6.1f} GB/s")
+def best_ms(fn, repeat, warmup=2):
+    """Best ms of fn() under the --before condition (the reference's column)."""
+    return time_ms(fn, repeat, warmup, before_call(BEFORE))[0]
+
+
+def row(name, ref_ms, fn, repeat, nbytes):
+    """Times our op `fn` under the --before condition and prints it beside the reference."""
+    best, med = time_ms(fn, repeat, before=before_call(BEFORE))
+    print(f"{name:44s} reference {ref_ms:8.2f} ms   cpu {best:8.2f} ms (median {med:6.2f})   "
+          f"x{ref_ms / best:5.1f}   cpu {nbytes / best / 1e6:6.1f} GB/s "
+          f"(median {nbytes / med / 1e6:5.1f})")
+
+
+def copy_row(repeat, mb=256):
+    """The copy ceiling of this run: a <mb> MiB tensor copied into another (read + write)."""
+    a, b = torch.empty(mb * 2**20 // 4), torch.ones(mb * 2**20 // 4)
+    best, med = time_ms(lambda: a.copy_(b), max(3, repeat // 5))
+    nbytes = 2 * a.numel() * a.element_size()
+    print(f"{'copy ' + str(mb) + ' MiB':44s} {'':22s}torch {best:8.2f} ms (median {med:6.2f})   "
+          f"{'':6s}   copy {nbytes / best / 1e6:5.1f} GB/s (median {nbytes / med / 1e6:5.1f})")
 
 
 def dw_case(name, n, c, h, w, k, s, cl, repeat, backward):
@@ -55,8 +106,8 @@ def dw_case(name, n, c, h, w, k, s, cl, repeat, backward):
     nbytes = (x.numel() + y.numel()) * x.element_size()
     with torch.no_grad():
         r = best_ms(lambda: reference.dwconv_bn_relu(x, wt, sc, sh, s, p, True), repeat)
-        m = best_ms(lambda: op.dwconv_bn_relu(x, wt, sc, sh, s, p, True), repeat)
-    row(f"dwconv {name} fwd", r, m, nbytes)
+        row(f"dwconv {name} fwd", r, lambda: op.dwconv_bn_relu(x, wt, sc, sh, s, p, True), repeat,
+            nbytes)
     if backward:
         go = torch.randn_like(y)
         xx, ww, ss, hh = (t.clone().requires_grad_() for t in (x, wt, sc, sh))
@@ -66,8 +117,9 @@ def dw_case(name, n, c, h, w, k, s, cl, repeat, backward):
             torch.autograd.grad(out, (xx, ww, ss, hh), go)
 
         r = best_ms(ref_bwd, repeat)
-        m = best_ms(lambda: op._dwconv_bn_relu_backward(go, x, wt, sc, sh, s, p, True), repeat)
-        row(f"dwconv {name} fwd+bwd(ref) / bwd(cpu)", r, m, nbytes * 2 + x.numel() * x.element_size())
+        row(f"dwconv {name} fwd+bwd(ref) / bwd(cpu)", r,
+            lambda: op._dwconv_bn_relu_backward(go, x, wt, sc, sh, s, p, True), repeat,
+            nbytes * 2 + x.numel() * x.element_size())
 
 
 def ppm_case(name, n, cin, cout, h, w, cl, repeat, backward):
@@ -84,8 +136,7 @@ def ppm_case(name, n, cin, cout, h, w, cl, repeat, backward):
     nbytes = (x.numel() + 2 * y.numel()) * x.element_size()
     with torch.no_grad():
         r = best_ms(lambda: reference.ppm_add(x, wt, res), repeat)
-        m = best_ms(lambda: op.ppm_add(x, wt, res), repeat)
-    row(f"ppm_add {name} fwd", r, m, nbytes)
+        row(f"ppm_add {name} fwd", r, lambda: op.ppm_add(x, wt, res), repeat, nbytes)
     if backward:
         go = torch.randn_like(y)
         xx, ww = x.clone().requires_grad_(), wt.clone().requires_grad_()
@@ -94,8 +145,8 @@ def ppm_case(name, n, cin, cout, h, w, cl, repeat, backward):
             torch.autograd.grad(reference.ppm_add(xx, ww, res), (xx, ww), go)
 
         r = best_ms(ref_bwd, repeat)
-        m = best_ms(lambda: op._ppm_add_backward(go, x, wt), repeat)
-        row(f"ppm_add {name} fwd+bwd(ref) / bwd(cpu)", r, m, 2 * nbytes)
+        row(f"ppm_add {name} fwd+bwd(ref) / bwd(cpu)", r, lambda: op._ppm_add_backward(go, x, wt),
+            repeat, 2 * nbytes)
 
 
 def main():
@@ -106,15 +157,20 @@ def main():
     ap.add_argument("--only", default="", help="substring filter on case names")
     ap.add_argument("--cpu-time", action="store_true",
                     help="time by process CPU time / threads instead of wall time")
+    ap.add_argument("--copy-mb", type=int, default=256, help="size of the copy ceiling's tensors")
+    ap.add_argument("--before", choices=["none", "flush", "idle", "flush+idle"], default="none",
+                    help="what happens, untimed, before each timed call (see the module doc)")
     args = ap.parse_args()
-    global CPU_TIME
+    global CPU_TIME, BEFORE
     CPU_TIME = args.cpu_time
+    BEFORE = args.before
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"ATen CPU capability {torch.backends.cpu.get_cpu_capability()}, "
           f"dasp_kernels CPU build {dasp_kernels.cpu_isa()}, "
-          f"backends {dasp_kernels.available_backends()}")
+          f"backends {dasp_kernels.available_backends()}, before each call: {args.before}")
+    copy_row(args.repeat, args.copy_mb)
     cases = [
         ("stage1 1x3x1024x1024 K7 s2", lambda: dw_case("stage1 1x3x1024x1024 K7 s2", 1, 3, 1024,
                                                          1024, 7, 2, False, args.repeat,

@@ -244,3 +244,28 @@ def test_onnxruntime_does_not_spin_wait_unless_asked(monkeypatch):
     monkeypatch.setenv("DASP_BENCH_ORT_SPIN", "1")
     with pytest.raises(Exception, match="does not have configuration"):
         suite.ort_session_options(2).get_session_config_entry(key)  # ORT's default: spin
+
+
+def test_ops_quick_runs_its_before_step_before_each_timed_call(monkeypatch, capsys):
+    from benchmarks import bench_ops_quick as q
+    calls = []
+    best, med = q.time_ms(lambda: calls.append("fn"), 3, warmup=1,
+                          before=lambda: calls.append("before"))
+    assert calls == ["fn"] + ["before", "fn"] * 3
+    assert 0 <= best <= med
+    assert q.before_call("none") is None
+    monkeypatch.setattr(q, "FLUSH_MB", 1)
+    monkeypatch.setattr(q, "_flush_buf", None)
+    monkeypatch.setattr(q, "IDLE_S", 0.02)
+    flush_idle = q.before_call("flush+idle")
+    t = time.perf_counter()
+    flush_idle()
+    flush_idle()
+    assert time.perf_counter() - t >= 0.04  # slept twice
+    assert q._flush_buf.numel() == 2**18 and bool((q._flush_buf == 2).all())  # written twice
+    # The whole script, no op case selected: the copy ceiling of the run is still printed.
+    monkeypatch.setattr("sys.argv", ["bench_ops_quick", "--only", "no such case", "--copy-mb",
+                                     "1", "--repeat", "5", "--before", "flush"])
+    q.main()
+    out = capsys.readouterr().out
+    assert "before each call: flush" in out and "copy 1 MiB" in out and "GB/s" in out
