@@ -244,9 +244,8 @@ inline void ky_range(int64_t oy, int64_t S, int64_t pad, int64_t H, int64_t K, i
 }
 
 // CL: a channels-last tensor with few channels, run plane by plane like NCHW (tasks (n, band),
-// see below): vectors along the width need the channel's pixels gathered into the phase rows,
-// which beat channel vectors holding C < V lanes (3x1024x1024, 7x7, stride 2, 2 threads: 2.1 vs
-// 4.0 ms).
+// see below): vectors along the width need the channel's pixels picked into the phase rows
+// (fill_phases), which beats channel vectors holding C < V lanes (README: channels_last RGB).
 template <typename T, int K, int S, bool CL = false>
 void fwd_nchw(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) {
   constexpr int V = Vec<T>::size();
