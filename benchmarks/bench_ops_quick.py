@@ -149,15 +149,26 @@ def ppm_case(name, n, cin, cout, h, w, cl, repeat, backward):
             repeat, 2 * nbytes)
 
 
+def positive_int(text):
+    """argparse type: an integer >= 1 (a count of calls, threads or MiB)."""
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return v
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--repeat", type=int, default=10)
+    ap.add_argument("--threads", type=positive_int, default=None)
+    ap.add_argument("--repeat", type=positive_int, default=10)
     ap.add_argument("--backward", action="store_true")
     ap.add_argument("--only", default="", help="substring filter on case names")
     ap.add_argument("--cpu-time", action="store_true",
                     help="time by process CPU time / threads instead of wall time")
-    ap.add_argument("--copy-mb", type=int, default=256, help="size of the copy ceiling's tensors")
+    ap.add_argument("--copy-mb", type=positive_int, default=256, help="size of the copy ceiling's tensors")
     ap.add_argument("--before", choices=["none", "flush", "idle", "flush+idle"], default="none",
                     help="what happens, untimed, before each timed call (see the module doc)")
     args = ap.parse_args()

@@ -269,3 +269,12 @@ def test_ops_quick_runs_its_before_step_before_each_timed_call(monkeypatch, caps
     q.main()
     out = capsys.readouterr().out
     assert "before each call: flush" in out and "copy 1 MiB" in out and "GB/s" in out
+
+
+@pytest.mark.parametrize("flag,value", [("--repeat", "0"), ("--copy-mb", "-1"), ("--threads", "two")])
+def test_ops_quick_refuses_bad_counts(monkeypatch, capsys, flag, value):
+    from benchmarks import bench_ops_quick as q
+    monkeypatch.setattr("sys.argv", ["bench_ops_quick", flag, value])
+    with pytest.raises(SystemExit):
+        q.main()
+    assert f"expected a whole number >= 1, got '{value}'" in capsys.readouterr().err
