@@ -1,7 +1,7 @@
 """Quick CPU timings of the C++ ops against the eager reference, for tuning the CPU kernels.
 
     python benchmarks/bench_ops_quick.py [--threads N] [--repeat R] [--backward]
-                                         [--before none|flush|idle|flush+idle]
+                                         [--before none|flush|idle|flush+idle] [--idle-ms MS]
 
 Prints best-of-R milliseconds (the machine may be shared; the best run is the least disturbed),
 the median, and effective bandwidth over the tensors each op must read and write, beside the
@@ -13,7 +13,7 @@ benchmarks/harness.py); no results are stored.
               worker threads are awake
   flush       a 64 MiB buffer (more than the L3) is written on torch's threads: the input comes
               from memory, the threads stay awake (how triton.testing.do_bench times kernels)
-  idle        a 1 ms sleep: the worker threads go idle and must be woken
+  idle        a sleep of --idle-ms (default 1) ms: the worker threads go idle and must be woken
   flush+idle  both, close to what each call of the interleaved harness meets after the other
               providers' calls
 """
@@ -171,16 +171,20 @@ def main():
     ap.add_argument("--copy-mb", type=positive_int, default=256, help="size of the copy ceiling's tensors")
     ap.add_argument("--before", choices=["none", "flush", "idle", "flush+idle"], default="none",
                     help="what happens, untimed, before each timed call (see the module doc)")
+    ap.add_argument("--idle-ms", type=positive_int, default=1,
+                    help="length of the idle step of --before idle / flush+idle")
     args = ap.parse_args()
-    global CPU_TIME, BEFORE
+    global CPU_TIME, BEFORE, IDLE_S
     CPU_TIME = args.cpu_time
     BEFORE = args.before
+    IDLE_S = args.idle_ms / 1e3
+    before = args.before + (f" ({args.idle_ms} ms)" if "idle" in args.before else "")
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"ATen CPU capability {torch.backends.cpu.get_cpu_capability()}, "
           f"dasp_kernels CPU build {dasp_kernels.cpu_isa()}, "
-          f"backends {dasp_kernels.available_backends()}, before each call: {args.before}")
+          f"backends {dasp_kernels.available_backends()}, before each call: {before}")
     copy_row(args.repeat, args.copy_mb)
     cases = [
         ("stage1 1x3x1024x1024 K7 s2", lambda: dw_case("stage1 1x3x1024x1024 K7 s2", 1, 3, 1024,

@@ -269,9 +269,14 @@ def test_ops_quick_runs_its_before_step_before_each_timed_call(monkeypatch, caps
     q.main()
     out = capsys.readouterr().out
     assert "before each call: flush" in out and "copy 1 MiB" in out and "GB/s" in out
+    monkeypatch.setattr("sys.argv", ["bench_ops_quick", "--only", "no such case", "--copy-mb",
+                                     "1", "--repeat", "3", "--before", "idle", "--idle-ms", "7"])
+    q.main()
+    assert "before each call: idle (7 ms)" in capsys.readouterr().out and q.IDLE_S == 0.007
 
 
-@pytest.mark.parametrize("flag,value", [("--repeat", "0"), ("--copy-mb", "-1"), ("--threads", "two")])
+@pytest.mark.parametrize("flag,value", [("--repeat", "0"), ("--copy-mb", "-1"), ("--threads", "two"),
+                                        ("--idle-ms", "0")])
 def test_ops_quick_refuses_bad_counts(monkeypatch, capsys, flag, value):
     from benchmarks import bench_ops_quick as q
     monkeypatch.setattr("sys.argv", ["bench_ops_quick", flag, value])
