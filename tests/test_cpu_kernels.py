@@ -146,11 +146,14 @@ def test_dwconv_bands(layout, threads):
         torch.set_num_threads(old)
 
 
-@pytest.mark.parametrize("k,stride", [(7, 2), (3, 1), (4, 2)])
+@pytest.mark.parametrize("k,stride", [(7, 2), (3, 1), (4, 2), (5, 2), (1, 1)])
 def test_dwconv_few_channels_last_runs_by_planes(k, stride):
     """Channels-last inputs with fewer than 4 channels go forward plane by plane (the NCHW kernel
-    reading strided pixels): wide rows that use the full vector blocks, same bits as NCHW."""
-    for n, c, h, w in [(2, 3, 19, 301), (1, 1, 9, 130), (1, 2, 8, 75)]:
+    reading strided pixels; 3 float channels split from each pixel row in one pass and interleaved
+    back, fwd_rgb): wide rows that use the full vector blocks, rows narrower than one vector, same
+    bits as NCHW."""
+    for n, c, h, w in [(2, 3, 19, 301), (1, 3, 6, 5), (1, 3, 11, 40), (1, 1, 9, 130),
+                       (1, 2, 8, 75)]:
         x0 = torch.randn(n, c, h, w)
         wt, sc, sh = dw_params(c, k, torch.float32)
         x = x0.contiguous(memory_format=torch.channels_last)
@@ -158,6 +161,15 @@ def test_dwconv_few_channels_last_runs_by_planes(k, stride):
         expect_format(x, y)
         close(y, reference.dwconv_bn_relu(x0, wt, sc, sh, stride, k // 2, True))
         assert torch.equal(y, ops.dwconv_bn_relu(x0, wt, sc, sh, stride, k // 2, True))
+
+
+def test_dwconv_rgb_channels_last_large_output_streamed():
+    """A channels-last RGB output of 16 MiB and more goes out in non-temporal vector stores."""
+    x0 = torch.randn(1, 3, 1201, 1203)
+    wt, sc, sh = dw_params(3, 3, torch.float32)
+    y = ops.dwconv_bn_relu(x0.contiguous(memory_format=torch.channels_last), wt, sc, sh, 1, 1, True)
+    assert y.numel() * 4 >= 16 * 2**20 and y.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(y, ops.dwconv_bn_relu(x0, wt, sc, sh, 1, 1, True))
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])

@@ -77,6 +77,7 @@ struct Kernels {
   int vec_size;  // elements per at::vec::Vectorized<T> in that build
   DwFn<T> dw_fwd_nchw, dw_fwd_nhwc, dw_bwd_nchw, dw_bwd_nhwc;
   DwFn<T> dw_fwd_nhwc_planes;  // channels-last input with few channels, by planes (NHWC tasks)
+  bool dw_rgb_one_pass;        // ... which splits 3-channel pixel rows in one pass (fwd_rgb)
   PpmFn<T> ppm_fwd_nchw, ppm_fwd_nhwc, ppm_bwd_nchw, ppm_bwd_nhwc;
 };
 

@@ -30,7 +30,8 @@ int64_t pick_bands(int64_t units, int64_t rows, int64_t min_rows) {
 // fwd_nhwc_planes): a channel vector would hold fewer lanes than any ISA's float vector.
 constexpr int64_t kPlaneChannels = 4;
 // Output rows per band of that forward: each task runs its band for every channel in turn, and
-// bands this thin keep the band's pixel rows in L2 for the next channel.
+// bands this thin keep the band's pixel rows in L2 for the next channel. Where the build splits
+// RGB rows in one pass (Kernels::dw_rgb_one_pass), bands are as for NCHW instead: fewer halo rows.
 constexpr int64_t kPlaneBandRows = 16;
 
 struct Geometry {
@@ -103,6 +104,8 @@ at::Tensor dwconv_bn_relu_cpu(const at::Tensor& x, const at::Tensor& weight,
   const at::Tensor sc = scale.contiguous(), sh = shift.contiguous();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dwconv_bn_relu_cpu", [&] {
     const auto& k = cpu::kernels<scalar_t>();
+    if (g.planes && g.nhwc && p.C == 3 && k.dw_rgb_one_pass)
+      g.p.bands = pick_bands(p.N, p.Ho, kPlaneBandRows);
     cpu::DwArgs<scalar_t> a = input_args<scalar_t>(xc, w, sc, sh);
     a.y = y.mutable_data_ptr<scalar_t>();
     const auto fn = !g.nhwc ? k.dw_fwd_nchw : g.planes ? k.dw_fwd_nhwc_planes : k.dw_fwd_nhwc;

@@ -316,8 +316,141 @@ void fwd_nchw(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) {
   stream_fence();
 }
 
+// The phase rows of all three channels of one channels-last RGB float row, channel c's at
+// dst + c * cstride (as fill_phases lays out one channel): the pixel row is read once, each S*V
+// pixels as 3*S vectors split with every3<c>. The row's ends are staged.
+template <int S>
+inline void fill_rgb(const float* xrow, int64_t W, int64_t pad, int64_t L, float* dst,
+                     int64_t cstride, const float* ahead) {
+  using T = float;
+  constexpr int V = Vec<T>::size();
+  auto put_step = [&](int c, const Vec<T>& a, const Vec<T>& b, int64_t j) {
+    T* ph = dst + c * cstride;
+    if constexpr (S == 1) {
+      a.store(ph + j);
+    } else {
+      auto ab = at::vec::deinterleave2(a, b);
+      ab.first.store(ph + j);
+      ab.second.store(ph + L + j);
+    }
+  };
+  int64_t j = 0;
+  for (; j < L && S * j - pad < W; j += V) {
+    const int64_t q = S * j - pad;  // first pixel of the step
+    if (q >= 0 && q + S * V <= W) {
+      const T* src = xrow + 3 * q;
+      if (ahead) {
+        const T* pf = ahead + 3 * q;
+        for (int l = 0; l < 3 * S * V; l += 64 / int(sizeof(T))) DASP_PREFETCH_L2(pf + l);
+      }
+      Vec<T> v[3 * S];
+      for (int i = 0; i < 3 * S; ++i) v[i] = Vec<T>::loadu(src + i * V);
+      static_for<3>([&](auto c_) {
+        constexpr int c = decltype(c_)::value;
+        put_step(c, every3<c>(v[0], v[1], v[2]),
+                 S == 1 ? Vec<T>(T(0)) : every3<c>(v[3 % (3 * S)], v[4 % (3 * S)], v[5 % (3 * S)]), j);
+      });
+      continue;
+    }
+    for (int c = 0; c < 3; ++c) {
+      alignas(64) T tmp[2 * V] = {};
+      for (int i = 0; i < S * V; ++i) {
+        const int64_t ix = q + i;
+        tmp[i] = (ix >= 0 && ix < W) ? xrow[3 * ix + c] : T(0);
+      }
+      put_step(c, Vec<T>::loadu(tmp), Vec<T>::loadu(tmp + V), j);
+    }
+  }
+  for (int c = 0; c < 3; ++c)
+    for (int r = 0; r < S; ++r) fill(dst + c * cstride + r * L + j, L - j, T(0));
+}
+
+// Channels-last RGB float input (the image), tasks (n, band) as fwd_nhwc_planes: each pixel row
+// is split once into the three channels' phase rows (fill_rgb), each channel's output rows are
+// computed as in fwd_nchw, and the three are interleaved back into pixels (interleave3) for
+// vector stores. Same taps in the same order as NCHW: the output is bit-identical.
+template <int K, int S>
+void fwd_rgb(const DwShape& p, const DwArgs<float>& a, int64_t t0, int64_t t1) {
+  using T = float;
+  constexpr int V = Vec<T>::size();
+  constexpr int NU = kNativeVec ? 8 : 4;
+  const int64_t H = p.H, W = p.W, Ho = p.Ho, Wo = p.Wo, pad = p.pad;
+  const NchwGeom<T, K, S> g(p);
+  const int64_t L = g.L, cstride = K * S * L;  // a channel's ring: K slots of S phase rows
+  Scratch<T> buf(3 * cstride + 3 * NU * V);
+  T* ring = buf.data();
+  T* obuf = ring + 3 * cstride;  // a block's output, channel by channel
+  int64_t tag[K];
+  Vec<T> wv[3][K * K], sc[3], sh[3];
+  for (int c = 0; c < 3; ++c) {
+    for (int i = 0; i < K * K; ++i) wv[c][i] = Vec<T>(a.w[c * K * K + i]);
+    sc[c] = Vec<T>(a.scale[c]);
+    sh[c] = Vec<T>(a.shift[c]);
+  }
+  const int64_t rs = 3 * W;
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t n = t / p.bands, band = t % p.bands;
+    const T* xn = a.x + n * H * rs;
+    T* yn = a.y + n * Ho * Wo * 3;
+    fill(tag, K, int64_t(-1));
+    const int64_t oyA = band * Ho / p.bands, oyB = (band + 1) * Ho / p.bands;
+    for (int64_t oy = oyA; oy < oyB; ++oy) {
+      int ky0, ky1;
+      ky_range(oy, S, pad, H, K, ky0, ky1);
+      const T* rows[3][K];
+      for (int ky = ky0; ky < ky1; ++ky) {
+        const int64_t iy = oy * S - pad + ky, slot = iy % K;
+        T* r = ring + slot * S * L;
+        if (tag[slot] != iy) {
+          fill_rgb<S>(xn + iy * rs, W, pad, L, r, cstride,
+                      iy + 2 * S < H ? xn + (iy + 2 * S) * rs : nullptr);
+          tag[slot] = iy;
+        }
+        for (int c = 0; c < 3; ++c) rows[c][ky] = r + c * cstride;
+      }
+      T* yrow = yn + oy * Wo * 3;
+      RowPrefetch pf;
+      prefetch_next_rows(pf, xn, oy, oyB, K, S, pad, H, rs, kFwdPrefetchRows);
+      pf.plan(Wo / (NU * V) + 1);
+      int64_t ox = 0;
+      Vec<T> acc[NU];
+      for (; ox + NU * V <= Wo; ox += NU * V) {
+        pf.step();
+        for (int c = 0; c < 3; ++c) {
+          conv_block<T, K, S, NU>(rows[c], ky0, ky1, wv[c], L, ox, acc);
+          DASP_UNROLL
+          for (int u = 0; u < NU; ++u)
+            bn_act(acc[u], sc[c], sh[c], p.relu).store(obuf + c * NU * V + u * V);
+        }
+        for (int u = 0; u < NU; ++u) {
+          const Vec<T> r = Vec<T>::loadu(obuf + u * V), gr = Vec<T>::loadu(obuf + NU * V + u * V),
+                       b = Vec<T>::loadu(obuf + 2 * NU * V + u * V);
+          T* dst = yrow + 3 * (ox + u * V);
+          put(interleave3<0>(r, gr, b), dst, V, p.stream);
+          put(interleave3<1>(r, gr, b), dst + V, V, p.stream);
+          put(interleave3<2>(r, gr, b), dst + 2 * V, V, p.stream);
+        }
+      }
+      pf.rest();
+      for (; ox < Wo; ox += V) {
+        for (int c = 0; c < 3; ++c) {
+          conv_block<T, K, S, 1>(rows[c], ky0, ky1, wv[c], L, ox, acc);
+          bn_act(acc[0], sc[c], sh[c], p.relu).store(obuf + c * V);
+        }
+        const int64_t m = imin(V, Wo - ox);
+        for (int64_t i = 0; i < m; ++i)
+          for (int c = 0; c < 3; ++c) yrow[3 * (ox + i) + c] = obuf[c * V + i];
+      }
+    }
+  }
+  stream_fence();
+}
+
 template <typename T, int K, int S>
 void fwd_nhwc_planes(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) {
+  if constexpr (kHaveEvery3 && std::is_same_v<T, float>) {
+    if (p.C == 3) return fwd_rgb<K, S>(p, a, t0, t1);
+  }
   fwd_nchw<T, K, S, true>(p, a, t0, t1);
 }
 

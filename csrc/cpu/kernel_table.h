@@ -68,6 +68,7 @@ Kernels<T> kernels() {
   k.dw_fwd_nchw = &dw::fwd_nchw_any<T>;
   k.dw_fwd_nhwc = &dw::fwd_nhwc<T>;
   k.dw_fwd_nhwc_planes = &dw::fwd_nhwc_planes_any<T>;
+  k.dw_rgb_one_pass = util::kHaveEvery3 && std::is_same_v<T, float>;
   k.dw_bwd_nchw = &dw::bwd_nchw_any<T>;
   k.dw_bwd_nhwc = &dw::bwd_nhwc_any<T>;
   k.ppm_fwd_nchw = &ppm::fwd_nchw<T>;

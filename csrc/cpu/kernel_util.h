@@ -121,36 +121,98 @@ inline at::vec::Vectorized<T> lane_shift(const at::vec::Vectorized<T>& a,
 }
 #endif
 
-// every3(a, b, c): lanes 0, 3, 6, ... of the concatenation a, b, c, i.e. one channel of
-// 3-channel pixels (a channels-last RGB row). Since 3 and the lane count are coprime, every lane
-// position is taken from exactly one of a, b, c: two blends and one permute, where a gather of
-// the same lanes loads them one by one. float in the AVX2 and AVX-512 builds (kHaveEvery3).
+// every3<O>(a, b, c): lanes O, O + 3, O + 6, ... of the concatenation a, b, c, i.e. channel O
+// of 3-channel pixels (a channels-last RGB row); interleave3<k>(r, g, b): vector k of the
+// pixels whose channels are r, g, b, its inverse. Since 3 and the lane count V are coprime, every
+// lane position is taken from exactly one of the three sources: two blends and one permute (or
+// three permutes and two blends), where a gather or scatter moves the lanes one by one. float in
+// the AVX2 and AVX-512 builds (kHaveEvery3). The lane masks and permute indices below are worked
+// out at compile time.
+template <int O, int V>
+struct Every3Lanes {
+  unsigned b = 0, c = 0;  // lane positions that come from b and from c
+  alignas(64) int idx[V] = {};
+  constexpr Every3Lanes() {
+    for (int i = 0; i < V; ++i) {
+      const int e = 3 * i + O;  // element of a ++ b ++ c that lands in lane i
+      if (e / V == 1) b |= 1u << (e % V);
+      if (e / V == 2) c |= 1u << (e % V);
+      idx[i] = e % V;
+    }
+  }
+};
+template <int K, int V>
+struct Interleave3Lanes {
+  unsigned g = 0, b = 0;  // lanes of pixel vector K that hold channel 1 and channel 2
+  alignas(64) int idx[V] = {};
+  constexpr Interleave3Lanes() {
+    for (int p = 0; p < V; ++p) {
+      const int e = K * V + p;  // element of the pixel stream: pixel e / 3, channel e % 3
+      if (e % 3 == 1) g |= 1u << p;
+      if (e % 3 == 2) b |= 1u << p;
+      idx[p] = e / 3 % V;
+    }
+  }
+};
+template <int O, int V>
+inline constexpr Every3Lanes<O, V> kEvery3{};
+template <int K, int V>
+inline constexpr Interleave3Lanes<K, V> kInterleave3{};
+
 #if defined(CPU_CAPABILITY_AVX512)
 constexpr bool kHaveEvery3 = true;
+template <int O = 0>
 inline at::vec::Vectorized<float> every3(const at::vec::Vectorized<float>& a,
                                          const at::vec::Vectorized<float>& b,
                                          const at::vec::Vectorized<float>& c) {
-  // Element 3i lies in a, b or c at lane 3i % 16; mask bits pick b's and c's lanes.
-  const __m512 ab = _mm512_mask_blend_ps(0x4924, a, b);   // lanes 2, 5, 8, 11, 14
-  const __m512 abc = _mm512_mask_blend_ps(0x2492, ab, c);  // lanes 1, 4, 7, 10, 13
-  const __m512i idx = _mm512_setr_epi32(0, 3, 6, 9, 12, 15, 2, 5, 8, 11, 14, 1, 4, 7, 10, 13);
-  return _mm512_permutexvar_ps(idx, abc);
+  constexpr const auto& m = kEvery3<O, 16>;
+  const __m512 abc = _mm512_mask_blend_ps(m.c, _mm512_mask_blend_ps(m.b, a, b), c);
+  return _mm512_permutexvar_ps(_mm512_load_si512(m.idx), abc);
+}
+template <int K>
+inline at::vec::Vectorized<float> interleave3(const at::vec::Vectorized<float>& r,
+                                              const at::vec::Vectorized<float>& g,
+                                              const at::vec::Vectorized<float>& b) {
+  constexpr const auto& m = kInterleave3<K, 16>;
+  const __m512i idx = _mm512_load_si512(m.idx);
+  const __m512 rg = _mm512_mask_blend_ps(m.g, _mm512_permutexvar_ps(idx, r),
+                                         _mm512_permutexvar_ps(idx, g));
+  return _mm512_mask_blend_ps(m.b, rg, _mm512_permutexvar_ps(idx, b));
 }
 #elif defined(CPU_CAPABILITY_AVX2)
 constexpr bool kHaveEvery3 = true;
+template <int O = 0>
 inline at::vec::Vectorized<float> every3(const at::vec::Vectorized<float>& a,
                                          const at::vec::Vectorized<float>& b,
                                          const at::vec::Vectorized<float>& c) {
-  const __m256 ab = _mm256_blend_ps(a, b, 0x92);    // lanes 1, 4, 7
-  const __m256 abc = _mm256_blend_ps(ab, c, 0x24);  // lanes 2, 5
-  return _mm256_permutevar8x32_ps(abc, _mm256_setr_epi32(0, 3, 6, 1, 4, 7, 2, 5));
+  constexpr const auto& m = kEvery3<O, 8>;
+  const __m256 abc = _mm256_blend_ps(_mm256_blend_ps(a, b, m.b), c, m.c);
+  return _mm256_permutevar8x32_ps(abc, _mm256_load_si256(reinterpret_cast<const __m256i*>(m.idx)));
+}
+template <int K>
+inline at::vec::Vectorized<float> interleave3(const at::vec::Vectorized<float>& r,
+                                              const at::vec::Vectorized<float>& g,
+                                              const at::vec::Vectorized<float>& b) {
+  constexpr const auto& m = kInterleave3<K, 8>;
+  const __m256i idx = _mm256_load_si256(reinterpret_cast<const __m256i*>(m.idx));
+  const __m256 rg = _mm256_blend_ps(_mm256_permutevar8x32_ps(r, idx),
+                                    _mm256_permutevar8x32_ps(g, idx), m.g);
+  return _mm256_blend_ps(rg, _mm256_permutevar8x32_ps(b, idx), m.b);
 }
 #else
 constexpr bool kHaveEvery3 = false;
+// Never called: kHaveEvery3 is false.
+template <int O = 0>
 inline at::vec::Vectorized<float> every3(const at::vec::Vectorized<float>& a,
                                          const at::vec::Vectorized<float>&,
                                          const at::vec::Vectorized<float>&) {
-  return a;  // never called: kHaveEvery3 is false
+  return a;
+}
+template <int K>
+inline at::vec::Vectorized<float> interleave3(const at::vec::Vectorized<float>& r,
+                                              const at::vec::Vectorized<float>&,
+                                              const at::vec::Vectorized<float>&) {
+  return r;
 }
 #endif
 
