@@ -32,6 +32,33 @@ using Vec = at::vec::Vectorized<T>;
 // ---------------------------------------------------------------------------------------------
 // NCHW
 
+// Positions [j, j + V) of the S phase rows at ph (each of length L) from a and b: the S*V
+// padded-row elements that phase position j starts.
+template <typename T, int S>
+inline void put_phase_step(T* ph, int64_t L, int64_t j, const Vec<T>& a, const Vec<T>& b) {
+  if constexpr (S == 1) {
+    a.store(ph + j);
+  } else {
+    auto ab = at::vec::deinterleave2(a, b);
+    ab.first.store(ph + j);
+    ab.second.store(ph + L + j);
+  }
+}
+
+// a, b = the S*V elements xrow[q * cs], xrow[(q + 1) * cs], ... of a row of W elements, zero
+// outside the row: a step at the row's ends (or a strided one), element by element.
+template <typename T, int S>
+inline void load_staged(const T* xrow, int64_t W, int64_t q, int64_t cs, Vec<T>& a, Vec<T>& b) {
+  constexpr int V = Vec<T>::size();
+  alignas(64) T tmp[2 * V] = {};
+  for (int i = 0; i < S * V; ++i) {
+    const int64_t ix = q + i;
+    tmp[i] = (ix >= 0 && ix < W) ? xrow[ix * cs] : T(0);
+  }
+  a = Vec<T>::loadu(tmp);
+  b = Vec<T>::loadu(tmp + V);
+}
+
 // ph[r * L + j] = xpad[S * j + r], xpad[q] = xrow[q - pad] inside the row, 0 outside. L % V == 0.
 // Vector loads straight from the input row (a libc memcpy of a row was slower here), masked at
 // the row's end. `ahead`: a row that a later output row reads, prefetched into L2 alongside
@@ -40,25 +67,14 @@ template <typename T, int S>
 inline void fill_phases(const T* xrow, int64_t W, int64_t pad, int64_t L, T* ph,
                         const T* ahead, int64_t cs = 1) {
   constexpr int V = Vec<T>::size();
-  // Positions [j, j + V) of every phase from a and b, the S*V padded-row elements from S*j - pad.
   auto put_step = [&](const Vec<T>& a, const Vec<T>& b, int64_t j) {
-    if constexpr (S == 1) {
-      a.store(ph + j);
-    } else {
-      auto ab = at::vec::deinterleave2(a, b);
-      ab.first.store(ph + j);
-      ab.second.store(ph + L + j);
-    }
+    put_phase_step<T, S>(ph, L, j, a, b);
   };
-  // A step whose elements run past the row's start (or that gathers a channels-last channel):
-  // staged element by element through a zero-padded buffer.
-  alignas(64) T tmp[2 * V] = {};
+  // A step whose elements run past the row's start (or past its end, in a channels-last row).
   auto staged = [&](int64_t j) {
-    for (int i = 0; i < S * V; ++i) {
-      const int64_t ix = S * j - pad + i;
-      tmp[i] = (ix >= 0 && ix < W) ? xrow[ix * cs] : T(0);
-    }
-    put_step(Vec<T>::loadu(tmp), Vec<T>::loadu(tmp + V), j);
+    Vec<T> a, b;
+    load_staged<T, S>(xrow, W, S * j - pad, cs, a, b);
+    put_step(a, b, j);
   };
   int64_t j = 0;
   if (cs == 1) {
@@ -216,6 +232,20 @@ inline void prefetch_next_rows(RowPrefetch& pf, const T* xp, int64_t oy, int64_t
   }
 }
 
+// One forward output row: block(ox) over its full blocks of NU vectors, spreading pf's prefetches
+// over them, then tail(ox) over the vectors left (the last one partial).
+template <int NU, int V, typename Block, typename Tail>
+inline void for_row_blocks(int64_t Wo, RowPrefetch& pf, Block&& block, Tail&& tail) {
+  pf.plan(Wo / (NU * V) + 1);
+  int64_t ox = 0;
+  for (; ox + NU * V <= Wo; ox += NU * V) {
+    pf.step();
+    block(ox);
+  }
+  pf.rest();
+  for (; ox < Wo; ox += V) tail(ox);
+}
+
 // How many output rows ahead the forward prefetches its input rows: 3 rather than 1, since with
 // the input cold in memory the rows arrived late.
 constexpr int64_t kFwdPrefetchRows = 3;
@@ -296,21 +326,19 @@ void fwd_nchw(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) {
       // reading them only when needed left the loads waiting on memory.
       RowPrefetch pf;
       prefetch_next_rows(pf, xp, oy, oyB, K, S, pad, H, rs, kFwdPrefetchRows);
-      pf.plan(Wo / (NU * V) + 1);
-      int64_t ox = 0;
       Vec<T> acc[NU];
-      for (; ox + NU * V <= Wo; ox += NU * V) {
-        pf.step();
-        conv_block<T, K, S, NU>(rows, ky0, ky1, wv, g.L, ox, acc);
-        DASP_UNROLL
-        for (int u = 0; u < NU; ++u)
-          store(bn_act(acc[u], sc, sh, p.relu), yrow + (ox + u * V) * cs, V);
-      }
-      pf.rest();
-      for (; ox < Wo; ox += V) {
-        conv_block<T, K, S, 1>(rows, ky0, ky1, wv, g.L, ox, acc);
-        store(bn_act(acc[0], sc, sh, p.relu), yrow + ox * cs, imin(V, Wo - ox));
-      }
+      for_row_blocks<NU, V>(
+          Wo, pf,
+          [&](int64_t ox) {
+            conv_block<T, K, S, NU>(rows, ky0, ky1, wv, g.L, ox, acc);
+            DASP_UNROLL
+            for (int u = 0; u < NU; ++u)
+              store(bn_act(acc[u], sc, sh, p.relu), yrow + (ox + u * V) * cs, V);
+          },
+          [&](int64_t ox) {
+            conv_block<T, K, S, 1>(rows, ky0, ky1, wv, g.L, ox, acc);
+            store(bn_act(acc[0], sc, sh, p.relu), yrow + ox * cs, imin(V, Wo - ox));
+          });
     }
   }
   stream_fence();
@@ -325,14 +353,7 @@ inline void fill_rgb(const float* xrow, int64_t W, int64_t pad, int64_t L, float
   using T = float;
   constexpr int V = Vec<T>::size();
   auto put_step = [&](int c, const Vec<T>& a, const Vec<T>& b, int64_t j) {
-    T* ph = dst + c * cstride;
-    if constexpr (S == 1) {
-      a.store(ph + j);
-    } else {
-      auto ab = at::vec::deinterleave2(a, b);
-      ab.first.store(ph + j);
-      ab.second.store(ph + L + j);
-    }
+    put_phase_step<T, S>(dst + c * cstride, L, j, a, b);
   };
   int64_t j = 0;
   for (; j < L && S * j - pad < W; j += V) {
@@ -347,18 +368,17 @@ inline void fill_rgb(const float* xrow, int64_t W, int64_t pad, int64_t L, float
       for (int i = 0; i < 3 * S; ++i) v[i] = Vec<T>::loadu(src + i * V);
       static_for<3>([&](auto c_) {
         constexpr int c = decltype(c_)::value;
-        put_step(c, every3<c>(v[0], v[1], v[2]),
-                 S == 1 ? Vec<T>(T(0)) : every3<c>(v[3 % (3 * S)], v[4 % (3 * S)], v[5 % (3 * S)]), j);
+        if constexpr (S == 1)
+          put_step(c, every3<c>(v[0], v[1], v[2]), Vec<T>(T(0)), j);
+        else
+          put_step(c, every3<c>(v[0], v[1], v[2]), every3<c>(v[3], v[4], v[5]), j);
       });
       continue;
     }
     for (int c = 0; c < 3; ++c) {
-      alignas(64) T tmp[2 * V] = {};
-      for (int i = 0; i < S * V; ++i) {
-        const int64_t ix = q + i;
-        tmp[i] = (ix >= 0 && ix < W) ? xrow[3 * ix + c] : T(0);
-      }
-      put_step(c, Vec<T>::loadu(tmp), Vec<T>::loadu(tmp + V), j);
+      Vec<T> a, b;
+      load_staged<T, S>(xrow + c, W, q, 3, a, b);
+      put_step(c, a, b, j);
     }
   }
   for (int c = 0; c < 3; ++c)
@@ -411,36 +431,35 @@ void fwd_rgb(const DwShape& p, const DwArgs<float>& a, int64_t t0, int64_t t1) {
       T* yrow = yn + oy * Wo * 3;
       RowPrefetch pf;
       prefetch_next_rows(pf, xn, oy, oyB, K, S, pad, H, rs, kFwdPrefetchRows);
-      pf.plan(Wo / (NU * V) + 1);
-      int64_t ox = 0;
       Vec<T> acc[NU];
-      for (; ox + NU * V <= Wo; ox += NU * V) {
-        pf.step();
-        for (int c = 0; c < 3; ++c) {
-          conv_block<T, K, S, NU>(rows[c], ky0, ky1, wv[c], L, ox, acc);
-          DASP_UNROLL
-          for (int u = 0; u < NU; ++u)
-            bn_act(acc[u], sc[c], sh[c], p.relu).store(obuf + c * NU * V + u * V);
-        }
-        for (int u = 0; u < NU; ++u) {
-          const Vec<T> r = Vec<T>::loadu(obuf + u * V), gr = Vec<T>::loadu(obuf + NU * V + u * V),
-                       b = Vec<T>::loadu(obuf + 2 * NU * V + u * V);
-          T* dst = yrow + 3 * (ox + u * V);
-          put(interleave3<0>(r, gr, b), dst, V, p.stream);
-          put(interleave3<1>(r, gr, b), dst + V, V, p.stream);
-          put(interleave3<2>(r, gr, b), dst + 2 * V, V, p.stream);
-        }
-      }
-      pf.rest();
-      for (; ox < Wo; ox += V) {
-        for (int c = 0; c < 3; ++c) {
-          conv_block<T, K, S, 1>(rows[c], ky0, ky1, wv[c], L, ox, acc);
-          bn_act(acc[0], sc[c], sh[c], p.relu).store(obuf + c * V);
-        }
-        const int64_t m = imin(V, Wo - ox);
-        for (int64_t i = 0; i < m; ++i)
-          for (int c = 0; c < 3; ++c) yrow[3 * (ox + i) + c] = obuf[c * V + i];
-      }
+      for_row_blocks<NU, V>(
+          Wo, pf,
+          [&](int64_t ox) {
+            for (int c = 0; c < 3; ++c) {
+              conv_block<T, K, S, NU>(rows[c], ky0, ky1, wv[c], L, ox, acc);
+              DASP_UNROLL
+              for (int u = 0; u < NU; ++u)
+                bn_act(acc[u], sc[c], sh[c], p.relu).store(obuf + c * NU * V + u * V);
+            }
+            for (int u = 0; u < NU; ++u) {
+              const T* o = obuf + u * V;
+              const Vec<T> r = Vec<T>::loadu(o), gr = Vec<T>::loadu(o + NU * V),
+                           b = Vec<T>::loadu(o + 2 * NU * V);
+              T* dst = yrow + 3 * (ox + u * V);
+              put(interleave3<0>(r, gr, b), dst, V, p.stream);
+              put(interleave3<1>(r, gr, b), dst + V, V, p.stream);
+              put(interleave3<2>(r, gr, b), dst + 2 * V, V, p.stream);
+            }
+          },
+          [&](int64_t ox) {
+            for (int c = 0; c < 3; ++c) {
+              conv_block<T, K, S, 1>(rows[c], ky0, ky1, wv[c], L, ox, acc);
+              bn_act(acc[0], sc[c], sh[c], p.relu).store(obuf + c * V);
+            }
+            const int64_t m = imin(V, Wo - ox);
+            for (int64_t i = 0; i < m; ++i)
+              for (int c = 0; c < 3; ++c) yrow[3 * (ox + i) + c] = obuf[c * V + i];
+          });
     }
   }
   stream_fence();
