@@ -87,9 +87,9 @@ inline void fill_phases(const T* xrow, int64_t W, int64_t pad, int64_t L, T* ph,
       put_step(a, S == 1 || n <= V ? Vec<T>(T(0)) : load_n(src + V, imin(n - V, V)), j);
     }
   } else {
-    // One channel of a channels-last row: RGB float rows picked apart with every3 (S*V pixels
-    // from 3*S vectors), other rows gathered (hardware gathers in the AVX2 and AVX-512 builds);
-    // the row's ends staged.
+    // One channel of a channels-last row (not a float RGB one where the build has every3: those
+    // go through fill_rgb), gathered (hardware gathers in the AVX2 and AVX-512 builds); the row's
+    // ends staged.
     using I = at::vec::int_same_size_t<T>;
     const auto idx = Vec<I>::arange(I(0), I(S * cs));  // lane i: element S*i of the channel
     for (; j < L && S * j - pad < W; j += V) {
@@ -97,19 +97,6 @@ inline void fill_phases(const T* xrow, int64_t W, int64_t pad, int64_t L, T* ph,
       if (q < 0 || q + S * V > W) {
         staged(j);
         continue;
-      }
-      if constexpr (kHaveEvery3 && std::is_same_v<T, float>) {
-        // The last vector ends up to 2 elements past the step's last pixel: within pixel
-        // q + S*V, so that pixel must exist.
-        if (cs == 3 && q + S * V < W) {
-          const T* src = xrow + 3 * q;
-          auto pixels = [&](int64_t k) {  // channel values of pixels q + k*V .. q + (k+1)*V
-            return every3(Vec<T>::loadu(src + 3 * k * V), Vec<T>::loadu(src + (3 * k + 1) * V),
-                          Vec<T>::loadu(src + (3 * k + 2) * V));
-          };
-          put_step(pixels(0), S == 1 ? Vec<T>(T(0)) : pixels(1), j);
-          continue;
-        }
       }
       for (int r = 0; r < S; ++r)
         at::vec::gather<sizeof(T)>(xrow + (q + r) * cs, idx).store(ph + r * L + j);
@@ -422,8 +409,9 @@ void fwd_rgb(const DwShape& p, const DwArgs<float>& a, int64_t t0, int64_t t1) {
         const int64_t iy = oy * S - pad + ky, slot = iy % K;
         T* r = ring + slot * S * L;
         if (tag[slot] != iy) {
+          constexpr int64_t ahead = PlaneRing<T, K, S>::kAhead;
           fill_rgb<S>(xn + iy * rs, W, pad, L, r, cstride,
-                      iy + 2 * S < H ? xn + (iy + 2 * S) * rs : nullptr);
+                      iy + ahead < H ? xn + (iy + ahead) * rs : nullptr);
           tag[slot] = iy;
         }
         for (int c = 0; c < 3; ++c) rows[c][ky] = r + c * cstride;

@@ -161,7 +161,7 @@ inline constexpr Interleave3Lanes<K, V> kInterleave3{};
 
 #if defined(CPU_CAPABILITY_AVX512)
 constexpr bool kHaveEvery3 = true;
-template <int O = 0>
+template <int O>
 inline at::vec::Vectorized<float> every3(const at::vec::Vectorized<float>& a,
                                          const at::vec::Vectorized<float>& b,
                                          const at::vec::Vectorized<float>& c) {
@@ -181,7 +181,7 @@ inline at::vec::Vectorized<float> interleave3(const at::vec::Vectorized<float>& 
 }
 #elif defined(CPU_CAPABILITY_AVX2)
 constexpr bool kHaveEvery3 = true;
-template <int O = 0>
+template <int O>
 inline at::vec::Vectorized<float> every3(const at::vec::Vectorized<float>& a,
                                          const at::vec::Vectorized<float>& b,
                                          const at::vec::Vectorized<float>& c) {
@@ -202,7 +202,7 @@ inline at::vec::Vectorized<float> interleave3(const at::vec::Vectorized<float>& 
 #else
 constexpr bool kHaveEvery3 = false;
 // Never called: kHaveEvery3 is false.
-template <int O = 0>
+template <int O>
 inline at::vec::Vectorized<float> every3(const at::vec::Vectorized<float>& a,
                                          const at::vec::Vectorized<float>&,
                                          const at::vec::Vectorized<float>&) {
