@@ -64,6 +64,9 @@ def parse_args(argv):
     p.add_argument("--backends", nargs="+", help="our backends (default: reference cpu on the "
                    "CPU, cuda triton on a GPU)")
     p.add_argument("--reps", type=int, help="exactly this many timed calls per provider")
+    p.add_argument("--order", choices=["shuffled", "fixed"], default="shuffled",
+                   help="order of the providers in each round of calls: a new random one each "
+                   "round (default), or always the order they are listed in")
     p.add_argument("--min-time", type=float, help="seconds of timed calls per provider at least "
                    "(default 1, --quick 0.3)")
     p.add_argument("--stream-mb", type=int, default=256, help="buffer size of the copy benchmark")
@@ -92,10 +95,12 @@ def parse_args(argv):
 
 def timing_kwargs(args):
     if args.reps:
-        return {"warmup": 1, "min_reps": args.reps, "max_reps": args.reps, "min_time_s": 0.0}
-    if args.quick:
-        return {"warmup": 2, "min_reps": 7, "max_reps": 60, "min_time_s": args.min_time}
-    return {"warmup": 2, "min_reps": 10, "max_reps": 200, "min_time_s": args.min_time}
+        reps = {"warmup": 1, "min_reps": args.reps, "max_reps": args.reps, "min_time_s": 0.0}
+    elif args.quick:
+        reps = {"warmup": 2, "min_reps": 7, "max_reps": 60, "min_time_s": args.min_time}
+    else:
+        reps = {"warmup": 2, "min_reps": 10, "max_reps": 200, "min_time_s": args.min_time}
+    return {**reps, "order": args.order}
 
 
 def child_env(allocator):

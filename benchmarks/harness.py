@@ -4,8 +4,8 @@ goes into every row, and the CSV file.
 Timing: warm-up calls, then the median and the 20% / 80% quantiles of per-call times. On the CPU each
 call is timed with time.perf_counter (and its minor page faults are counted: on Linux they are the
 price of a fresh large allocation); on a GPU with CUDA events, the L2 cache flushed before each call.
-Several callables can be timed interleaved (one call of each per round) so that a change of load on
-a shared machine hits every provider alike.
+Several callables can be timed interleaved (one call of each per round, in a new order each round)
+so that a change of load on a shared machine hits every provider alike.
 """
 import csv
 import datetime
@@ -13,6 +13,7 @@ import functools
 import importlib.metadata
 import os
 import platform
+import random
 import resource
 import subprocess
 import time
@@ -62,15 +63,26 @@ class _L2Flush:
         self.buf.zero_()
 
 
+ORDERS = ("shuffled", "fixed")
+
+
 def measure_interleaved(fns, *, device="cpu", warmup=2, min_reps=10, max_reps=200,
-                        min_time_s=1.0, gap_s=0.001):
+                        min_time_s=1.0, gap_s=0.001, order="shuffled", seed=0):
     """Time each callable of `fns` ({name: fn}) one call per round, round after round.
 
     Stops after `min_reps` rounds once every callable has run for `min_time_s` in total, or after
     `max_reps` rounds. On the CPU an untimed pause of `gap_s` before each call lets the worker
     threads of the previous callable (OpenMP, ONNX Runtime) stop spinning, so they do not compete
-    with the next. Returns {name: Timing}.
+    with the next. order="shuffled" runs each round in a new order (random, from `seed`): what ran
+    just before a call (threads left spinning, or asleep so that the call must wake them, or data
+    that evicted its input from the cache) changes its time, and in a fixed order every callable
+    would always follow the same neighbour. order="fixed" keeps the order of `fns`.
+    Returns {name: Timing}.
     """
+    if order not in ORDERS:
+        raise ValueError(f"measure_interleaved: expected order 'shuffled' or 'fixed', got {order!r}")
+    rng = random.Random(seed)
+    names = list(fns)
     device = torch.device(device)
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -85,9 +97,12 @@ def measure_interleaved(fns, *, device="cpu", warmup=2, min_reps=10, max_reps=20
     for r in range(max_reps):
         if r >= min_reps and all(s >= min_time_s for s in spent.values()):
             break
+        if order == "shuffled":
+            rng.shuffle(names)
         if cuda:
             events = {}
-            for k, fn in fns.items():
+            for k in names:
+                fn = fns[k]
                 flush()
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start.record()
@@ -100,7 +115,8 @@ def measure_interleaved(fns, *, device="cpu", warmup=2, min_reps=10, max_reps=20
                 samples[k].append(ms)
                 spent[k] += ms / 1e3
         else:
-            for k, fn in fns.items():
+            for k in names:
+                fn = fns[k]
                 if gap_s > 0 and len(fns) > 1:
                     time.sleep(gap_s)
                 f0 = _minflt()
@@ -113,10 +129,12 @@ def measure_interleaved(fns, *, device="cpu", warmup=2, min_reps=10, max_reps=20
     return {k: _timing(samples[k], faults[k]) for k in fns}
 
 
-def measure(fn, *, device="cpu", warmup=2, min_reps=10, max_reps=200, min_time_s=1.0):
-    """Median and 20% / 80% quantiles (ms) of `fn()` after `warmup` untimed calls."""
+def measure(fn, *, device="cpu", warmup=2, min_reps=10, max_reps=200, min_time_s=1.0,
+            order="shuffled"):
+    """Median and 20% / 80% quantiles (ms) of `fn()` after `warmup` untimed calls (`order`: as
+    for measure_interleaved, which one callable ignores)."""
     return measure_interleaved({"fn": fn}, device=device, warmup=warmup, min_reps=min_reps,
-                               max_reps=max_reps, min_time_s=min_time_s)["fn"]
+                               max_reps=max_reps, min_time_s=min_time_s, order=order)["fn"]
 
 
 # ---- correctness -------------------------------------------------------------------------------

@@ -50,6 +50,43 @@ def test_interleaved_timing_keeps_callables_apart():
     assert ts["long"].median_ms >= 19.9
 
 
+def _call_order(order, rounds=12, seed=0):
+    seq = []
+    fns = {k: (lambda k=k: seq.append(k)) for k in "abcd"}
+    harness.measure_interleaved(fns, warmup=0, min_reps=rounds, max_reps=rounds, min_time_s=0,
+                                gap_s=0, order=order, seed=seed)
+    return seq
+
+
+def test_interleaved_timing_shuffles_each_round():
+    seq = _call_order("shuffled")
+    rounds = [seq[i:i + 4] for i in range(0, len(seq), 4)]
+    assert len(rounds) == 12 and all(sorted(r) == list("abcd") for r in rounds)
+    assert len({tuple(r) for r in rounds}) > 1
+    # What a call follows changes from round to round, for every callable.
+    before = {k: set() for k in "abcd"}
+    for a, b in zip(seq, seq[1:]):
+        before[b].add(a)
+    assert all(len(v) > 1 for v in before.values()), before
+    assert _call_order("shuffled") == seq  # seeded: a rerun times the same sequence
+    assert _call_order("shuffled", seed=1) != seq
+
+
+def test_interleaved_timing_keeps_a_fixed_order_when_asked():
+    assert _call_order("fixed") == list("abcd") * 12
+    with pytest.raises(ValueError, match="expected order 'shuffled' or 'fixed', got 'random'"):
+        harness.measure_interleaved({"a": lambda: None}, order="random")
+
+
+def test_bench_cpu_passes_the_order_to_the_timing():
+    assert bench_cpu.timing_kwargs(bench_cpu.parse_args([]))["order"] == "shuffled"
+    args = bench_cpu.parse_args(["--order", "fixed", "--reps", "3"])
+    assert bench_cpu.timing_kwargs(args) == {"warmup": 1, "min_reps": 3, "max_reps": 3,
+                                             "min_time_s": 0.0, "order": "fixed"}
+    with pytest.raises(SystemExit):
+        bench_cpu.parse_args(["--order", "random"])
+
+
 def test_quantile_matches_numpy():
     np = pytest.importorskip("numpy")
     rng = random.Random(0)
