@@ -14,7 +14,8 @@ Providers: eager (model as built), eager+fold+cl (BN folded into the conv, chann
 compile (inductor, freezing), onnxruntime (the unfused model exported, all graph optimisations),
 ours:<backend> (dasp_kernels.fuse(model, backend) or the op called directly),
 ours:<backend>+cl (the same with channels_last input) and, for stages, paths and models,
-ours:<backend>+compile (torch.compile of the fused model, inductor with freezing).
+ours:<backend>+compile (torch.compile of the fused model, inductor with freezing) and, for whole
+models on the CPU, ours:cpu+compile+arena (the same, each call inside dasp_kernels.cpu_arena()).
 """
 import copy
 import gc
@@ -389,6 +390,23 @@ def _ours_compiled(case, backend):
                     note=note + "; torch.compile (inductor, freezing)")
 
 
+def _ours_compiled_arena(case, backend):
+    """ours:<backend>+compile with every call inside dasp_kernels.cpu_arena(): its large CPU tensors
+    reuse freed memory instead of page-faulting fresh memory in each call (ONNX Runtime's arena
+    does the same for its tensors)."""
+    import dasp_kernels
+
+    p = _ours_compiled(case, backend)
+    compiled = p.fn
+
+    def fn():
+        with dasp_kernels.cpu_arena():
+            return compiled()
+
+    return Provider(f"ours:{backend}+compile+arena", fn,
+                    note=p.note + "; calls inside dasp_kernels.cpu_arena()")
+
+
 def provider_builders(case, threads, backends):
     """[(name, build)] in table order; build() returns a Provider or raises Skip."""
     out = [("eager", lambda: _eager(case)),
@@ -401,6 +419,10 @@ def provider_builders(case, threads, backends):
             out.append((f"ours:{b}+cl", lambda b=b: _ours(case, b, True)))
         if b != "reference" and case.kind in ("stage", "path", "model"):
             out.append((f"ours:{b}+compile", lambda b=b: _ours_compiled(case, b)))
+        # The arena is for the CPU allocator; whole models are where large tensors outside our
+        # ops (the ResNet-18 stem, the upsampled logits) are allocated in every call.
+        if b == "cpu" and case.kind == "model":
+            out.append((f"ours:{b}+compile+arena", lambda b=b: _ours_compiled_arena(case, b)))
     return out
 
 

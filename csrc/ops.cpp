@@ -4,6 +4,7 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "cpu/cpu_arena.h"
 #include "cpu/cpu_kernels.h"
 
 namespace {
@@ -12,13 +13,54 @@ namespace {
 PyObject* cpu_isa(PyObject*, PyObject*) {
   return PyUnicode_FromString(dasp_kernels::cpu::kernels<float>().isa);
 }
-PyMethodDef methods[] = {{"cpu_isa", cpu_isa, METH_NOARGS, "The CPU kernels' instruction set."},
-                         {nullptr, nullptr, 0, nullptr}};
+// The CPU arena (csrc/cpu/cpu_arena.cpp), driven by dasp_kernels/arena.py. Errors from the C++
+// side (TORCH_CHECK) become RuntimeError.
+template <typename F>
+PyObject* guarded(F&& f) {
+  try {
+    return f();
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+    return nullptr;
+  }
+}
+PyObject* arena_enable(PyObject*, PyObject* args) {
+  long long max_cached = -1;
+  if (!PyArg_ParseTuple(args, "L", &max_cached)) return nullptr;
+  return guarded([&] {
+    dasp_kernels::cpu::arena_enable(max_cached);
+    Py_RETURN_NONE;
+  });
+}
+PyObject* arena_disable(PyObject*, PyObject*) {
+  return guarded([] {
+    dasp_kernels::cpu::arena_disable();
+    Py_RETURN_NONE;
+  });
+}
+PyObject* arena_release(PyObject*, PyObject*) {
+  return guarded([] { return PyLong_FromLongLong(dasp_kernels::cpu::arena_release()); });
+}
+PyObject* arena_stats(PyObject*, PyObject*) {
+  return guarded([] {
+    const auto s = dasp_kernels::cpu::arena_stats();
+    return Py_BuildValue("(OLLL)", s.enabled ? Py_True : Py_False,
+                         static_cast<long long>(s.cached_bytes), static_cast<long long>(s.hits),
+                         static_cast<long long>(s.misses));
+  });
+}
+PyMethodDef methods[] = {
+    {"cpu_isa", cpu_isa, METH_NOARGS, "The CPU kernels' instruction set."},
+    {"_arena_enable", arena_enable, METH_VARARGS, "Installs the CPU arena (nests)."},
+    {"_arena_disable", arena_disable, METH_NOARGS, "Undoes one _arena_enable."},
+    {"_arena_release", arena_release, METH_NOARGS, "Frees the arena's cached blocks."},
+    {"_arena_stats", arena_stats, METH_NOARGS, "(enabled, cached_bytes, hits, misses)."},
+    {nullptr, nullptr, 0, nullptr}};
 }  // namespace
 
 extern "C" {
 // Lets `import dasp_kernels._C` load this library (and so run the registrations below). The ops
-// all go through torch.ops; the module itself holds only cpu_isa().
+// all go through torch.ops; the module itself holds only cpu_isa() and the CPU arena's switches.
 PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   return PyModule_Create(&module_def);

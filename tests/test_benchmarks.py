@@ -152,6 +152,24 @@ def test_every_available_provider_runs_and_agrees_on_tiny_shapes():
         assert by["eager"]["gflop"] > 0 and by["eager"]["gbps"] > 0
 
 
+def test_arena_provider_runs_the_compiled_model_inside_the_arena(monkeypatch):
+    import dasp_kernels
+    if dasp_kernels.backend_status()["cpu"] is not None:
+        pytest.skip("the CPU extension did not load")
+    names = lambda case: [n for n, _ in suite.provider_builders(case, 1, ["reference", "cpu"])]
+    assert "ours:cpu+compile+arena" in names(suite.make_case("BiSeNetV1/dasp", TINY))
+    assert "ours:cpu+compile+arena" not in names(suite.make_case("DASP", TINY))
+    seen = []
+    # Stands in for torch.compile of the fused model (seconds): what matters is where it runs.
+    monkeypatch.setattr(suite, "_ours_compiled", lambda case, backend: suite.Provider(
+        f"ours:{backend}+compile", lambda: seen.append(dasp_kernels.cpu_arena_stats().enabled),
+        note="n"))
+    p = suite._ours_compiled_arena(suite.make_case("BiSeNetV1/dasp", TINY), "cpu")
+    p.fn()
+    assert p.name == "ours:cpu+compile+arena" and "cpu_arena" in p.note
+    assert seen == [True] and not dasp_kernels.cpu_arena_stats().enabled
+
+
 def test_fold_conv_bn_matches_unfolded_bisenet():
     case = suite.make_case("BiSeNetV1/dasp", TINY)
     folded = suite.fold_conv_bn(case.module)
