@@ -1,4 +1,5 @@
 """dasp_kernels.cpu_arena(): large CPU blocks freed inside it are reused, not page-faulted again."""
+import os
 import resource
 
 import pytest
@@ -53,9 +54,10 @@ def test_reused_memory_takes_no_page_faults():
         for _ in range(5):
             torch.empty(n).fill_(1.0)
         assert _minor_faults() - f0 < 100  # 8192 pages per call without the arena
-    f0 = _minor_faults()
-    torch.empty(n).fill_(1.0)
-    assert _minor_faults() - f0 > 4000  # outside the arena: fresh pages again
+    if "MALLOC_MMAP_MAX_" not in os.environ:  # glibc mmaps blocks this large: fresh pages again
+        f0 = _minor_faults()
+        torch.empty(n).fill_(1.0)
+        assert _minor_faults() - f0 > 4000
 
 
 def test_small_blocks_and_outside_the_scope_bypass_it():
