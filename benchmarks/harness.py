@@ -80,7 +80,8 @@ def measure_interleaved(fns, *, device="cpu", warmup=2, min_reps=10, max_reps=20
     Returns {name: Timing}.
     """
     if order not in ORDERS:
-        raise ValueError(f"measure_interleaved: expected order 'shuffled' or 'fixed', got {order!r}")
+        raise ValueError(f"measure_interleaved: expected order {' or '.join(map(repr, ORDERS))}, "
+                         f"got {order!r}")
     rng = random.Random(seed)
     names = list(fns)
     device = torch.device(device)
@@ -129,12 +130,10 @@ def measure_interleaved(fns, *, device="cpu", warmup=2, min_reps=10, max_reps=20
     return {k: _timing(samples[k], faults[k]) for k in fns}
 
 
-def measure(fn, *, device="cpu", warmup=2, min_reps=10, max_reps=200, min_time_s=1.0,
-            order="shuffled"):
-    """Median and 20% / 80% quantiles (ms) of `fn()` after `warmup` untimed calls (`order`: as
-    for measure_interleaved, which one callable ignores)."""
-    return measure_interleaved({"fn": fn}, device=device, warmup=warmup, min_reps=min_reps,
-                               max_reps=max_reps, min_time_s=min_time_s, order=order)["fn"]
+def measure(fn, **timing):
+    """Median and 20% / 80% quantiles (ms) of `fn()` after warm-up calls; `timing`: the keywords
+    of measure_interleaved (device, warmup, min_reps, ...)."""
+    return measure_interleaved({"fn": fn}, **timing)["fn"]
 
 
 # ---- correctness -------------------------------------------------------------------------------
