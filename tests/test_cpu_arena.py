@@ -1,5 +1,4 @@
 """dasp_kernels.cpu_arena(): large CPU blocks freed inside it are reused, not page-faulted again."""
-import os
 import resource
 
 import pytest
@@ -47,6 +46,8 @@ def test_a_freed_block_is_handed_out_again():
 
 def test_reused_memory_takes_no_page_faults():
     # What the arena is for: a 32 MiB tensor written in a loop faults its pages once, not per call.
+    # (Outside it, whether glibc hands back fresh pages depends on what the process did before:
+    # its mmap threshold moves, and libraries set it, so that side is not asserted here.)
     n = 32 * 2**20 // 4
     with cpu_arena():
         torch.empty(n).fill_(1.0)  # first use: fresh pages
@@ -54,10 +55,6 @@ def test_reused_memory_takes_no_page_faults():
         for _ in range(5):
             torch.empty(n).fill_(1.0)
         assert _minor_faults() - f0 < 100  # 8192 pages per call without the arena
-    if "MALLOC_MMAP_MAX_" not in os.environ:  # glibc mmaps blocks this large: fresh pages again
-        f0 = _minor_faults()
-        torch.empty(n).fill_(1.0)
-        assert _minor_faults() - f0 > 4000
 
 
 def test_small_blocks_and_outside_the_scope_bypass_it():
