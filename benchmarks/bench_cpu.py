@@ -150,7 +150,8 @@ def run_child(args):
         torch.set_num_threads(threads)
         for w in stream:
             case = suite.make_case(w, args.shapes[0], device, stream_mb=args.stream_mb)
-            case.size = f"{args.stream_mb}MB"
+            if case.inputs:  # the copy and triad buffers (stream/fma works in registers)
+                case.size = f"{args.stream_mb}MB"
             rows += suite.run_case(case, threads=threads, backends=backends,
                                    timing=timing_kwargs(args), log=log)
             del case

@@ -90,18 +90,24 @@ def markdown(rows):
             "Runtime's work-stealing pool.", ""]
 
     stream = [r for r in rows if r["kind"] == "stream" and _ok(r)]
-    copy_gbps = {}
+    ceilings = {}  # (allocator, threads) -> {"copy": GB/s, "fma": GFLOP/s}
     if stream:
-        out += ["## Memory bandwidth ceiling", ""]
+        out += ["## Ceilings: memory bandwidth and FMA peak (the roofline)", "",
+                "copy and triad: 2 and 3 buffers of the size shown, counted once each (read + "
+                "write). FMA: the peak of vector FMAs in registers on every thread, with this "
+                "library's CPU build (`dasp_kernels.cpu_isa()`). An op that does F FLOPs per "
+                "byte it must move cannot pass min(copy GB/s, FMA GFLOP/s / F) GB/s.", ""]
         body = []
         for (alloc, threads), rs in _groups(stream, lambda r: (r["allocator"], r["threads"])).items():
             by = {r["workload"]: r for r in rs}
-            c, t = by.get("stream/copy"), by.get("stream/triad")
-            if c:
-                copy_gbps[(alloc, int(num(threads)))] = num(c["gbps"])
-            body.append([alloc, threads, rs[0]["size"],
-                         f"{num(c['gbps']):.1f}" if c else "—", f"{num(t['gbps']):.1f}" if t else "—"])
-        out += [_table(["allocator", "threads", "buffer", "copy GB/s", "triad GB/s"], body), ""]
+            c, t, f = by.get("stream/copy"), by.get("stream/triad"), by.get("stream/fma")
+            ceilings[(alloc, int(num(threads)))] = {"copy": num(c["gbps"]) if c else None,
+                                                    "fma": num(f["gflops"]) if f else None}
+            body.append([alloc, threads, c["size"] if c else "—",
+                         f"{num(c['gbps']):.1f}" if c else "—", f"{num(t['gbps']):.1f}" if t else "—",
+                         f"{num(f['gflops']):.1f}" if f else "—"])
+        out += [_table(["allocator", "threads", "buffer", "copy GB/s", "triad GB/s",
+                        "FMA GFLOP/s"], body), ""]
 
     work = [r for r in rows if r["kind"] != "stream"]
     provs = provider_order(work)
@@ -128,7 +134,7 @@ def markdown(rows):
         out += [_table(["workload", "allocator"] + provs + ["best ours vs best peer", "load"], body),
                 ""]
 
-    out += _targets(work, copy_gbps)
+    out += _targets(work, ceilings)
     out += _details(work, provs)
     notes = {}
     for r in work:
@@ -148,8 +154,9 @@ BASE_SIZE, BASE_THREADS = "1x3x1024x1024", 2
 TARGET_DRIFT = 0.15
 
 
-def _target_numbers(rows, copy_gbps):
-    """Per (size, threads, allocator): the fastest ours / peer / original rows and the ratios."""
+def _target_numbers(rows, ceilings):
+    """Per (size, threads, allocator): the fastest ours / peer / original rows and the ratios.
+    ceilings: {(allocator, threads): {"copy": GB/s, "fma": GFLOP/s}} of the same run."""
     out = []
     for (size, threads, alloc), rs in _groups(
             rows, lambda r: (r["size"], int(num(r["threads"])), r["allocator"])).items():
@@ -162,22 +169,31 @@ def _target_numbers(rows, copy_gbps):
         t = {"size": size, "threads": threads, "alloc": alloc,
              "ours": _best(dasp, is_ours), "peer": _best(dasp, lambda p: p in PEER_PROVIDERS),
              "orig": _best(sp, lambda p: True), "dw": _best(dw, is_ours),
-             "ceiling": copy_gbps.get((alloc, threads)), "vs_peer": math.nan,
-             "vs_orig": math.nan, "copy_frac": math.nan}
+             "ceiling": ceilings.get((alloc, threads), {}).get("copy"),
+             "fma": ceilings.get((alloc, threads), {}).get("fma"), "vs_peer": math.nan,
+             "vs_orig": math.nan, "copy_frac": math.nan, "fma_frac": math.nan,
+             "fma_needed": math.nan}
         if t["ours"] and t["peer"]:
             t["vs_peer"] = num(t["peer"]["median_ms"]) / num(t["ours"]["median_ms"])
         if t["ours"] and t["orig"]:
             t["vs_orig"] = num(t["orig"]["median_ms"]) / num(t["ours"]["median_ms"])
         if t["dw"] and t["ceiling"]:
             t["copy_frac"] = num(t["dw"]["gbps"]) / t["ceiling"]
+        if t["dw"] and t["fma"]:
+            # The op's GFLOP/s as a share of the FMA peak, and the share that the copy target
+            # needs at the op's FLOPs per byte: above 100%, no kernel can meet it on this machine.
+            t["fma_frac"] = num(t["dw"]["gflops"]) / t["fma"]
+            flop_per_byte = num(t["dw"]["gflop"]) * 1e3 / num(t["dw"]["min_mb"])
+            if t["ceiling"] and flop_per_byte > 0:
+                t["fma_needed"] = TARGET_COPY_FRACTION * t["ceiling"] * flop_per_byte / t["fma"]
         out.append(t)
     return out
 
 
-def _targets(rows, copy_gbps):
+def _targets(rows, ceilings):
     """Issue 4's targets, per (size, threads, allocator), and how far the ratios move away from
     the 1x3x1024x1024, 2-thread ones."""
-    nums = _target_numbers(rows, copy_gbps)
+    nums = _target_numbers(rows, ceilings)
     if not nums:
         return []
 
@@ -199,11 +215,15 @@ def _targets(rows, copy_gbps):
         cells.append(f"{num(dw['gbps']):.1f} / {t['ceiling']:.1f} GB/s = {t['copy_frac']:.0%} "
                      f"({meets(t['copy_frac'], TARGET_COPY_FRACTION)} {TARGET_COPY_FRACTION:.0%})"
                      if not math.isnan(t["copy_frac"]) else "—")
+        cells.append(f"{num(dw['gflops']):.1f} / {t['fma']:.1f} GFLOP/s = {t['fma_frac']:.0%}; "
+                     f"{TARGET_COPY_FRACTION:.0%} of copy needs {t['fma_needed']:.0%}"
+                     if not math.isnan(t["fma_needed"]) else "—")
         body.append(cells)
     out = ["## Targets of issue 4", "",
            _table(["size", "threads", "allocator", "DASP path, fastest ours (ms)",
                    "vs fastest peer's DASP path", "vs fastest original spatial path",
-                   "dwconv_bn_relu/s1 GB/s vs copy"], body), ""]
+                   "dwconv_bn_relu/s1 GB/s vs copy",
+                   "dwconv_bn_relu/s1 GFLOP/s vs FMA peak"], body), ""]
 
     base = {t["alloc"]: t for t in nums
             if t["size"] == BASE_SIZE and t["threads"] == BASE_THREADS}

@@ -9,7 +9,9 @@ Workloads (names for --workloads; a group name or a prefix selects several):
   stages  DASPStage/s{1,2,3}: the nn.Module of each stage
   paths   SpatialPath (original), DASP (DepthwiseAttentionSpatialPath)
   models  BiSeNetV1/original, BiSeNetV1/dasp
-  stream  stream/copy, stream/triad: the memory-bandwidth ceiling for the GB/s figures
+  stream  stream/copy, stream/triad: the memory-bandwidth ceiling for the GB/s figures;
+          stream/fma (CPU): the compute ceiling, a register-only FMA loop of this library's CPU
+          build on every thread, for the GFLOP/s figures (together: the roofline)
 Providers: eager (model as built), eager+fold+cl (BN folded into the conv, channels_last),
 compile (inductor, freezing), onnxruntime (the unfused model exported, all graph optimisations),
 ours:<backend> (dasp_kernels.fuse(model, backend) or the op called directly),
@@ -33,7 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import dasp_kernels
 from benchmarks import harness
 from dasp.models import BiSeNetV1, DASPStage, DepthwiseAttentionSpatialPath, SpatialPath
-from dasp_kernels import functional, reference
+from dasp_kernels import _loader, functional, reference
 
 # (cin, cout, k) of the three DASP stages; stage i sees the image downsampled 2**(i-1) times.
 STAGES = {"s1": (3, 64, 7), "s2": (64, 64, 3), "s3": (64, 128, 3)}
@@ -43,7 +45,7 @@ GROUPS = {
     "stages": [f"DASPStage/{s}" for s in STAGES],
     "paths": ["SpatialPath", "DASP"],
     "models": ["BiSeNetV1/original", "BiSeNetV1/dasp"],
-    "stream": ["stream/copy", "stream/triad"],
+    "stream": ["stream/copy", "stream/triad", "stream/fma"],
 }
 ALL_WORKLOADS = [w for g in GROUPS.values() for w in g]
 PEER_PROVIDERS = ("eager", "eager+fold+cl", "compile", "onnxruntime")
@@ -167,6 +169,7 @@ class Case:
     module: nn.Module    # the eager reference, eval mode (None for stream)
     inputs: tuple
     source: nn.Module = None  # for ops: the DASPStage / DASP path the weights come from
+    device: str = "cpu"       # where a case without inputs (stream/fma) runs
 
     @property
     def input_shape(self):
@@ -177,6 +180,8 @@ def make_case(workload, shape, device="cpu", stream_mb=256, seed=0):
     gen = torch.Generator().manual_seed(seed)
     n, _, h, w = shape
     size = size_str(shape)
+    if workload == "stream/fma":
+        return Case(workload, "stream", "registers", None, (), device=str(device))
     if workload.startswith("stream/"):
         numel = stream_mb * 2**20 // 4
         arrays = tuple(torch.rand(numel, generator=gen).to(device) for _ in range(3))
@@ -216,6 +221,8 @@ def make_case(workload, shape, device="cpu", stream_mb=256, seed=0):
 # ---- work per call: FLOPs and the bytes that must move ---------------------------------------
 
 def count_flops(case):
+    if case.workload == "stream/fma":
+        return _loader._C._fma_peak(FMA_ITERS)  # one run: the loop reports what it did
     if case.kind == "stream":
         return 2 * case.inputs[0].numel() if case.workload == "stream/triad" else 0
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
@@ -225,6 +232,8 @@ def count_flops(case):
 
 def min_bytes(case, out):
     """Inputs + output + weights once: what any implementation must at least read and write."""
+    if case.workload == "stream/fma":
+        return 0
     if case.kind == "stream":
         a = case.inputs[0]
         return a.numel() * a.element_size() * (2 if case.workload == "stream/copy" else 3)
@@ -432,7 +441,13 @@ def default_backends(device):
 
 # ---- one case ----------------------------------------------------------------------------------
 
+# Rounds of the FMA loop per thread and call: about 0.3 ms on a 2023 x86 core.
+FMA_ITERS = 100_000
+
+
 def _stream_fn(case):
+    if case.workload == "stream/fma":
+        return lambda: _loader._C._fma_peak(FMA_ITERS)
     a, b, c = case.inputs
     if case.workload == "stream/copy":
         return lambda: a.copy_(b)
@@ -446,14 +461,20 @@ def run_case(case, *, threads, backends, providers=None, extra=None, timing=None
     use it to inject a wrong provider). timing: kwargs for harness.measure_interleaved.
     """
     timing = dict(timing or {})
-    device = case.inputs[0].device
+    device = case.inputs[0].device if case.inputs else torch.device(case.device)
     base = {"workload": case.workload, "kind": case.kind, "size": case.size,
             "input_shape": case.input_shape, "threads": threads,
             "load_at_case": round(os.getloadavg()[0], 2)}  # other processes skew timings
     if case.kind == "stream":
+        provider = "dasp_kernels" if case.workload == "stream/fma" else "torch"
+        if provider == "dasp_kernels" and (device.type != "cpu" or _loader._C is None):
+            why = ("a CPU ceiling" if device.type != "cpu"
+                   else "the dasp_kernels extension is not built")
+            return [{**base, "provider": provider, "status": "skipped", "note": why,
+                     "setup_s": 0.0}]
         t = harness.measure(_stream_fn(case), device=device, **timing)
         nbytes = min_bytes(case, None)
-        return [{**base, "provider": "torch", "status": "ok", "note": "", "setup_s": 0.0,
+        return [{**base, "provider": provider, "status": "ok", "note": "", "setup_s": 0.0,
                  "max_abs_diff": 0.0, **_timing_fields(t), "gflop": count_flops(case) / 1e9,
                  "gflops": count_flops(case) / t.median_ms / 1e6, "min_mb": nbytes / 1e6,
                  "gbps": nbytes / t.median_ms / 1e6}]

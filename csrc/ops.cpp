@@ -2,7 +2,10 @@
 // csrc/cpu/<op>.cpp and csrc/cuda/<op>.cu; fakes and autograd are registered from Python
 // (dasp_kernels/ops.py).
 #include <Python.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
+
+#include <atomic>
 
 #include "cpu/cpu_arena.h"
 #include "cpu/cpu_kernels.h"
@@ -49,18 +52,43 @@ PyObject* arena_stats(PyObject*, PyObject*) {
                          static_cast<long long>(s.misses));
   });
 }
+// dasp_kernels._C._fma_peak(iters): the benchmarks' compute ceiling. Runs the build's FMA loop
+// (kernel_util.h) once on each of ATen's intra-op threads, without the GIL, and returns the
+// floating-point operations done (2 per lane of each vector FMA).
+PyObject* fma_peak(PyObject*, PyObject* args) {
+  long long iters = 0;
+  if (!PyArg_ParseTuple(args, "L", &iters)) return nullptr;
+  if (iters < 0) {
+    PyErr_Format(PyExc_ValueError, "_fma_peak: expected iters >= 0, got %lld", iters);
+    return nullptr;
+  }
+  const auto& k = dasp_kernels::cpu::kernels<float>();
+  const int64_t threads = at::get_num_threads();
+  std::atomic<float> sink{0.f};
+  Py_BEGIN_ALLOW_THREADS
+  // One chunk per thread: grain 1 over exactly as many items as threads.
+  at::parallel_for(0, threads, 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) sink.store(k.fma_loop(iters), std::memory_order_relaxed);
+  });
+  Py_END_ALLOW_THREADS
+  (void)sink.load();
+  return PyLong_FromLongLong(static_cast<long long>(
+      threads * iters * k.fma_per_iter * k.vec_size * 2));
+}
 PyMethodDef methods[] = {
     {"cpu_isa", cpu_isa, METH_NOARGS, "The CPU kernels' instruction set."},
     {"_arena_enable", arena_enable, METH_VARARGS, "Installs the CPU arena (nests)."},
     {"_arena_disable", arena_disable, METH_NOARGS, "Undoes one _arena_enable."},
     {"_arena_release", arena_release, METH_NOARGS, "Frees the arena's cached blocks."},
     {"_arena_stats", arena_stats, METH_NOARGS, "(enabled, cached_bytes, hits, misses)."},
+    {"_fma_peak", fma_peak, METH_VARARGS, "FLOPs of a register-only FMA loop on every thread."},
     {nullptr, nullptr, 0, nullptr}};
 }  // namespace
 
 extern "C" {
 // Lets `import dasp_kernels._C` load this library (and so run the registrations below). The ops
-// all go through torch.ops; the module itself holds only cpu_isa() and the CPU arena's switches.
+// all go through torch.ops; the module itself holds only cpu_isa(), the CPU arena's switches and
+// the benchmarks' FMA ceiling.
 PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   return PyModule_Create(&module_def);

@@ -8,6 +8,7 @@ import time
 import pytest
 import torch
 
+import dasp_kernels
 from benchmarks import bench_cpu, harness, report, suite
 
 FAST = {"warmup": 0, "min_reps": 1, "max_reps": 1, "min_time_s": 0.0}
@@ -197,13 +198,17 @@ def test_cli_writes_rows_with_environment_per_allocator(tmp_path, capsys):
     assert all(r["allocator_env"].startswith("MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=")
                for r in nofault)
     stream = [r for r in rows if r["kind"] == "stream"]
-    assert {r["workload"] for r in stream} == {"stream/copy", "stream/triad"}
-    assert all(float(r["gbps"]) > 0 for r in stream)
+    assert {r["workload"] for r in stream} == {"stream/copy", "stream/triad", "stream/fma"}
+    assert all(float(r["gbps"]) > 0 for r in stream if r["workload"] != "stream/fma")
+    fma = [r for r in stream if r["workload"] == "stream/fma"]
+    if dasp_kernels.cpu_isa():  # the loop lives in the extension
+        assert all(r["provider"] == "dasp_kernels" and r["size"] == "registers"
+                   and float(r["gflops"]) > 1 for r in fma)
     timed = [r for r in rows if r["kind"] != "stream" and r["status"] == "ok"]
     assert {r["provider"] for r in timed} >= {"eager", "ours:reference"}
     assert all(float(r["p20_ms"]) <= float(r["median_ms"]) <= float(r["p80_ms"]) for r in timed)
     md = (tmp_path / "latest.md").read_text()
-    assert "| DASP | nofault |" in md and "copy GB/s" in md
+    assert "| DASP | nofault |" in md and "copy GB/s" in md and "FMA GFLOP/s" in md
     assert "| DASP | nofault |" in capsys.readouterr().out
 
 
@@ -269,6 +274,25 @@ def test_report_compares_ratios_with_the_base_configuration():
     assert "| 4x3x512x1024 | 1 | default | 0.80 | 1.00 | 0.50 | outside 15% |" in md
     assert "2.40x vs onnxruntime 24.0 (meets 1.8x)" in md
     assert "35% (below 70%)" in md
+
+
+def test_report_sets_the_op_against_the_fma_peak():
+    base = {"run_id": "r", "device": "cpu", "allocator": "default", "threads": 2, "status": "ok",
+            "median_ms": 1.0, "p20_ms": 1.0, "p80_ms": 1.0}
+    rows = [dict(base, workload="dwconv_bn_relu/s1", kind="op", size="1x3x1024x1024",
+                 input_shape="1x3x1024x1024", provider="ours:cpu", gflop=0.0771, min_mb=15.73,
+                 gflops=77.1, gbps=15.73),
+            dict(base, workload="stream/copy", kind="stream", size="256MB", input_shape="",
+                 provider="torch", gbps=40.0),
+            dict(base, workload="stream/fma", kind="stream", size="registers", input_shape="",
+                 provider="dasp_kernels", gflop=0.0768, gflops=230.0, gbps=0.0)]
+    md = report.markdown(rows)
+    assert "| default | 2 | 256MB | 40.0 | — | 230.0 |" in md
+    # 4.90 FLOPs per byte: 70% of 40 GB/s is 137 GFLOP/s, 60% of the peak
+    assert "77.1 / 230.0 GFLOP/s = 34%; 70% of copy needs 60%" in md
+    rows = [r for r in rows if r["workload"] != "stream/fma"]
+    assert "| 1x3x1024x1024 | 2 | default | — | — | — | 15.7 / 40.0 GB/s = 39% (below 70%) | — |" \
+        in report.markdown(rows)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: GPU mode would run")

@@ -602,3 +602,27 @@ def test_large_outputs_reused_only_when_nothing_holds_them(name):
     assert {d.data_ptr(), e.data_ptr()} <= freed
     torch.testing.assert_close(d, want(4.0), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(e, want(5.0), rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# The benchmarks' compute ceiling (benchmarks/suite.py, stream/fma): the FMA loop of the build
+# this process runs, once per intra-op thread.
+
+@needs_cpu_ext
+def test_fma_peak_counts_the_flops_it_does():
+    from dasp_kernels import _loader
+    lanes = {"avx512": 16, "avx2": 8}.get(dasp_kernels.cpu_isa())
+    old = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            per_iter = _loader._C._fma_peak(1)
+            assert per_iter % (12 * 2 * threads) == 0  # 12 chains, 2 FLOPs per lane, per thread
+            if lanes:
+                assert per_iter == threads * 12 * lanes * 2
+            assert _loader._C._fma_peak(1000) == 1000 * per_iter
+            assert _loader._C._fma_peak(0) == 0
+    finally:
+        torch.set_num_threads(old)
+    with pytest.raises(ValueError, match=r"_fma_peak: expected iters >= 0, got -1"):
+        _loader._C._fma_peak(-1)

@@ -79,6 +79,9 @@ struct Kernels {
   DwFn<T> dw_fwd_nhwc_planes;  // channels-last input with few channels, by planes (NHWC tasks)
   bool dw_rgb_one_pass;        // ... which splits 3-channel pixel rows in one pass (fwd_rgb)
   PpmFn<T> ppm_fwd_nchw, ppm_fwd_nhwc, ppm_bwd_nchw, ppm_bwd_nhwc;
+  // Benchmarks only: fma_loop(iters) does iters * fma_per_iter vector FMAs in registers.
+  T (*fma_loop)(int64_t iters);
+  int fma_per_iter;
 };
 
 namespace base {

@@ -75,6 +75,8 @@ Kernels<T> kernels() {
   k.ppm_fwd_nhwc = &ppm::fwd_nhwc<T>;
   k.ppm_bwd_nchw = &ppm::bwd_nchw<T>;
   k.ppm_bwd_nhwc = &ppm::bwd_nhwc<T>;
+  k.fma_loop = &util::fma_loop<T>;
+  k.fma_per_iter = util::kFmaChains;
   return k;
 }
 

@@ -314,6 +314,26 @@ inline void copy_put(const T* src, int64_t n, T* dst, bool nt) {
   put_n(dst, n, nt, [&](int64_t i, int64_t m) { return load_n(src + i, m); });
 }
 
+// The compute ceiling of this build for the benchmarks' roofline (stream/fma): `iters` rounds of
+// kFmaChains independent vector FMAs, in registers only. kFmaChains covers FMA latency x FMA
+// pipes on current x86 cores and fits AVX2's 16 registers. The result only keeps the loop alive.
+constexpr int kFmaChains = 12;
+template <typename T>
+T fma_loop(int64_t iters) {
+  using Vec = at::vec::Vectorized<T>;
+  Vec acc[kFmaChains];
+  DASP_UNROLL
+  for (int c = 0; c < kFmaChains; ++c) acc[c] = Vec(T(c) * T(1e-3));
+  const Vec a(T(0.999999)), b(T(1e-7));
+  for (int64_t i = 0; i < iters; ++i) {
+    DASP_UNROLL
+    for (int c = 0; c < kFmaChains; ++c) acc[c] = at::vec::fmadd(acc[c], a, b);
+  }
+  T s = 0;
+  for (int c = 0; c < kFmaChains; ++c) s += hsum(acc[c]);
+  return s;
+}
+
 template <typename T>
 inline void fill(T* p, int64_t n, T v) {
   for (int64_t i = 0; i < n; ++i) p[i] = v;
