@@ -14,7 +14,8 @@ under `max_cached_bytes`).
 
 The arena is process-wide (it is ATen's CPU allocator while any `cpu_arena()` is open), so open it
 where no other thread is allocating CPU tensors at that moment: around the calls of a loop, or once
-at start-up. Scopes nest.
+at start-up. Scopes nest; a nested scope's `max_cached_bytes` holds until it closes, then the
+enclosing scope's applies again.
 """
 import contextlib
 from typing import NamedTuple, Optional

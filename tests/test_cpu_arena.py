@@ -88,6 +88,20 @@ def test_scopes_nest():
     assert not cpu_arena_stats().enabled
 
 
+def test_closing_a_nested_scope_restores_the_outer_cap():
+    with cpu_arena(max_cached_bytes=0):
+        with cpu_arena():  # no cap while it is open
+            torch.empty(BIG)
+            assert cpu_arena_stats().cached_bytes >= BIG * 4
+        cpu_arena_release()
+        torch.empty(BIG)  # the outer scope's cap again: nothing kept
+        assert cpu_arena_stats().cached_bytes == 0
+    torch.empty(BIG)  # outside: blocks come from the original allocator
+    with cpu_arena():
+        torch.empty(BIG)
+        assert cpu_arena_stats().cached_bytes >= BIG * 4
+
+
 def test_the_cap_and_release():
     with cpu_arena(max_cached_bytes=0):
         torch.empty(BIG)  # freed at once: nothing may be kept

@@ -35,14 +35,17 @@ class Arena final : public c10::Allocator {
   c10::DataPtr allocate(size_t n) override {
     if (n < kMinBytes) return fallback_->allocate(n);
     const size_t bytes = (n + kRound - 1) / kRound * kRound;
-    void* p = take(bytes);
-    if (p == nullptr) {
-      p = std::aligned_alloc(kAlign, bytes);
-      TORCH_CHECK(p != nullptr, "dasp_kernels cpu_arena: out of memory allocating ", bytes,
-                  " bytes");
-    }
+    void* p = nullptr;
     {
+      // One lock for the lookup and the record. A miss allocates under it too: aligned_alloc
+      // only reserves the block (its pages fault in later, outside the lock).
       std::lock_guard<std::mutex> lock(mu_);
+      p = take(bytes);
+      if (p == nullptr) {
+        p = std::aligned_alloc(kAlign, bytes);
+        TORCH_CHECK(p != nullptr, "dasp_kernels cpu_arena: out of memory allocating ", bytes,
+                    " bytes");
+      }
       live_[p] = bytes;
     }
     // The pointer is its own context, so that raw_allocate / raw_deallocate work (oneDNN uses them).
@@ -57,8 +60,9 @@ class Arena final : public c10::Allocator {
 
   void enable(int64_t max_cached_bytes) {
     std::lock_guard<std::mutex> lock(mu_);
-    max_cached_ = max_cached_bytes;
     if (depth_ > 0) {
+      caps_.push_back(max_cached_bytes);
+      max_cached_ = max_cached_bytes;
       ++depth_;
       return;
     }
@@ -72,13 +76,21 @@ class Arena final : public c10::Allocator {
     c10::SetCPUAllocator(this, kPriority);
     TORCH_CHECK(c10::GetCPUAllocator() == this, "dasp_kernels cpu_arena: could not install the "
                 "arena as ATen's CPU allocator (another one was set with a higher priority)");
+    caps_.assign(1, max_cached_bytes);
+    max_cached_ = max_cached_bytes;
     depth_ = 1;
   }
 
+  // Closing a nested scope puts the enclosing scope's cap back. The outermost scope's cap stays
+  // after it closes, for the blocks of tensors that outlive it.
   void disable() {
     std::lock_guard<std::mutex> lock(mu_);
     TORCH_CHECK(depth_ > 0, "dasp_kernels cpu_arena: disable() without a matching enable()");
-    if (--depth_ > 0) return;
+    if (--depth_ > 0) {
+      caps_.pop_back();
+      max_cached_ = caps_.back();
+      return;
+    }
     c10::SetCPUAllocator(&forwarder_, kPriority);
   }
 
@@ -114,8 +126,8 @@ class Arena final : public c10::Allocator {
   // The priority SetCPUAllocator needs to replace c10's default allocator and to put it back.
   static constexpr uint8_t kPriority = 0;
 
+  // A cached block of `bytes`, or null; mu_ held.
   void* take(size_t bytes) {
-    std::lock_guard<std::mutex> lock(mu_);
     auto it = free_.find(bytes);
     if (it == free_.end() || it->second.empty()) {
       ++misses_;
@@ -170,7 +182,8 @@ class Arena final : public c10::Allocator {
   c10::Allocator* fallback_ = nullptr;  // set by the first enable(), never changed after
   c10::DeleterFnPtr fallback_raw_ = nullptr;  // how the replaced allocator frees a raw pointer
   int depth_ = 0;             // enable() calls not yet undone (nested scopes)
-  int64_t max_cached_ = -1;   // < 0: no cap
+  int64_t max_cached_ = -1;   // < 0: no cap; the innermost open scope's (caps_.back())
+  std::vector<int64_t> caps_;  // the cap of each open scope, outermost first
   size_t cached_ = 0;
   int64_t hits_ = 0, misses_ = 0;
   std::unordered_map<size_t, std::vector<void*>> free_;  // rounded size -> free blocks
