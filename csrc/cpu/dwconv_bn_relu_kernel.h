@@ -113,19 +113,29 @@ struct PlaneRing {
   int64_t tag[K];
 
   void reset() { fill(tag, K, int64_t(-1)); }
-  // Phase rows of input row iy (0 <= iy < H); filling one prefetches the row kAhead below.
+  // Filling input row iy prefetches the row kAhead below (null past the plane's H rows).
   static constexpr int64_t kAhead = 2 * S;
-  // rs, cs: row and element strides of the plane (W, 1 when contiguous).
-  const T* row(const T* xp, int64_t iy, int64_t W, int64_t H, int64_t pad, int64_t rs,
-               int64_t cs) {
-    const int64_t slot = iy % K;
-    T* r = ring + slot * S * L;
-    if (tag[slot] != iy) {
-      fill_phases<T, S>(xp + iy * rs, W, pad, L, r, iy + kAhead < H ? xp + (iy + kAhead) * rs : nullptr,
-                        cs);
-      tag[slot] = iy;
+  static const T* ahead(const T* xp, int64_t iy, int64_t H, int64_t rs) {
+    return iy + kAhead < H ? xp + (iy + kAhead) * rs : nullptr;
+  }
+  // The slot of input row iy, filled by fill_slot(slot) unless it holds iy already.
+  template <typename Fill>
+  T* slot(int64_t iy, Fill&& fill_slot) {
+    const int64_t s = iy % K;
+    T* r = ring + s * S * L;
+    if (tag[s] != iy) {
+      fill_slot(r);
+      tag[s] = iy;
     }
     return r;
+  }
+  // Phase rows of input row iy (0 <= iy < H); rs, cs: row and element strides of the plane (W, 1
+  // when contiguous).
+  const T* row(const T* xp, int64_t iy, int64_t W, int64_t H, int64_t pad, int64_t rs,
+               int64_t cs) {
+    return slot(iy, [&](T* r) {
+      fill_phases<T, S>(xp + iy * rs, W, pad, L, r, ahead(xp, iy, H, rs), cs);
+    });
   }
 };
 
@@ -385,9 +395,9 @@ void fwd_rgb(const DwShape& p, const DwArgs<float>& a, int64_t t0, int64_t t1) {
   const NchwGeom<T, K, S> g(p);
   const int64_t L = g.L, cstride = K * S * L;  // a channel's ring: K slots of S phase rows
   Scratch<T> buf(3 * cstride + 3 * NU * V);
-  T* ring = buf.data();
-  T* obuf = ring + 3 * cstride;  // a block's output, channel by channel
-  int64_t tag[K];
+  // Channel 0's ring; a slot's rows of channels 1 and 2 lie cstride and 2 * cstride further.
+  PlaneRing<T, K, S> ring{L, buf.data(), {}};
+  T* obuf = buf.data() + 3 * cstride;  // a block's output, channel by channel
   Vec<T> wv[3][K * K], sc[3], sh[3];
   for (int c = 0; c < 3; ++c) {
     for (int i = 0; i < K * K; ++i) wv[c][i] = Vec<T>(a.w[c * K * K + i]);
@@ -399,21 +409,17 @@ void fwd_rgb(const DwShape& p, const DwArgs<float>& a, int64_t t0, int64_t t1) {
     const int64_t n = t / p.bands, band = t % p.bands;
     const T* xn = a.x + n * H * rs;
     T* yn = a.y + n * Ho * Wo * 3;
-    fill(tag, K, int64_t(-1));
+    ring.reset();
     const int64_t oyA = band * Ho / p.bands, oyB = (band + 1) * Ho / p.bands;
     for (int64_t oy = oyA; oy < oyB; ++oy) {
       int ky0, ky1;
       ky_range(oy, S, pad, H, K, ky0, ky1);
       const T* rows[3][K];
       for (int ky = ky0; ky < ky1; ++ky) {
-        const int64_t iy = oy * S - pad + ky, slot = iy % K;
-        T* r = ring + slot * S * L;
-        if (tag[slot] != iy) {
-          constexpr int64_t ahead = PlaneRing<T, K, S>::kAhead;
-          fill_rgb<S>(xn + iy * rs, W, pad, L, r, cstride,
-                      iy + ahead < H ? xn + (iy + ahead) * rs : nullptr);
-          tag[slot] = iy;
-        }
+        const int64_t iy = oy * S - pad + ky;
+        const T* r = ring.slot(iy, [&](T* slot) {
+          fill_rgb<S>(xn + iy * rs, W, pad, L, slot, cstride, ring.ahead(xn, iy, H, rs));
+        });
         for (int c = 0; c < 3; ++c) rows[c][ky] = r + c * cstride;
       }
       T* yrow = yn + oy * Wo * 3;
