@@ -62,7 +62,6 @@ class Arena final : public c10::Allocator {
     std::lock_guard<std::mutex> lock(mu_);
     if (depth_ > 0) {
       caps_.push_back(max_cached_bytes);
-      max_cached_ = max_cached_bytes;
       ++depth_;
       return;
     }
@@ -77,7 +76,6 @@ class Arena final : public c10::Allocator {
     TORCH_CHECK(c10::GetCPUAllocator() == this, "dasp_kernels cpu_arena: could not install the "
                 "arena as ATen's CPU allocator (another one was set with a higher priority)");
     caps_.assign(1, max_cached_bytes);
-    max_cached_ = max_cached_bytes;
     depth_ = 1;
   }
 
@@ -88,7 +86,6 @@ class Arena final : public c10::Allocator {
     TORCH_CHECK(depth_ > 0, "dasp_kernels cpu_arena: disable() without a matching enable()");
     if (--depth_ > 0) {
       caps_.pop_back();
-      max_cached_ = caps_.back();
       return;
     }
     c10::SetCPUAllocator(&forwarder_, kPriority);
@@ -154,7 +151,8 @@ class Arena final : public c10::Allocator {
       } else {
         const size_t bytes = it->second;
         live_.erase(it);
-        if (max_cached_ < 0 || cached_ + bytes <= static_cast<size_t>(max_cached_)) {
+        const int64_t cap = caps_.empty() ? -1 : caps_.back();  // the innermost open scope's
+        if (cap < 0 || cached_ + bytes <= static_cast<size_t>(cap)) {
           free_[bytes].push_back(p);
           cached_ += bytes;
           return;
@@ -182,8 +180,9 @@ class Arena final : public c10::Allocator {
   c10::Allocator* fallback_ = nullptr;  // set by the first enable(), never changed after
   c10::DeleterFnPtr fallback_raw_ = nullptr;  // how the replaced allocator frees a raw pointer
   int depth_ = 0;             // enable() calls not yet undone (nested scopes)
-  int64_t max_cached_ = -1;   // < 0: no cap; the innermost open scope's (caps_.back())
-  std::vector<int64_t> caps_;  // the cap of each open scope, outermost first
+  // The cap of each open scope, outermost first (< 0: none). The outermost's stays after it
+  // closes; empty before the first scope.
+  std::vector<int64_t> caps_;
   size_t cached_ = 0;
   int64_t hits_ = 0, misses_ = 0;
   std::unordered_map<size_t, std::vector<void*>> free_;  // rounded size -> free blocks
