@@ -6,6 +6,7 @@ import tempfile
 import torch
 
 from dasp.models.bisenetv1 import BiSeNetV1
+from dasp.models.layout import CURRENT, HEAD, Layout, check_layout, read_layout
 
 TRAIN_FORMAT = "dasp-train-v1"
 
@@ -54,33 +55,24 @@ def model_state(obj, path="<checkpoint>"):
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def infer_spatial_path(state):
-    if any(k.startswith("sp.stage1.") for k in state):
-        return "dasp"
-    if any(k.startswith("sp.conv1.") for k in state):
-        return "original"
-    return None
-
-
 def load_model(path, spatial_path=None, device="cpu"):
     """Builds a BiSeNetV1 and loads the weights in `path` (strict). The spatial path, the number of
     classes and whether aux heads exist are read from the weights; a `spatial_path` that
-    disagrees with them is an error. Returns the model in eval mode."""
-    obj = read_checkpoint(path)
-    state = model_state(obj, path)
-    found = infer_spatial_path(state)
-    if found is None:
-        raise ValueError(f"{path!r} holds no BiSeNetV1 spatial path weights (no 'sp.*' keys)")
-    if spatial_path is not None and spatial_path != found:
-        raise ValueError(f"{path!r} holds a model with spatial_path={found!r}, but "
-                         f"spatial_path={spatial_path!r} was asked for")
-    if "conv_out.conv_out.weight" not in state:
-        raise ValueError(f"{path!r} holds no BiSeNetV1 classifier (no 'conv_out.conv_out.weight')")
-    num_classes = state["conv_out.conv_out.weight"].shape[0] // 64  # PixelShuffle(8) head
-    aux = any(k.startswith("conv_out16.") for k in state)
-    model = BiSeNetV1(num_classes=num_classes, spatial_path=found, aux=aux)
+    disagrees with them, or weights of another layout, is an error naming both. Returns the model
+    in eval mode."""
+    state = model_state(read_checkpoint(path), path)
+    found = read_layout(state)
+    if found.fusion is None or found.spatial_path is None or found.num_classes is None:
+        raise ValueError(f"{path!r} holds no BiSeNetV1 weights: expected keys ffm.*, sp.* and "
+                         f"{HEAD!r}; found {found.describe()}")
+    expected = Layout(CURRENT, spatial_path or found.spatial_path, found.num_classes, found.aux)
+    try:
+        check_layout(found, expected, repr(path))
+    except RuntimeError as e:
+        raise ValueError(str(e)) from None
+    model = BiSeNetV1(num_classes=found.num_classes, spatial_path=expected.spatial_path, aux=found.aux)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise ValueError(f"{path!r} does not fit BiSeNetV1(spatial_path={found!r}): {e}") from e
+        raise ValueError(f"{path!r} does not fit BiSeNetV1(spatial_path={expected.spatial_path!r}): {e}") from e
     return model.to(device).eval()

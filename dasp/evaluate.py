@@ -9,17 +9,19 @@ BiSeNet numbers the paper compares with:
 - msf:  scales 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, each also horizontally flipped; softmax summed.
 - mscf: the crops of ssc at each of those scales, with flip.
 
-Images are resized with bilinear interpolation (align_corners=True) to int(scale * H) x
-int(scale * W); outputs are resized back the same way. In the crop modes the reference adds
-exp(p + p_flip) for each crop when flipping, and so do we, so that numbers stay comparable.
+Images are resized with bilinear interpolation (align_corners=True) and outputs resized back the
+same way. In ss and msf the scaled size int(scale * H) x int(scale * W) is rounded up to a multiple
+of 32 (BiSeNet's stride) before resizing; in ssc and mscf the image is resized to the unrounded size
+and cut into crops. In the crop modes the reference adds exp(p + p_flip) for each crop when
+flipping, and so do we, so that numbers stay comparable. Checked against the reference's
+`tools/evaluate.py` and `configs/bisenetv1_city.py` at its newest commit (6b4b67a, 2026-04).
 
-Differences from the reference, none of which changes a Cityscapes (2048x1024) result:
-- BiSeNetV1 here needs sides divisible by 32; a scaled image that is not (never the case for
-  Cityscapes at these scales) is zero-padded at the bottom/right and the output cropped back.
-- Crop sizes must be multiples of 32 for the same reason.
-- mIoU is the mean over classes whose IoU is defined (some ground truth or prediction), as the
-  official cityscapesscripts evaluation does; the reference takes a plain mean, which is NaN when
-  a class is absent from both (never the case on Cityscapes val).
+Differences from the reference, none of which moves a Cityscapes mIoU by 0.001 points:
+- Crop sizes must be multiples of 32 (the reference's config uses 1024).
+- IoU is tp / (tp + fp + fn) over the classes where it is defined (some ground truth or
+  prediction), as the official cityscapesscripts evaluation does; the reference divides by
+  tp + fp + fn + 1 and averages every class (an absent class counts as 0). With every class of
+  Cityscapes val present and unions of 10^5 to 10^9 pixels, the two agree to 1e-5 relative.
 """
 import json
 import math
@@ -33,8 +35,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from dasp import distributed
-from dasp.data import (CLASS_NAMES, IGNORE_INDEX, CityscapesDataset, pad_to_multiple,
-                       train_ids_to_cityscapes_ids, unpad)
+from dasp.data import CLASS_NAMES, IGNORE_INDEX, CityscapesDataset, train_ids_to_cityscapes_ids
 
 SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 MODES = {
@@ -52,9 +53,12 @@ def _resize(x, size):
     return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
 
 
+def _round_up_32(size):
+    return tuple(-(-int(s) // 32) * 32 for s in size)
+
+
 def _logits(model, x):
-    xp, size = pad_to_multiple(x, 32)
-    return unpad(model(xp), size).float()
+    return model(x).float()
 
 
 def _crop_probs(model, x, num_classes, crop_size, stride_rate, flip):
@@ -99,10 +103,11 @@ def predict_probs(model, img, mode, num_classes, crop_size=1024, crop_stride=2 /
     probs = img.new_zeros(n, num_classes, h, w, dtype=torch.float32)
     for s in spec["scales"]:
         size = (int(s * h), int(s * w))
-        x = _resize(img, size)
         if spec["crop"]:
+            x = _resize(img, size)
             probs += _resize(_crop_probs(model, x, num_classes, crop, crop_stride, spec["flip"]), (h, w))
             continue
+        x = _resize(img, _round_up_32(size))
         probs += _resize(_logits(model, x), (h, w)).softmax(1)
         if spec["flip"]:
             probs += _resize(_logits(model, x.flip(3)).flip(3), (h, w)).softmax(1)

@@ -74,7 +74,7 @@ def test_eval_bad_paths_are_named(root, ckpt, tmp_path, capsys):
 
 def test_eval_spatial_path_mismatch(root, ckpt, capsys):
     assert _eval(root, ckpt, "--spatial-path", "dasp") == 1
-    assert "holds a model with spatial_path='original', but spatial_path='dasp' was asked for" in capsys.readouterr().err
+    assert "spatial_path='original', 19 classes, aux heads; expected spatial_path='dasp'" in capsys.readouterr().err
 
 
 def test_eval_corrupt_image_is_named(root, ckpt, tmp_path, capsys):

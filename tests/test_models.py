@@ -48,49 +48,6 @@ def test_bad_spatial_path_name():
         BiSeNetV1(spatial_path="fast")
 
 
-# Key names and shapes of CoinCheung/BiSeNet lib/models/bisenetv1.py (BiSeNetV1(19)): a sample of
-# every kind of module, written out here rather than derived from our own code.
-REFERENCE_KEYS = {
-    "cp.resnet.conv1.weight": (64, 3, 7, 7),
-    "cp.resnet.bn1.running_var": (64,),
-    "cp.resnet.layer1.0.conv1.weight": (64, 64, 3, 3),
-    "cp.resnet.layer2.0.downsample.0.weight": (128, 64, 1, 1),
-    "cp.resnet.layer2.0.downsample.1.num_batches_tracked": (),
-    "cp.resnet.layer4.1.bn2.bias": (512,),
-    "cp.arm16.conv.conv.weight": (128, 256, 3, 3),
-    "cp.arm16.conv_atten.weight": (128, 128, 1, 1),
-    "cp.arm32.bn_atten.weight": (128,),
-    "cp.conv_head32.conv.weight": (128, 128, 3, 3),
-    "cp.conv_head16.bn.running_mean": (128,),
-    "cp.conv_avg.conv.weight": (128, 512, 1, 1),
-    "sp.conv1.conv.weight": (64, 3, 7, 7),
-    "sp.conv2.conv.weight": (64, 64, 3, 3),
-    "sp.conv3.conv.weight": (64, 64, 3, 3),
-    "sp.conv_out.conv.weight": (128, 64, 1, 1),
-    "sp.conv_out.bn.weight": (128,),
-    "ffm.convblk.conv.weight": (256, 256, 1, 1),
-    "ffm.conv1.weight": (64, 256, 1, 1),
-    "ffm.conv2.weight": (256, 64, 1, 1),
-    "conv_out.conv.conv.weight": (256, 256, 3, 3),
-    "conv_out.conv_out.weight": (19 * 64, 256, 1, 1),
-    "conv_out.conv_out.bias": (19 * 64,),
-    "conv_out16.conv.conv.weight": (64, 128, 3, 3),
-    "conv_out16.conv_out.weight": (19 * 64, 64, 1, 1),
-    "conv_out32.conv_out.weight": (19 * 256, 64, 1, 1),
-    "conv_out32.conv_out.bias": (19 * 256,),
-}
-
-
-def test_original_state_dict_has_the_reference_layout():
-    sd = BiSeNetV1(19, "original").state_dict()
-    for k, shape in REFERENCE_KEYS.items():
-        assert k in sd, k
-        assert tuple(sd[k].shape) == shape, k
-    # ResNet18 has 20 convs + 20 BNs (5 tensors each) = 120 keys; the rest is BiSeNet's.
-    assert sum(k.startswith("cp.resnet.") for k in sd) == 120
-    assert len(sd) == 218
-
-
 def test_checkpoint_round_trip_strict(tmp_path):
     a, b = BiSeNetV1(19, "original"), BiSeNetV1(19, "original")
     torch.save(a.state_dict(), tmp_path / "ckpt.pth")

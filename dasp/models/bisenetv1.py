@@ -1,14 +1,18 @@
 """BiSeNet V1 (ResNet18 context path) with a choice of spatial path.
 
-With spatial_path="original" the state_dict has the key names and shapes of CoinCheung/BiSeNet's
-`lib/models/bisenetv1.py` (its latest layout: PixelShuffle heads whose 1x1 classifier has a bias),
-so its published Cityscapes checkpoint loads with strict=True. With "dasp" only keys under `sp.`
-differ.
+With spatial_path="original" this is CoinCheung/BiSeNet's `lib/models/bisenetv1.py` as it stands
+since July 2021 (commits c0422a1, e40b825; unchanged in the forward since): the fusion module's
+attention is a 1x1 conv + BatchNorm, and each head ends in a 1x1 classifier and bilinear upsampling.
+Same key names, shapes and function, so its published Cityscapes checkpoint
+(`model_final_v1_city_new.pth`) loads with strict=True and gives the same logits. With "dasp" only
+keys under `sp.` differ. The layout of 2020 (a two-layer MLP attention and PixelShuffle heads) is
+refused with a message naming it; see `dasp.models.layout`.
 """
 import torch
 import torch.nn as nn
 
 from dasp.models.layers import ConvBNReLU, init_conv_weights
+from dasp.models.layout import check_layout, model_layout, read_layout
 from dasp.models.resnet import ResNet18
 from dasp.models.spatial_path import build_spatial_path
 
@@ -47,27 +51,30 @@ class ContextPath(nn.Module):
 
 
 class FeatureFusionModule(nn.Module):
+    """1x1 ConvBNReLU over [spatial, context]; channel attention = sigmoid(BN(1x1 conv(mean))),
+    applied as feat * atten + feat."""
+
     def __init__(self, cin, cout):
         super().__init__()
         self.convblk = ConvBNReLU(cin, cout, 1, 1, 0)
-        self.conv1 = nn.Conv2d(cout, cout // 4, 1, bias=False)
-        self.conv2 = nn.Conv2d(cout // 4, cout, 1, bias=False)
-        self.relu = nn.ReLU(inplace=True)
+        self.conv = nn.Conv2d(cout, cout, 1, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
 
     def forward(self, fsp, fcp):
         feat = self.convblk(torch.cat([fsp, fcp], dim=1))
-        atten = torch.sigmoid(self.conv2(self.relu(self.conv1(feat.mean((2, 3), keepdim=True)))))
+        atten = torch.sigmoid(self.bn(self.conv(feat.mean((2, 3), keepdim=True))))
         return feat * atten + feat
 
 
 class BiSeNetOutput(nn.Module):
-    """3x3 ConvBNReLU, 1x1 classifier to n_classes * up^2 channels, PixelShuffle(up)."""
+    """3x3 ConvBNReLU, 1x1 classifier (with bias) to n_classes, bilinear upsampling by up_factor
+    (align_corners=False)."""
 
     def __init__(self, cin, mid, n_classes, up_factor):
         super().__init__()
         self.conv = ConvBNReLU(cin, mid, 3, 1, 1)
-        self.conv_out = nn.Conv2d(mid, n_classes * up_factor * up_factor, 1, bias=True)
-        self.up = nn.PixelShuffle(up_factor)
+        self.conv_out = nn.Conv2d(mid, n_classes, 1, bias=True)
+        self.up = nn.Upsample(scale_factor=up_factor, mode="bilinear", align_corners=False)
 
     def forward(self, x):
         return self.up(self.conv_out(self.conv(x)))
@@ -75,7 +82,8 @@ class BiSeNetOutput(nn.Module):
 
 class BiSeNetV1(nn.Module):
     """BiSeNet V1. Train mode returns (logits, aux16, aux32) (only logits when aux=False); eval mode
-    returns logits. All at input resolution, which must be a multiple of 32.
+    returns logits (CoinCheung's aux_mode="eval" returns them in a 1-tuple). All at input
+    resolution, which must be a multiple of 32.
 
     pretrained: local path to ImageNet ResNet18 weights in torchvision's key layout (nothing is
     downloaded).
@@ -110,3 +118,10 @@ class BiSeNetV1(nn.Module):
         if self.training and self.aux:
             return logits, self.conv_out16(feat_cp8), self.conv_out32(feat_cp16)
         return logits
+
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        """As nn.Module's; with strict=True a state_dict of another layout (the 2020 one, another
+        spatial path, other classes or aux heads) is refused with a message naming both layouts."""
+        if strict:
+            check_layout(read_layout(state_dict), model_layout(self))
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
