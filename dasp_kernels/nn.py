@@ -50,6 +50,15 @@ def _onnx_exporting():
     return torch.onnx.is_in_onnx_export()
 
 
+def _in_weight_dtype(fn, x, weight):
+    """fn(x) where x has the dtype of the weights; a reduced-precision input (bf16 or fp16, as a
+    layer after an autocast convolution gets) is computed in the weights' dtype and the result
+    cast back, because the kernels take one dtype for all their tensors and have no bf16 path yet."""
+    if x.dtype not in (torch.bfloat16, torch.float16) or weight.dtype == x.dtype:
+        return fn(x)
+    return fn(x.to(weight.dtype)).to(x.dtype)
+
+
 class FusedDWConvBNReLU(nn.Module):
     """Depthwise Conv2d + BatchNorm2d (+ ReLU) as one kernel; children `conv`, `bn` (and `relu`)."""
 
@@ -80,6 +89,9 @@ class FusedDWConvBNReLU(nn.Module):
         return cls(module.conv, module.bn, relu=relu is not None, backend=backend)
 
     def forward(self, x):
+        return _in_weight_dtype(self._forward, x, self.conv.weight)
+
+    def _forward(self, x):
         conv = self.conv
         stride, padding = conv.stride[0], conv.padding[0]
         if self.training and self.bn.training:
@@ -123,6 +135,11 @@ class FusedPoolingPointwise(nn.Module):
         return cls(module.pool, module.conv, backend=backend)
 
     def forward(self, x, residual=None):
+        def run(t):
+            return self._forward(t, None if residual is None else residual.to(t.dtype))
+        return _in_weight_dtype(run, x, self.conv.weight)
+
+    def _forward(self, x, residual):
         if residual is None:
             n, _, h, w = x.shape
             residual = x.new_zeros(n, self.conv.out_channels, (h + 1) // 2, (w + 1) // 2)
@@ -164,6 +181,9 @@ class FusedDASPStage(nn.Module):
                 self.ppm.conv.weight]
 
     def forward(self, x):
+        return _in_weight_dtype(self._forward, x, self.dw.conv.weight)
+
+    def _forward(self, x):
         if self.training or _onnx_exporting():
             return self.ppm(x, self.pw(self.dw(x)))
         return functional.dasp_stage(x, *self.op_params(), backend=self.backend)
@@ -188,6 +208,9 @@ class FusedDASPSpatialPath(nn.Module):
         return cls(dict(path.named_children()), backend=backend)
 
     def forward(self, x):
+        return _in_weight_dtype(self._forward, x, next(self.children()).dw.conv.weight)
+
+    def _forward(self, x):
         stages = list(self.children())
         if self.training or _onnx_exporting():
             for stage in stages:
@@ -245,6 +268,44 @@ def _fuse_sequential_runs(seq, backend, counts):
             i += 1
 
 
+FUSED_TYPES = (FusedDASPSpatialPath, FusedDASPStage, FusedDWConvBNReLU, FusedPoolingPointwise)
+
+
+def _why_left(conv, parent, following):
+    """Why fuse left a depthwise conv as it is."""
+    why = _depthwise_conv_problem(conv)
+    if why:
+        return why
+    if not isinstance(parent, nn.Sequential):
+        return (f"a child of {type(parent).__name__}, not of an nn.Sequential or a conv/bn/relu "
+                "module: what its forward applies after the conv is unknown")
+    if following is None:
+        return "the last child of its nn.Sequential: no BatchNorm2d follows"
+    if type(following) is not nn.BatchNorm2d:
+        return f"followed by {type(following).__name__}, not nn.BatchNorm2d"
+    return "BatchNorm2d without running stats or with other channels"
+
+
+def fuse_report(model):
+    """[(qualified name, what)]: each fused module, and each depthwise conv fuse left, with why."""
+    rows = []
+
+    def visit(module, prefix):
+        kids = list(module.named_children())
+        for i, (name, child) in enumerate(kids):
+            qual = f"{prefix}{name}"
+            if isinstance(child, FUSED_TYPES):
+                rows.append((qual, f"fused: {type(child).__name__}"))
+            elif type(child) is nn.Conv2d and child.groups > 1 and child.groups == child.in_channels:
+                following = kids[i + 1][1] if i + 1 < len(kids) else None
+                rows.append((qual, f"left: {_why_left(child, module, following)}"))
+            else:
+                visit(child, qual + ".")
+
+    visit(model, "")
+    return rows
+
+
 def fuse(model, backend="auto"):
     """Return a copy of `model` with its depthwise conv + BN (+ ReLU) and DASP stages fused.
 
@@ -255,7 +316,10 @@ def fuse(model, backend="auto"):
     - inside any nn.Sequential, consecutive [depthwise Conv2d, BatchNorm2d, ReLU?] children ->
       FusedDWConvBNReLU at the conv's index and nn.Identity after it. Keys move from `i.weight`
       / `i+1.*` to `i.conv.weight` / `i.bn.*`: load checkpoints before fusing.
-    The returned model has `model.dasp_fused = {"dasp_stage": n, "dwconv_bn_relu": m}`.
+    Everything else is left as it is. The returned model has `model.dasp_fused = {"dasp_stage": n,
+    "dwconv_bn_relu": m}`; `fuse_report(fused)` lists what was fused and each depthwise conv left,
+    with the reason. Reduced-precision inputs (bf16/fp16 under torch.autocast) run in the weights'
+    dtype and come back in theirs.
     """
     model = copy.deepcopy(model)
     counts = {"dasp_stage": 0, "dwconv_bn_relu": 0}

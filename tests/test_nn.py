@@ -240,3 +240,17 @@ def test_export_onnx_from_a_checkpoint(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert sess.run(None, {"image": torch.randn(2, 3, 64, 64).numpy()})[0].shape == (2, 5, 64, 64)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fused_dasp_path_takes_bf16_input(backend):
+    """A bf16 input (a layer after an autocast conv) runs in the weights' fp32 and comes back bf16."""
+    torch.manual_seed(0)
+    path = randomise_bn(DepthwiseAttentionSpatialPath()).eval()
+    fused = fuse(path, backend=backend)
+    x = torch.randn(1, 3, 64, 64).to(torch.bfloat16)
+    with torch.no_grad():
+        out, ref = fused(x), path(x.float())
+    assert out.dtype == torch.bfloat16
+    # fp32 results a rounding apart may round to neighbouring bf16 values: one bf16 ulp (2^-7).
+    torch.testing.assert_close(out.float(), ref.to(torch.bfloat16).float(), rtol=2 ** -7, atol=1e-4)
