@@ -108,8 +108,9 @@ def main():
         extras_require={
             "train": ["cityscapesscripts", "tqdm", "pillow"],
             "test": ["pytest", "onnx", "onnxruntime", "onnxscript", "cityscapesscripts", "tqdm",
-                     "pillow", "matplotlib"],
-            "bench": ["onnx", "onnxruntime", "onnxscript", "matplotlib"],
+                     "pillow", "matplotlib", "torchvision", "timm", "openvino"],
+            "bench": ["onnx", "onnxruntime", "onnxscript", "matplotlib", "torchvision", "timm",
+                      "openvino"],
         },
         ext_modules=exts,
         cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},

@@ -9,11 +9,18 @@ Workloads (names for --workloads; a group name or a prefix selects several):
   stages  DASPStage/s{1,2,3}: the nn.Module of each stage
   paths   SpatialPath (original), DASP (DepthwiseAttentionSpatialPath)
   models  BiSeNetV1/original, BiSeNetV1/dasp
+  realmodels  torchvision tv/mobilenet_v2, tv/mobilenet_v3_large, tv/efficientnet_b0,
+          tv/shufflenet_v2_x1_0, tv/mnasnet1_0, tv/lraspp_mobilenet_v3_large,
+          tv/deeplabv3_mobilenet_v3_large (their "out"), timm/efficientnet_lite0,
+          timm/mobilenetv4_conv_small, and both BiSeNetV1 (see benchmarks/realmodels.py)
   stream  stream/copy, stream/triad: the memory-bandwidth ceiling for the GB/s figures;
           stream/fma (CPU): the compute ceiling, a register-only FMA loop of this library's CPU
           build on every thread, for the GFLOP/s figures (together: the roofline)
 Providers: eager (model as built), eager+fold+cl (BN folded into the conv, channels_last),
 compile (inductor, freezing), onnxruntime (the unfused model exported, all graph optimisations),
+for whole models openvino (the same ONNX file, f32, latency hint, one stream) and
+openvino:default (OpenVINO's default precision: bf16 on CPUs with AVX512_BF16; checked with a
+bf16-sized tolerance and not counted as an fp32 peer),
 ours:<backend> (dasp_kernels.fuse(model, backend) or the op called directly),
 ours:<backend>+cl (the same with channels_last input) and, for stages, paths and models,
 ours:<backend>+compile (torch.compile of the fused model, inductor with freezing) and, for whole
@@ -24,6 +31,7 @@ import gc
 import io
 import math
 import os
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -33,7 +41,7 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import dasp_kernels
-from benchmarks import harness
+from benchmarks import harness, realmodels
 from dasp.models import BiSeNetV1, DASPStage, DepthwiseAttentionSpatialPath, SpatialPath
 from dasp_kernels import _loader, functional, reference
 
@@ -45,10 +53,14 @@ GROUPS = {
     "stages": [f"DASPStage/{s}" for s in STAGES],
     "paths": ["SpatialPath", "DASP"],
     "models": ["BiSeNetV1/original", "BiSeNetV1/dasp"],
+    "realmodels": realmodels.WORKLOADS + ["BiSeNetV1/original", "BiSeNetV1/dasp"],
     "stream": ["stream/copy", "stream/triad", "stream/fma"],
 }
-ALL_WORKLOADS = [w for g in GROUPS.values() for w in g]
-PEER_PROVIDERS = ("eager", "eager+fold+cl", "compile", "onnxruntime")
+ALL_WORKLOADS = list(dict.fromkeys(w for g in GROUPS.values() for w in g))
+# The fp32 peers a speed claim is measured against (openvino:default runs bf16 here).
+PEER_PROVIDERS = ("eager", "eager+fold+cl", "compile", "onnxruntime", "openvino")
+# Check tolerance of a provider computing in bf16 (8 mantissa bits through a deep network).
+BF16_RTOL = 0.1
 
 
 def select_workloads(names):
@@ -212,6 +224,8 @@ def make_case(workload, shape, device="cpu", stream_mb=256, seed=0):
     elif workload in ("BiSeNetV1/original", "BiSeNetV1/dasp"):
         module = BiSeNetV1(spatial_path=stage_id, aux=True)
         kind = "model"
+    elif workload in realmodels.WORKLOADS:
+        module, kind = realmodels.build(workload), "model"
     else:
         raise ValueError(f"unknown workload {workload!r}")
     module = _randomize_bn(module, gen).eval().to(device)
@@ -256,6 +270,7 @@ class Provider:
     fn: object                    # the timed call
     to_tensor: object = None      # turns fn()'s result into a torch tensor for the check
     note: str = ""
+    rtol: float = harness.RTOL    # tolerance of the output check
 
 
 def _cl(t):
@@ -357,6 +372,36 @@ def _onnxruntime(case, threads):
                     note=f"{how}, ORT_ENABLE_ALL, {threads} intra-op threads")
 
 
+def _openvino(case, threads, precision):
+    """OpenVINO on the CPU from the ONNX file ONNX Runtime gets: latency hint, one stream,
+    `threads` inference threads; precision "f32" forces fp32, None keeps OpenVINO's default."""
+    try:
+        import openvino as ov
+    except ImportError:
+        raise Skip("openvino is not installed (pip install openvino)")
+    if case.inputs[0].device.type != "cpu":
+        raise Skip("OpenVINO runs here on the CPU only")
+    model_bytes, how = export_onnx(case.module, case.inputs)
+    core = ov.Core()
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "model.onnx")
+        with open(path, "wb") as f:
+            f.write(model_bytes)
+        model = core.read_model(path)
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1}
+    if precision is not None:
+        config["INFERENCE_PRECISION_HINT"] = precision
+    compiled = core.compile_model(model, "CPU", config)
+    hint = compiled.get_property("INFERENCE_PRECISION_HINT")  # an ov.Type: f32, bf16, f16
+    used = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
+    request, out = compiled.create_infer_request(), compiled.output(0)
+    feeds = [t.detach().contiguous().numpy() for t in case.inputs]
+    name = "openvino" if precision is not None else "openvino:default"
+    return Provider(name, lambda: request.infer(feeds)[out], lambda a: torch.from_numpy(a.copy()),
+                    note=f"{how}, precision {used}, latency hint, {threads} threads",
+                    rtol=harness.RTOL if used == "f32" else BF16_RTOL)
+
+
 def _fused(case, backend):
     """(callable, note) of ours for `case`: the op module, or dasp_kernels.fuse(model, backend);
     raises Skip when the backend or the fusion is not there."""
@@ -422,6 +467,9 @@ def provider_builders(case, threads, backends):
            ("eager+fold+cl", lambda: _eager_fold_cl(case)),
            ("compile", lambda: _compile(case)),
            ("onnxruntime", lambda: _onnxruntime(case, threads))]
+    if case.kind == "model":
+        out += [("openvino", lambda: _openvino(case, threads, "f32")),
+                ("openvino:default", lambda: _openvino(case, threads, None))]
     for b in backends:
         out.append((f"ours:{b}", lambda b=b: _ours(case, b, False)))
         if b != "reference":
@@ -500,7 +548,7 @@ def run_case(case, *, threads, backends, providers=None, extra=None, timing=None
                     torch.cuda.synchronize()
                 row["setup_s"] = round(time.perf_counter() - t0, 3)
                 row["note"] = p.note
-                ok, diff = harness.check_output(p.to_tensor(out) if p.to_tensor else out, ref)
+                ok, diff = harness.check_output(p.to_tensor(out) if p.to_tensor else out, ref, p.rtol)
                 row["max_abs_diff"] = diff
                 if ok:
                     live[name] = p.fn

@@ -362,3 +362,27 @@ def test_ops_quick_refuses_bad_counts(monkeypatch, capsys, flag, value):
     with pytest.raises(SystemExit):
         q.main()
     assert f"expected a whole number >= 1, got '{value}'" in capsys.readouterr().err
+
+
+def test_realmodels_group_builds_every_model_once():
+    pytest.importorskip("torchvision")
+    pytest.importorskip("timm")
+    names = suite.select_workloads(["realmodels"])
+    assert len(names) == len(set(names)) == 11
+    assert suite.select_workloads(["models", "realmodels"]).count("BiSeNetV1/dasp") == 1
+    for w in ("tv/deeplabv3_mobilenet_v3_large", "timm/mobilenetv4_conv_small"):
+        case = suite.make_case(w, (1, 3, 64, 64))
+        with torch.no_grad():
+            out = case.module(*case.inputs)
+        assert case.kind == "model" and isinstance(out, torch.Tensor) and out.shape[0] == 1
+
+
+def test_openvino_peers_are_checked_with_their_precision():
+    pytest.importorskip("openvino")
+    case = suite.make_case("tv/mobilenet_v2", (1, 3, 64, 64))
+    rows = suite.run_case(case, threads=1, backends=[], timing=FAST, log=_quiet,
+                          providers=["eager", "openvino", "openvino:default"])
+    by = {r["provider"]: r for r in rows}
+    assert by["openvino"]["status"] == "ok" and "precision f32" in by["openvino"]["note"]
+    assert by["openvino:default"]["status"] == "ok", by["openvino:default"]["note"]
+    assert "openvino" in suite.PEER_PROVIDERS and "openvino:default" not in suite.PEER_PROVIDERS
