@@ -95,21 +95,25 @@ PyObject* PyInit__C(void) {
 }
 }
 
+// The forward ops take any memory format and return their input's (NCHW or channels_last), so
+// they are tagged flexible_layout: torch.compile then feeds them the layout the producer has
+// (channels_last around oneDNN convs) instead of converting to the traced NCHW and back.
 TORCH_LIBRARY(dasp_kernels, m) {
+  const std::vector<at::Tag> any_layout = {at::Tag::flexible_layout};
   // act(depthwise_conv2d(x, weight, stride, padding) * scale[c] + shift[c]), act = ReLU or identity.
   m.def("dwconv_bn_relu(Tensor x, Tensor weight, Tensor scale, Tensor shift, int stride, "
-        "int padding, bool relu) -> Tensor");
+        "int padding, bool relu) -> Tensor", any_layout);
   // Returns (grad_x, grad_weight, grad_scale, grad_shift); recomputes the convolution.
   m.def("_dwconv_bn_relu_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor scale, "
         "Tensor shift, int stride, int padding, bool relu) -> (Tensor, Tensor, Tensor, Tensor)");
   // conv1x1(maxpool2d(x, 2, 2, ceil_mode=True), weight) + residual.
-  m.def("ppm_add(Tensor x, Tensor weight, Tensor residual) -> Tensor");
+  m.def("ppm_add(Tensor x, Tensor weight, Tensor residual) -> Tensor", any_layout);
   // Returns (grad_x, grad_weight); grad_residual is grad_out itself.
   m.def("_ppm_add_backward(Tensor grad_out, Tensor x, Tensor weight) -> (Tensor, Tensor)");
   // One whole DASP stage, Eq. (5): ppm_add(x, ppm_weight, relu(pw(dwconv_bn_relu(x)) * pw_scale +
   // pw_shift)), depthwise stride 2, padding K // 2, K odd. No intermediate goes to memory.
   m.def("dasp_stage(Tensor x, Tensor dw_weight, Tensor dw_scale, Tensor dw_shift, "
-        "Tensor pw_weight, Tensor pw_scale, Tensor pw_shift, Tensor ppm_weight) -> Tensor");
+        "Tensor pw_weight, Tensor pw_scale, Tensor pw_shift, Tensor ppm_weight) -> Tensor", any_layout);
   // Returns the gradients of all eight tensor inputs, in order.
   m.def("_dasp_stage_backward(Tensor grad_out, Tensor x, Tensor dw_weight, Tensor dw_scale, "
         "Tensor dw_shift, Tensor pw_weight, Tensor pw_scale, Tensor pw_shift, Tensor ppm_weight) "
@@ -118,5 +122,5 @@ TORCH_LIBRARY(dasp_kernels, m) {
   // dasp_stage's order (the DASP spatial path is three stages). Rows flow through all stages
   // together, so no stage's output but the last goes to memory. Autograd recomputes the
   // intermediate outputs and calls _dasp_stage_backward per stage.
-  m.def("dasp_spatial_path(Tensor x, Tensor[] stage_params) -> Tensor");
+  m.def("dasp_spatial_path(Tensor x, Tensor[] stage_params) -> Tensor", any_layout);
 }

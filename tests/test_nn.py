@@ -202,6 +202,27 @@ def test_torch_compile_fullgraph(backend, monkeypatch):
         close(compiled(x), model(x))
 
 
+@pytest.mark.parametrize("backend", [pytest.param("cpu", marks=backend_skip("cpu"))])
+def test_compile_keeps_channels_last_around_the_fused_op(backend, monkeypatch):
+    """Inductor runs convs in channels_last; the ops are flexible_layout, so it hands them that
+    layout rather than copying to the traced NCHW and back around every call."""
+    from torch._inductor.utils import run_and_get_code
+
+    monkeypatch.setenv("TORCHINDUCTOR_COMPILE_THREADS", "1")
+    torch._dynamo.reset()
+    for op in ("dwconv_bn_relu", "ppm_add", "dasp_stage", "dasp_spatial_path"):
+        assert torch.Tag.flexible_layout in getattr(torch.ops.dasp_kernels, op).default.tags, op
+    model = randomise_bn(MobileNetish()).eval()
+    compiled = torch.compile(fuse(model, backend=backend))
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        out, code = run_and_get_code(compiled, x)
+        close(out, model(x))
+    assert code[0].count("torch.ops.dasp_kernels.dwconv_bn_relu.default(") == 3
+    # A copy kernel feeding our op is named after it by inductor (cpp_fused_dwconv_bn_relu_N).
+    assert "cpp_fused_dwconv_bn_relu" not in code[0]
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_onnx_export_runs_in_onnxruntime(backend, tmp_path):
     ort = pytest.importorskip("onnxruntime")
