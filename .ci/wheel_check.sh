@@ -8,7 +8,8 @@
 #
 # Environment: WHEEL_CHECK_DIR (work folder, default: a new temporary one; its venv is reused when
 # there), PYTHON (default python3), DASP_KERNELS_CUDA (default 0: the wheel without the CUDA
-# sources, ~5 min less to build; 1 or unset to include them), MAX_JOBS (default 2).
+# sources, ~5 min less to build; 1 to include them, empty: when nvcc is found), MAX_JOBS
+# (default 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
