@@ -1,6 +1,9 @@
 """Build dasp_kernels._C: C++ CPU kernels always, CUDA kernels whenever a toolkit is found.
 
 DASP_KERNELS_CUDA=1 forces the CUDA sources on (fails if no toolkit), =0 forces them off.
+DASP_SETUP_SKIP_EXT=1 leaves the extension out: .ci/setup.sh installs the package editable that
+way once, then builds the extension with `setup.py build_ext --inplace`, which reuses build/ and
+recompiles only what changed (pip's editable install compiles every source in a fresh folder).
 The toolkit root is found from nvcc itself (`nvcc --dryrun` reports its real bin folder), because
 nvcc is often a symlink or wrapper script on PATH and torch would otherwise guess the wrong root
 and fail to link libcudart.
@@ -87,15 +90,79 @@ def extensions():
         ext = CUDAExtension
     else:
         ext = CppExtension
+    # setuptools rebuilds only when a file of `depends` is newer than the built library (ninja then
+    # recompiles just the changed sources): the headers, and a record of this configuration, so
+    # that switching the CUDA sources on or off rebuilds too.
+    headers = sorted(glob.glob("csrc/**/*.h", recursive=True) + glob.glob("csrc/**/*.cuh",
+                                                                          recursive=True))
+    import torch
+
+    config = _record_config(repr((sources, extra, macros, use_cuda, torch.__version__)))
     return [ext("dasp_kernels._C", sources, extra_compile_args=extra, define_macros=macros,
-                extra_link_args=["-fopenmp"], py_limited_api=True)], use_cuda
+                extra_link_args=["-fopenmp"], py_limited_api=True,
+                depends=headers + [config])], use_cuda
+
+
+def _record_config(text):
+    """build/dasp_ext_config.txt holds `text`; rewritten (so newer) only when it changes."""
+    path = os.path.join("build", "dasp_ext_config.txt")
+    os.makedirs("build", exist_ok=True)
+    try:
+        with open(path) as f:
+            if f.read() == text:
+                return path
+    except OSError:
+        pass
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def _build_ext_class():
+    from torch.utils.cpp_extension import BuildExtension
+
+    class BuildExt(BuildExtension.with_options(use_ninja=True)):
+        """torch's BuildExtension: ninja recompiles only the sources that changed. Two additions
+        for `build_ext --inplace`: when the library in the source tree is newer than every
+        source, header and the build configuration (the extension's `depends`), nothing runs (with
+        ninja, torch forces the link and the copy every time); and the library is replaced, not
+        overwritten, so that a process that has the old one loaded keeps a valid mapping."""
+
+        def run(self):
+            if self.inplace and self.extensions and not any(map(self._stale, self.extensions)):
+                for ext in self.extensions:
+                    print(f"skipping '{ext.name}' extension (up-to-date)")
+                return
+            super().run()
+
+        def _stale(self, ext):
+            target = os.path.join(ROOT, self.get_ext_filename(ext.name))
+            if not os.path.exists(target):
+                return True
+            built = os.path.getmtime(target)
+            return any(os.path.getmtime(f) > built for f in list(ext.sources) + list(ext.depends))
+
+        def copy_file(self, infile, outfile, *args, **kwargs):
+            if not str(outfile).endswith(".so"):
+                return super().copy_file(infile, outfile, *args, **kwargs)
+            tmp = f"{outfile}.tmp{os.getpid()}"
+            shutil.copyfile(infile, tmp)
+            shutil.copymode(infile, tmp)
+            os.replace(tmp, outfile)
+            print(f"copying {infile} -> {outfile}")
+            return outfile, 1
+
+    return BuildExt
 
 
 def main():
-    exts, use_cuda = extensions()  # first: it sets CUDA_HOME, which cpp_extension reads on import
-    from torch.utils.cpp_extension import BuildExtension
-
-    print(f"dasp_kernels: building with CUDA sources: {use_cuda}")
+    if os.environ.get("DASP_SETUP_SKIP_EXT") == "1":
+        exts, cmdclass = [], {}
+        print("dasp_kernels: extension left out (DASP_SETUP_SKIP_EXT=1)")
+    else:
+        exts, use_cuda = extensions()  # first: it sets CUDA_HOME, which cpp_extension reads
+        cmdclass = {"build_ext": _build_ext_class()}
+        print(f"dasp_kernels: building with CUDA sources: {use_cuda}")
     setup(
         name="dasp",
         version="0.1.0",
@@ -113,7 +180,7 @@ def main():
                       "openvino"],
         },
         ext_modules=exts,
-        cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+        cmdclass=cmdclass,
         entry_points={"console_scripts": [
             "dasp=dasp.cli:main",
             "dasp-kernels=dasp_kernels.__main__:main",

@@ -4,8 +4,10 @@
                                    [--allocators default nofault nommap thp] [--device cpu|cuda]
 
 Appends one row per (allocator, threads, size, workload, provider) with the environment to
-benchmarks/results/cpu.csv (cuda.csv on a GPU), prints a markdown summary and writes it to
-benchmarks/results/latest.md (latest_cuda.md). `python -m benchmarks.plot` draws the PNGs.
+cpu.csv (cuda.csv on a GPU) in --results-dir, prints a markdown summary and writes it to latest.md
+(latest_cuda.md) there. --results-dir defaults to runs/bench (untracked); the committed results are
+rewritten only by naming their folder (benchmarks/results/..., see docs/benchmarks.md).
+`python -m benchmarks.plot --csv DIR/cpu.csv` draws the PNGs.
 
 --quick: 1x3x1024x1024, 2 threads, the fused ops, both spatial paths and the copy ceiling.
 
@@ -14,7 +16,7 @@ Allocators (each in its own process, since glibc reads its variables at start-up
            returned to the OS on free, so every large fresh tensor is paid again in page faults
   nofault  MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=64 GiB: large blocks come from the heap and
            freed memory stays there for reuse: no page faults once warm
-  nommap   MALLOC_MMAP_MAX_=0 alone (issue 4's setting). glibc then still trims the top of the
+  nommap   MALLOC_MMAP_MAX_=0 alone (the first benchmarks' setting). glibc then still trims the top of the
            heap on free (M_TRIM_THRESHOLD, 128 KiB), so eager keeps most of its faults
   thp      THP_MEM_ALLOC_ENABLE=1: torch's CPU allocator asks for transparent huge pages
            (2 MiB pages, far fewer faults) on allocations of 2 MiB and more
@@ -39,7 +41,8 @@ _ALLOC_VARS = ("MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESH
 QUICK = {"sizes": ["1x3x1024x1024"], "threads": [2], "workloads": ["ops", "paths", "stream"]}
 FULL = {"sizes": ["1x3x1024x1024", "1x3x1024x2048", "4x3x512x1024"], "threads": [1, 2],
         "workloads": ["ops", "stages", "paths", "models", "stream"]}
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+# Untracked (.gitignore: /runs/): a run writes into benchmarks/results only when told to.
+RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "runs", "bench")
 # Column order of the CSV; environment fields follow.
 COLUMNS = ["run_id", "timestamp", "device", "allocator", "threads", "workload", "kind", "size",
            "input_shape", "provider", "status", "median_ms", "p20_ms", "p80_ms", "reps", "gflop",
@@ -70,7 +73,8 @@ def parse_args(argv):
     p.add_argument("--min-time", type=float, help="seconds of timed calls per provider at least "
                    "(default 1, --quick 0.3)")
     p.add_argument("--stream-mb", type=int, default=256, help="buffer size of the copy benchmark")
-    p.add_argument("--results-dir", default=RESULTS)
+    p.add_argument("--results-dir", default=RESULTS,
+                   help="where cpu.csv and latest.md go (default: runs/bench, untracked)")
     p.add_argument("--no-save", action="store_true", help="print only; write no CSV or markdown")
     p.add_argument("--child", metavar="JSON", help=argparse.SUPPRESS)
     p.add_argument("--run-id", help=argparse.SUPPRESS)

@@ -1,6 +1,8 @@
 """PNG plots from the benchmark CSV (by default the latest run in it).
 
-    python -m benchmarks.plot [--csv benchmarks/results/cpu.csv] [--run-id ID] [--out DIR]
+    python -m benchmarks.plot [--csv runs/bench/cpu.csv] [--run-id ID] [--out DIR]
+
+--csv defaults to where benchmarks.bench_cpu writes by default; --out to the CSV's folder.
 
 Per (size, threads): <device>_latency_<size>_t<threads>.png, median latency of every workload under
 every provider with 20%-80% whiskers, one panel per allocator; <device>_paths_<size>_t<threads>.png,
@@ -12,10 +14,9 @@ import math
 import os
 import sys
 
+from benchmarks.bench_cpu import RESULTS
 from benchmarks.harness import read_csv
 from benchmarks.report import num, provider_order
-
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 def _plt():

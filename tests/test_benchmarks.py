@@ -2,15 +2,19 @@
 catches a provider that computes the wrong thing, and it writes rows with their environment."""
 import importlib.util
 import math
+import os
 import random
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 import dasp_kernels
-from benchmarks import bench_cpu, harness, report, suite
+from conftest import needs_cpu_ext
+from benchmarks import bench_cpu, harness, quick, report, suite
 
+RESULTS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 FAST = {"warmup": 0, "min_reps": 1, "max_reps": 1, "min_time_s": 0.0}
 TINY = (1, 3, 32, 32)
 
@@ -210,6 +214,50 @@ def test_cli_writes_rows_with_environment_per_allocator(tmp_path, capsys):
     md = (tmp_path / "latest.md").read_text()
     assert "| DASP | nofault |" in md and "copy GB/s" in md and "FMA GFLOP/s" in md
     assert "| DASP | nofault |" in capsys.readouterr().out
+
+
+def test_quick_headline_compares_the_fastest_of_each_side():
+    def row(wl, prov, ms):
+        return {"workload": wl, "provider": prov, "status": "ok", "median_ms": str(ms)}
+
+    rows = [row("DASP", "eager", 40), row("DASP", "onnxruntime", 30), row("DASP", "ours:cpu", 12),
+            row("dasp_spatial_path", "compile", 24), row("dasp_spatial_path", "ours:cpu+cl", 10),
+            row("dasp_spatial_path", "ours:reference", 5),  # the reference is not "ours"
+            row("SpatialPath", "eager", 80), row("SpatialPath", "onnxruntime", 50),
+            row("BiSeNetV1/dasp", "onnxruntime", 600), row("BiSeNetV1/dasp", "compile", 650),
+            row("BiSeNetV1/dasp", "ours:cpu+compile+arena", 550),
+            dict(row("BiSeNetV1/dasp", "eager", 1), status="wrong")]
+    table = quick.table(quick.headline(rows))
+    lines = table.splitlines()
+    assert len(lines) == 5
+    assert lines[2] == ("| DASP spatial path vs the fastest peer | ours:cpu+cl (dasp_spatial_path) "
+                        "| 10.0 | compile (dasp_spatial_path) | 24.0 | 2.40x |")
+    assert lines[3].endswith("| onnxruntime (SpatialPath) | 50.0 | 5.00x |")
+    assert lines[4] == ("| BiSeNetV1 (DASP path) vs the fastest peer | ours:cpu+compile+arena "
+                        "(BiSeNetV1/dasp) | 550.0 | onnxruntime (BiSeNetV1/dasp) | 600.0 | 1.09x |")
+    assert len(quick.table(quick.headline(rows[:8])).splitlines()) == 4  # no model rows: no line
+
+
+@needs_cpu_ext
+def test_quick_writes_only_to_its_folder(tmp_path, capsys):
+    committed = {p: p.stat().st_mtime for p in RESULTS_DIR.rglob("*") if p.is_file()}
+    out = tmp_path / "quick"
+    assert quick.main(["--out", str(out), "--size", "1x3x64x64", "--threads", "1", "--no-models",
+                       "--min-time", "0", "--providers", "eager", "ours:cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "| DASP spatial path vs the fastest peer | ours:cpu (" in printed
+    assert "| DASP spatial path vs the original spatial path | ours:cpu (" in printed
+    assert str(out) in printed or os.path.relpath(out) in printed
+    names = {p.name for p in out.iterdir()}
+    assert {"cpu.csv", "latest.md", "log.txt", "cpu_paths_1x3x64x64_t1.png"} <= names
+    assert {p: p.stat().st_mtime for p in RESULTS_DIR.rglob("*") if p.is_file()} == committed
+
+
+def test_bench_cpu_writes_to_an_untracked_folder_by_default():
+    assert bench_cpu.parse_args(["--workloads", "DASP"]).results_dir == bench_cpu.RESULTS
+    root = Path(bench_cpu.__file__).resolve().parent.parent
+    assert Path(bench_cpu.RESULTS).resolve().relative_to(root).parts[0] == "runs"
+    assert "/runs/" in (root / ".gitignore").read_text().split()
 
 
 def test_append_csv_keeps_old_rows_when_columns_grow(tmp_path):

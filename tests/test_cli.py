@@ -8,14 +8,16 @@ import pytest
 import torch
 from PIL import Image
 
-import dasp
 from dasp.checkpoint import atomic_save
 from dasp.cli import main
 from dasp.data import PALETTE
 from dasp.models import BiSeNetV1
 from dasp.synthetic import write_synthetic
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(dasp.__file__)))
+# The checkout's root (on PYTHONPATH for `python -m dasp` when the package is not installed). Not
+# derived from dasp.__file__: for an installed package that is site-packages, which must not go
+# before the standard library (a `typing` backport there breaks numpy).
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # Small models on 2 shared cores: one thread is faster and steadier (conftest.one_thread).

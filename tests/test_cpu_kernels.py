@@ -521,9 +521,12 @@ def test_narrower_builds_agree(isa):
     if isa == "avx2" and here != "AVX512":
         pytest.skip(f"ATen runs {here}: the AVX2 build is this process's own (or unusable)")
     env = {**os.environ, "ATEN_CPU_CAPABILITY": isa}
-    # Import the same dasp_kernels (and built extension) as this process.
+    # Import the same dasp_kernels (and built extension) as this process: a checkout's goes first
+    # on the path; an installed one the same interpreter finds by itself (site-packages must not
+    # go before the standard library: a `typing` backport there breaks numpy).
     pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(dasp_kernels.__file__)))
-    env["PYTHONPATH"] = pkg_root + os.pathsep + env.get("PYTHONPATH", "")
+    if os.path.basename(pkg_root) not in ("site-packages", "dist-packages"):
+        env["PYTHONPATH"] = pkg_root + os.pathsep + env.get("PYTHONPATH", "")
     out = subprocess.run([sys.executable, "-c", NARROW_CHECK.replace("WIDE", str(WIDE)), isa],
                          env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "narrow ok" in out.stdout, out.stdout + out.stderr

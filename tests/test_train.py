@@ -10,7 +10,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import dasp
 from dasp.checkpoint import atomic_save, load_model, read_checkpoint
 from dasp.data import CityscapesDataset
 from dasp.evaluate import confusion_matrix, evaluate, iou_from_confusion
@@ -18,7 +17,10 @@ from dasp.models import BiSeNetV1
 from dasp.synthetic import write_synthetic
 from dasp.train import OhemCrossEntropy, WarmupPolyLR, build_config, param_groups, train
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(dasp.__file__)))
+# The checkout's root (on PYTHONPATH for `python -m dasp` when the package is not installed). Not
+# derived from dasp.__file__: for an installed package that is site-packages, which must not go
+# before the standard library (a `typing` backport there breaks numpy).
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Small, fast settings for CPU runs on the synthetic data.
 TINY = dict(batch_size=4, crop=[64, 64], warmup_iters=2, lr=0.05, jitter=0.1, scales=[1.0, 1.5],
             workers=0, progress=False, device="cpu", log_every=1)
