@@ -8,6 +8,7 @@
 #define DASP_ISA_NAME "default"
 #include "dwconv_bn_relu_kernel.h"
 #include "ppm_add_kernel.h"
+#include "dasp_stage_kernel.h"
 #include "kernel_table.h"
 
 namespace dasp_kernels::cpu {
@@ -30,18 +31,27 @@ Isa pick_isa() {
 #endif
   return Isa::base;
 }
+
+template <typename T>
+Kernels<T> table_of(Isa isa) {
+  switch (isa) {
+#if DASP_CPU_HAVE_AVX2_BUILD
+    case Isa::avx512: return avx512::kernels<T>();
+    case Isa::avx2: return avx2::kernels<T>();
+#endif
+    default: return base::kernels<T>();
+  }
+}
 }  // namespace
 
+// A build may leave an entry null where the portable build's is the one to run (the stage's
+// float64 rows, see dasp_stage_kernel.h).
 template <typename T>
 const Kernels<T>& kernels() {
   static const Kernels<T> k = [] {
-    switch (pick_isa()) {
-#if DASP_CPU_HAVE_AVX2_BUILD
-      case Isa::avx512: return avx512::kernels<T>();
-      case Isa::avx2: return avx2::kernels<T>();
-#endif
-      default: return base::kernels<T>();
-    }
+    Kernels<T> t = table_of<T>(pick_isa());
+    if (t.stage.row == nullptr) t.stage = base::kernels<T>().stage;
+    return t;
   }();
   return k;
 }
