@@ -227,7 +227,11 @@ void produce(const Chain<T>& c, std::vector<Level<T>>& lv, int64_t n, int64_t s,
   const int64_t wo = c.w[s + 1];
   for (; level.next <= upto; ++level.next) {
     const int64_t oy = level.next;
-    if (s > 0) produce(c, lv, n, s - 1, std::min(2 * oy + std::max<int64_t>(sw.pad, 1), c.h[s] - 1));
+    // The rows of stage s - 1 that row oy reads (the pool needs 2 oy + 1 even when K = 1).
+    if (s > 0) {
+      const int64_t last_in = std::min(2 * oy + std::max<int64_t>(sw.pad, 1), c.h[s] - 1);
+      produce(c, lv, n, s - 1, last_in);
+    }
     cpu::StageRowJob<T> job{&sw, in, oy, wo, nullptr, 0, 0, &level.scr};
     if (s + 1 < S) {
       job.out = level.ring + (oy % level.ring_cap) * wo * sw.cout;

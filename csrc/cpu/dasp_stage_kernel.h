@@ -115,9 +115,9 @@ void row_scalar(const StageRowJob<T>& job) {
 
 // ---------------------------------------------------------------------------------------------
 // Vector kernel (float32). kNR = two vectors of output channels; kMR pixels per micro-tile:
-// 6 x 2 accumulators + 2 weights + 1 broadcast fit AVX2's 16 registers.
+// 6 x 2 accumulators + 2 weights + 1 broadcast fit AVX2's 16 registers; AVX-512 has 32.
 constexpr int64_t kNR = 2 * kV;
-constexpr int kMR = 6;
+constexpr int kMR = kV == 16 ? 8 : 6;
 constexpr int64_t gcd(int64_t a, int64_t b) { return b == 0 ? a : gcd(b, a % b); }
 // Chunks of whole micro-tiles and whole pixel vectors: lcm(kMR, kV) (24 on AVX2, 48 on AVX-512).
 constexpr int64_t kVecStep = kMR * kV / gcd(kMR, kV);
@@ -165,6 +165,10 @@ inline void micro(int64_t cin, const float* a1, const float* a2, int64_t lda, co
 template <bool PLANAR>
 void micro_any(int m, int64_t cin, const float* a1, const float* a2, int64_t lda, const float* b1,
                const float* b2, const float* bias, float* c, int64_t ldc) {
+  if constexpr (kMR >= 8) {
+    if (m == 8) return micro<8, PLANAR>(cin, a1, a2, lda, b1, b2, bias, c, ldc);
+    if (m == 7) return micro<7, PLANAR>(cin, a1, a2, lda, b1, b2, bias, c, ldc);
+  }
   switch (m) {
     case 6: micro<6, PLANAR>(cin, a1, a2, lda, b1, b2, bias, c, ldc); break;
     case 5: micro<5, PLANAR>(cin, a1, a2, lda, b1, b2, bias, c, ldc); break;
@@ -203,7 +207,8 @@ inline void store_tile_vec(const float* o, int64_t ldo, int64_t npx, int64_t cou
     // channel were written for each 8 pixels.
     const int64_t npx8 = npx / 8 * 8, cout8 = kHaveTranspose8 ? cout / 8 * 8 : 0;
     for (int64_t co = 0; co < cout8; co += 8) {
-      for (int64_t i = 0; i < npx8; i += 8) transpose8(o + i * ldo + co, ldo, out + co * o_sc + i, o_sc);
+      for (int64_t i = 0; i < npx8; i += 8)
+        transpose8(o + i * ldo + co, ldo, out + co * o_sc + i, o_sc);
       for (int64_t j = 0; j < 8; ++j)
         for (int64_t i = npx8; i < npx; ++i) out[(co + j) * o_sc + i] = o[i * ldo + co + j];
     }

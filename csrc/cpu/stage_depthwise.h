@@ -144,8 +144,10 @@ inline void deinterleave(const float* src, int64_t w_in, int64_t s_w, float* ev,
   int64_t i = 0;
 #if defined(CPU_CAPABILITY_AVX512)
   if (s_w == 1) {
-    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    const __m512i even =
+        _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd =
+        _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
     for (; i + 16 <= no; i += 16) {
       const __m512 a = _mm512_loadu_ps(src + 2 * i), b = _mm512_loadu_ps(src + 2 * i + 16);
       _mm512_storeu_ps(ev + i, _mm512_permutex2var_ps(a, even, b));
