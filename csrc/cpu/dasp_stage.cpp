@@ -109,13 +109,13 @@ int64_t chunk_for(int64_t cin, int64_t elem_size, int64_t step) {
   return std::min<int64_t>(std::max<int64_t>(c, step), 480 / step * step);
 }
 
-// What a chain of stages is run on: the input, the packed stages, their sizes and the kernel.
+// What a chain of stages is run on: the input, the packed stages, their kernels and sizes.
 template <typename T>
 struct Chain {
   const at::Tensor& x;
   at::Tensor& out;
   const std::vector<StageWeights<T>>& stages;
-  const cpu::StageKernel<T>& kernel;
+  const std::vector<const cpu::StageKernel<T>*>& kernels;  // per stage (stage_kernel_for)
   std::vector<int64_t> h, w;  // h[s], w[s]: input size of stage s; h[S], w[S]: the output's
   int64_t bands;              // bands of final output rows per image
 };
@@ -140,11 +140,12 @@ LevelSizes<T> level_sizes(const Chain<T>& c, int64_t s) {
   const int64_t S = static_cast<int64_t>(c.stages.size());
   const StageWeights<T>& sw = c.stages[s];
   LevelSizes<T> z;
-  z.chunk = chunk_for(sw.cin, sizeof(T), c.kernel.pixel_step);
+  const cpu::StageKernel<T>& kernel = *c.kernels[s];
+  z.chunk = chunk_for(sw.cin, sizeof(T), kernel.pixel_step);
   z.wd = cpu::kStageHalo + round_up(c.w[s + 1], z.chunk) + 8;
   // The pixel-vector kernel caches de-interleaved input rows. Stages after the first read
   // channels-last rings.
-  const int64_t s_c = s == 0 ? c.x.stride(1) : 1, lanes = c.kernel.channel_lanes;
+  const int64_t s_c = s == 0 ? c.x.stride(1) : 1, lanes = kernel.channel_lanes;
   const bool split = lanes > 0 && !(s_c == 1 && sw.cin % lanes == 0);
   z.dl_cap = split ? window_rows(sw.pad) : 0;
   z.ring_cap = s + 1 < S ? window_rows(c.stages[s + 1].pad) : 0;
@@ -242,7 +243,7 @@ void produce(const Chain<T>& c, std::vector<Level<T>>& lv, int64_t n, int64_t s,
       job.o_sw = c.out.stride(3);
       job.o_sc = c.out.stride(1);
     }
-    c.kernel.row(job);
+    c.kernels[s]->row(job);
   }
 }
 
@@ -262,9 +263,9 @@ void run_band(const Chain<T>& c, std::vector<Level<T>>& lv, int64_t n, int64_t b
 // Runs the stages on x, writing the last stage's output into `out`.
 template <typename T>
 void run_chain(const at::Tensor& x, const std::vector<StageWeights<T>>& stages,
-               const cpu::StageKernel<T>& kernel, at::Tensor& out) {
+               const std::vector<const cpu::StageKernel<T>*>& kernels, at::Tensor& out) {
   const int64_t S = static_cast<int64_t>(stages.size()), N = x.size(0);
-  Chain<T> c{x, out, stages, kernel, std::vector<int64_t>(S + 1), std::vector<int64_t>(S + 1), 1};
+  Chain<T> c{x, out, stages, kernels, std::vector<int64_t>(S + 1), std::vector<int64_t>(S + 1), 1};
   c.h[0] = x.size(2);
   c.w[0] = x.size(3);
   for (int64_t s = 0; s < S; ++s) {
@@ -279,18 +280,29 @@ void run_chain(const at::Tensor& x, const std::vector<StageWeights<T>>& stages,
       [&](std::vector<Level<T>>& lv, int64_t t) { run_band(c, lv, t / c.bands, t % c.bands); });
 }
 
-// Packs the stages (7 tensors each, from params) for this build's kernel and runs them.
+// The kernel of a stage whose input has channel stride s_c: the build's own where its channel
+// vectors fit the input, else the one for inputs that go by pixel vectors (Kernels::stage_pixels).
+template <typename T>
+const cpu::StageKernel<T>* stage_kernel_for(const cpu::Kernels<T>& k, int64_t s_c, int64_t cin) {
+  const int64_t lanes = k.stage.channel_lanes;
+  return lanes > 0 && s_c == 1 && cin % lanes == 0 ? &k.stage : &k.stage_pixels;
+}
+
+// Packs the stages (7 tensors each, from params) for their kernels and runs them.
 void run_stages(const at::Tensor& x, const at::Tensor* params, int64_t num_stages,
                 at::Tensor& out) {
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dasp_stage_cpu", [&] {
-    const cpu::StageKernel<scalar_t>& kernel = cpu::kernels<scalar_t>().stage;
+    const cpu::Kernels<scalar_t>& k = cpu::kernels<scalar_t>();
     std::vector<PackedStage<scalar_t>> packed(num_stages);
     std::vector<StageWeights<scalar_t>> views;
+    std::vector<const cpu::StageKernel<scalar_t>*> kernels;
     for (int64_t s = 0; s < num_stages; ++s) {
-      pack_stage(params + 7 * s, kernel.block, packed[s]);
+      // Stages after the first read channels-last rings.
+      kernels.push_back(stage_kernel_for(k, s == 0 ? x.stride(1) : 1, params[7 * s].size(0)));
+      pack_stage(params + 7 * s, kernels[s]->block, packed[s]);
       views.push_back(packed[s].view);
     }
-    run_chain<scalar_t>(x, views, kernel, out);
+    run_chain<scalar_t>(x, views, kernels, out);
   });
 }
 

@@ -77,6 +77,7 @@ Kernels<T> kernels() {
   k.ppm_bwd_nchw = &ppm::bwd_nchw<T>;
   k.ppm_bwd_nhwc = &ppm::bwd_nhwc<T>;
   k.stage = stage::kernel<T>();
+  k.stage_pixels = k.stage;
   k.fma_loop = &util::fma_loop<T>;
   k.fma_per_iter = util::kFmaChains;
   return k;
