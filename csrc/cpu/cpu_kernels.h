@@ -151,9 +151,8 @@ struct Kernels {
   bool dw_rgb_one_pass;        // ... which splits 3-channel pixel rows in one pass (fwd_rgb)
   PpmFn<T> ppm_fwd_nchw, ppm_fwd_nhwc, ppm_bwd_nchw, ppm_bwd_nhwc;
   StageKernel<T> stage;
-  // The stage kernel for inputs that go by pixel vectors (stage.channel_lanes does not divide
-  // their channels, or they are not channel-contiguous): stage itself, except in the AVX-512
-  // build (see cpu_kernels_base.cpp).
+  // The stage kernel for inputs with fewer channels than stage.channel_lanes (which go by pixel
+  // vectors): stage itself, except in the AVX-512 process (see cpu_kernels_base.cpp).
   StageKernel<T> stage_pixels;
   // Benchmarks only: fma_loop(iters) does iters * fma_per_iter vector FMAs in registers.
   T (*fma_loop)(int64_t iters);

@@ -280,12 +280,12 @@ void run_chain(const at::Tensor& x, const std::vector<StageWeights<T>>& stages,
       [&](std::vector<Level<T>>& lv, int64_t t) { run_band(c, lv, t / c.bands, t % c.bands); });
 }
 
-// The kernel of a stage whose input has channel stride s_c: the build's own where its channel
-// vectors fit the input, else the one for inputs that go by pixel vectors (Kernels::stage_pixels).
+// The kernel of a stage with cin input channels: the build's own, except for inputs with fewer
+// channels than its vector holds (the 3-channel image), which go by pixel vectors and get
+// Kernels::stage_pixels (see cpu_kernels_base.cpp for why).
 template <typename T>
-const cpu::StageKernel<T>* stage_kernel_for(const cpu::Kernels<T>& k, int64_t s_c, int64_t cin) {
-  const int64_t lanes = k.stage.channel_lanes;
-  return lanes > 0 && s_c == 1 && cin % lanes == 0 ? &k.stage : &k.stage_pixels;
+const cpu::StageKernel<T>* stage_kernel_for(const cpu::Kernels<T>& k, int64_t cin) {
+  return cin < k.stage.channel_lanes ? &k.stage_pixels : &k.stage;
 }
 
 // Packs the stages (7 tensors each, from params) for their kernels and runs them.
@@ -297,8 +297,7 @@ void run_stages(const at::Tensor& x, const at::Tensor* params, int64_t num_stage
     std::vector<StageWeights<scalar_t>> views;
     std::vector<const cpu::StageKernel<scalar_t>*> kernels;
     for (int64_t s = 0; s < num_stages; ++s) {
-      // Stages after the first read channels-last rings.
-      kernels.push_back(stage_kernel_for(k, s == 0 ? x.stride(1) : 1, params[7 * s].size(0)));
+      kernels.push_back(stage_kernel_for(k, params[7 * s].size(0)));
       pack_stage(params + 7 * s, kernels[s]->block, packed[s]);
       views.push_back(packed[s].view);
     }
