@@ -1,7 +1,7 @@
 """Public functions: validate input (got vs expected), pick a backend, call exactly one op."""
 import torch
 
-from dasp_kernels import _backends, _checks, _loader, reference
+from dasp_kernels import _backends, _checks, reference
 
 
 def _triton():
@@ -80,7 +80,7 @@ def dasp_spatial_path(x, stage_params, *, backend="auto"):
     b = _backends.pick(backend, x, "dasp_spatial_path")
     if b == "reference":
         return reference.dasp_spatial_path(x, stage_params)
-    if b == "cpu" or (b == "cuda" and _loader.CUDA_HAS_SPATIAL_PATH):
+    if b == "cpu":  # the only backend with a whole-path kernel
         return torch.ops.dasp_kernels.dasp_spatial_path(x, stage_params)
     for i in range(0, len(stage_params), 7):
         x = dasp_stage(x, *stage_params[i:i + 7], backend=b)

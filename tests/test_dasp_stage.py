@@ -6,6 +6,9 @@ the weights), so the tolerance is 1e-5 relative plus 1e-6 * sqrt(Cin) times the 
 magnitude.
 """
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -77,17 +80,19 @@ SHAPES = [
 ]
 
 
-# float32 runs the AVX2 kernels where the CPU has them, or the generic ones when forced; float64
-# always runs the generic ones.
-KERNELS = [(torch.float32, "auto"), (torch.float32, "generic"), (torch.float64, "auto")]
-KERNEL_IDS = ["fp32", "fp32-generic", "fp64"]
+# float32 runs the vector kernel of this process's build (dasp_kernels.cpu_isa()), the scalar one
+# in the portable build; float64 always the scalar one. The narrower builds run in a subprocess
+# (test_narrower_builds_match_reference).
+DTYPES = [torch.float32, torch.float64]
+DTYPE_IDS = ["fp32", "fp64"]
+
+# Set in the subprocess of test_narrower_builds_match_reference: the build it must be running.
+ISA_UNDER_TEST = "DASP_TEST_CPU_ISA"
 
 
-@pytest.mark.parametrize("dtype,isa", KERNELS, ids=KERNEL_IDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_dasp_stage_matches_reference(shape, dtype, isa, monkeypatch):
-    if isa == "generic":
-        monkeypatch.setenv("DASP_KERNELS_CPU_ISA", "generic")
+def test_dasp_stage_matches_reference(shape, dtype):
     n, cin, cout, k, h, w, layout = shape
     x = make_x(n, cin, h, w, layout, dtype)
     params = stage_params(cin, cout, k, dtype)
@@ -119,12 +124,10 @@ def path_params(chans=(3, 64, 64, 128), ks=(7, 3, 3), dtype=torch.float32):
             for t in stage_params(cin, cout, k, dtype)]
 
 
-@pytest.mark.parametrize("dtype,isa", KERNELS, ids=KERNEL_IDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("shape,layout", [((1, 3, 64, 64), "nchw"), ((2, 3, 37, 53), "cl"),
                                           ((1, 3, 1, 1), "nchw"), ((1, 3, 70, 9), "sliced")])
-def test_dasp_spatial_path_matches_reference(shape, layout, dtype, isa, monkeypatch):
-    if isa == "generic":
-        monkeypatch.setenv("DASP_KERNELS_CPU_ISA", "generic")
+def test_dasp_spatial_path_matches_reference(shape, layout, dtype):
     x = make_x(*shape, layout, dtype)
     params = path_params(dtype=dtype)
     got = F.dasp_spatial_path(x, params, backend="cpu")
@@ -136,6 +139,31 @@ def test_dasp_spatial_path_matches_reference(shape, layout, dtype, isa, monkeypa
     else:
         torch.testing.assert_close(got.double(), ref, rtol=1e-5,
                                    atol=1e-6 * 8 * max(1.0, ref.abs().max().item()))
+
+
+def test_build_under_test():
+    want = os.environ.get(ISA_UNDER_TEST)
+    if want is None:
+        pytest.skip("only in the subprocess of test_narrower_builds_match_reference")
+    assert dasp_kernels.cpu_isa() == want
+
+
+@pytest.mark.parametrize("isa", ["avx2", "default"])
+def test_narrower_builds_match_reference(isa):
+    # The stage and path tests above again, in a fresh process started with ATEN_CPU_CAPABILITY
+    # lowered, which dasp_kernels follows (as test_cpu_kernels.py's test_narrower_builds_agree).
+    if os.environ.get(ISA_UNDER_TEST):
+        pytest.skip("already in a narrower build's process")
+    here = torch.backends.cpu.get_cpu_capability()
+    if isa == "avx2" and here != "AVX512":
+        pytest.skip(f"ATen runs {here}: the AVX2 build is this process's own (or unusable)")
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": isa, ISA_UNDER_TEST: isa}
+    pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(dasp_kernels.__file__)))
+    env["PYTHONPATH"] = pkg_root + os.pathsep + env.get("PYTHONPATH", "")
+    cmd = [sys.executable, "-m", "pytest", os.path.abspath(__file__), "-q", "-p",
+           "no:cacheprovider", "-k", "matches_reference or build_under_test"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
 
 
 @pytest.mark.parametrize("threads", [1, 2, 5])

@@ -1,9 +1,9 @@
 // Raw-pointer CPU kernels shared by the ops in csrc/cpu/*.cpp. The same kernel source
-// (dwconv_bn_relu_kernel.h, ppm_add_kernel.h) is compiled with the build's flags (namespace base)
-// and, on x86-64 with GCC, twice more: with AVX2+FMA (namespace avx2, cpu_kernels_avx2.cpp) and
-// with AVX-512 (namespace avx512, cpu_kernels_avx512.cpp). kernels<T>() picks the table at run
-// time, so the extension still loads and runs on CPUs without AVX2, and no -march flag is needed
-// in setup.py.
+// (dwconv_bn_relu_kernel.h, ppm_add_kernel.h, dasp_stage_kernel.h) is compiled with the build's
+// flags (namespace base) and, on x86-64 with GCC, twice more: with AVX2+FMA (namespace avx2,
+// cpu_kernels_avx2.cpp) and with AVX-512 (namespace avx512, cpu_kernels_avx512.cpp). kernels<T>()
+// picks the table at run time, so the extension still loads and runs on CPUs without AVX2, and no
+// -march flag is needed in setup.py.
 #pragma once
 #include <cstdint>
 
@@ -66,6 +66,77 @@ struct PpmArgs {
   T* gw_part;         // backward: [task][Cout][Cin]
 };
 
+// ---------------------------------------------------------------------------------------------
+// One DASP stage (dasp_stage_kernel.h): the row kernel's view of its weights, input and scratch.
+// The host side (dasp_stage.cpp) packs the weights, owns every buffer and walks the rows.
+
+constexpr int64_t kStageMaxK = 7;  // largest depthwise kernel size of a stage
+constexpr int64_t kStageHalo = 4;  // zero columns left of a de-interleaved row (K = 7 reaches 2)
+
+// One stage's weights, folded and packed once per call (they are tiny) in the layout of the
+// build's row kernel: blocks of StageKernel::block output channels.
+template <typename T>
+struct StageWeights {
+  int64_t cin, cout, k, pad;  // pad = k / 2
+  int64_t cout_pad;           // cout rounded up to whole blocks
+  const T* dw;                // [k*k][cin], dw_scale folded in (channel-vector depthwise)
+  const T* dw_t;              // [cin][k*k], the same per channel (pixel-vector depthwise)
+  const T* dw_shift;          // [cin]
+  const T* pw;                // [cout_pad / block][cin][block], pw_scale folded in
+  const T* ppm;               // [cout_pad / block][cin][block]
+  const T* bias;              // [cout_pad]: pw_shift, zero padded
+};
+
+// Where a stage reads its input rows from: a user tensor (any strides) or a ring of rows that the
+// previous stage of a path writes (channels contiguous).
+template <typename T>
+struct StageRows {
+  const T* base;
+  int64_t s_row;  // elements between rows (tensor) or between ring slots
+  int64_t cap;    // ring slots; 0 for a tensor
+  int64_t h, w, s_w, s_c;
+  const T* row(int64_t iy) const {
+    if (iy < 0 || iy >= h) return nullptr;
+    return base + (cap ? iy % cap : iy) * s_row;
+  }
+};
+
+// One thread's scratch for one stage (pointers into its Workspace, see workspace.h).
+template <typename T>
+struct StageScratch {
+  int64_t chunk;  // output pixels per chunk
+  T* d;           // depthwise result of a chunk
+  T* q;           // pooled input of a chunk
+  T* o;           // [chunk][cout_pad] output tile when the output is not channel-contiguous
+  // De-interleaved input rows (pixel-vector depthwise): slot -> [cin][even, odd][wd], the slot's
+  // row index in tag[slot]; dl_cap = 0 where the kernel reads the rows as they are.
+  T* dl;
+  int64_t* tag;
+  int64_t dl_cap, wd;
+};
+
+// One output row oy of a stage: pixels [0, wo) written from `out` on, pixel stride o_sw and
+// channel stride o_sc.
+template <typename T>
+struct StageRowJob {
+  const StageWeights<T>* sw;
+  StageRows<T> in;
+  int64_t oy, wo;
+  T* out;
+  int64_t o_sw, o_sc;
+  StageScratch<T>* scr;
+};
+
+template <typename T>
+struct StageKernel {
+  void (*row)(const StageRowJob<T>&);  // null: this build leaves the stage to the portable one
+  int64_t block;       // output channels per packed weight block (the micro-tile's width)
+  int64_t pixel_step;  // a chunk of pixels is a multiple of this: whole micro-tiles and vectors
+  // Channel-contiguous inputs with a multiple of this many channels go by channel vectors, others
+  // by pixel vectors over de-interleaved rows. 0: the scalar kernel, which needs neither.
+  int64_t channel_lanes;
+};
+
 template <typename T>
 using DwFn = void (*)(const DwShape&, const DwArgs<T>&, int64_t, int64_t);
 template <typename T>
@@ -79,6 +150,10 @@ struct Kernels {
   DwFn<T> dw_fwd_nhwc_planes;  // channels-last input with few channels, by planes (NHWC tasks)
   bool dw_rgb_one_pass;        // ... which splits 3-channel pixel rows in one pass (fwd_rgb)
   PpmFn<T> ppm_fwd_nchw, ppm_fwd_nhwc, ppm_bwd_nchw, ppm_bwd_nhwc;
+  StageKernel<T> stage;
+  // The stage kernel for inputs with fewer channels than stage.channel_lanes (which go by pixel
+  // vectors): stage itself, except in the AVX-512 process (see cpu_kernels_base.cpp).
+  StageKernel<T> stage_pixels;
   // Benchmarks only: fma_loop(iters) does iters * fma_per_iter vector FMAs in registers.
   T (*fma_loop)(int64_t iters);
   int fma_per_iter;

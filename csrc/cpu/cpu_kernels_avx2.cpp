@@ -30,6 +30,7 @@
 #define DASP_ISA_NAME "avx2"
 #include "dwconv_bn_relu_kernel.h"
 #include "ppm_add_kernel.h"
+#include "dasp_stage_kernel.h"
 #include "kernel_table.h"
 #pragma GCC pop_options
 

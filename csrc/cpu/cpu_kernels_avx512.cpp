@@ -36,6 +36,7 @@
 #define DASP_ISA_NAME "avx512"
 #include "dwconv_bn_relu_kernel.h"
 #include "ppm_add_kernel.h"
+#include "dasp_stage_kernel.h"
 #include "kernel_table.h"
 #pragma GCC pop_options
 

@@ -8,6 +8,7 @@
 #define DASP_ISA_NAME "default"
 #include "dwconv_bn_relu_kernel.h"
 #include "ppm_add_kernel.h"
+#include "dasp_stage_kernel.h"
 #include "kernel_table.h"
 
 namespace dasp_kernels::cpu {
@@ -30,18 +31,37 @@ Isa pick_isa() {
 #endif
   return Isa::base;
 }
+
+template <typename T>
+Kernels<T> table_of(Isa isa) {
+  switch (isa) {
+#if DASP_CPU_HAVE_AVX2_BUILD
+    case Isa::avx512: return avx512::kernels<T>();
+    case Isa::avx2: return avx2::kernels<T>();
+#endif
+    default: return base::kernels<T>();
+  }
+}
 }  // namespace
 
+// A build may leave an entry null where the portable build's is the one to run (the stage's
+// float64 rows, see dasp_stage_kernel.h).
+//
+// The AVX-512 process runs the AVX2 build's stage kernel on inputs with fewer channels than an
+// AVX-512 vector holds (the 3-channel image of stage 1): measured slower in the AVX-512 build
+// there, CPU time of one dasp_stage call on 1x3x1024x1024, 2 threads, channels_last: 10.4 ms vs
+// 8.8-9.1 ms with AVX2 (NCHW: 9.4-9.9 vs 9.3-9.9), while the 64-channel stages gain
+// (1x64x512x512 channels_last: 16.6-17.4 ms vs 19.0-19.8; NCHW, 1 thread: 20.8-21.3 vs
+// 22.1-22.6). benchmarks/results/issue17_cpu_isa/latest.md: commands and numbers.
 template <typename T>
 const Kernels<T>& kernels() {
   static const Kernels<T> k = [] {
-    switch (pick_isa()) {
-#if DASP_CPU_HAVE_AVX2_BUILD
-      case Isa::avx512: return avx512::kernels<T>();
-      case Isa::avx2: return avx2::kernels<T>();
-#endif
-      default: return base::kernels<T>();
-    }
+    const Isa isa = pick_isa();
+    Kernels<T> t = table_of<T>(isa);
+    if (isa == Isa::avx512) t.stage_pixels = table_of<T>(Isa::avx2).stage;
+    if (t.stage.row == nullptr) t.stage = base::kernels<T>().stage;
+    if (t.stage_pixels.row == nullptr) t.stage_pixels = base::kernels<T>().stage;
+    return t;
   }();
   return k;
 }

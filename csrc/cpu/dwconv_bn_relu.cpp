@@ -17,14 +17,8 @@
 namespace dasp_kernels {
 namespace {
 
-// Enough bands per plane (or image) that `units * bands` tasks keep every thread busy, but no
-// band thinner than min_rows (each band recomputes a few halo rows).
-int64_t pick_bands(int64_t units, int64_t rows, int64_t min_rows) {
-  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-  if (threads == 1 || units <= 0) return 1;
-  const int64_t want = (8 * threads + units - 1) / units;
-  return std::clamp<int64_t>(want, 1, std::max<int64_t>(1, rows / min_rows));
-}
+// Tasks per thread that pick_bands aims at (parallel_tasks.h).
+constexpr int64_t kTasksPerThread = 8;
 
 // Channels-last inputs with fewer channels than this go forward plane by plane (see
 // fwd_nhwc_planes): a channel vector would hold fewer lanes than any ISA's float vector.
@@ -60,11 +54,11 @@ Geometry geometry(const at::Tensor& x, const at::Tensor& weight, int64_t stride,
   p.relu = relu;
   // Tasks (see num_tasks): (plane, band) for NCHW, (n, band) for channels-last.
   if (!g.nhwc)
-    p.bands = pick_bands(p.N * p.C, p.Ho, 16);
+    p.bands = cpu::pick_bands(p.N * p.C, p.Ho, 16, kTasksPerThread);
   else if (g.planes)
     p.bands = std::max<int64_t>(1, p.Ho / kPlaneBandRows);
   else
-    p.bands = pick_bands(p.N, p.Ho, 4);
+    p.bands = cpu::pick_bands(p.N, p.Ho, 4, kTasksPerThread);
   p.stream = false;  // set per output by the caller
   return g;
 }
@@ -105,7 +99,7 @@ at::Tensor dwconv_bn_relu_cpu(const at::Tensor& x, const at::Tensor& weight,
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dwconv_bn_relu_cpu", [&] {
     const auto& k = cpu::kernels<scalar_t>();
     if (g.planes && g.nhwc && p.C == 3 && k.dw_rgb_one_pass)
-      g.p.bands = pick_bands(p.N, p.Ho, kPlaneBandRows);
+      g.p.bands = cpu::pick_bands(p.N, p.Ho, kPlaneBandRows, kTasksPerThread);
     cpu::DwArgs<scalar_t> a = input_args<scalar_t>(xc, w, sc, sh);
     a.y = y.mutable_data_ptr<scalar_t>();
     const auto fn = !g.nhwc ? k.dw_fwd_nchw : g.planes ? k.dw_fwd_nhwc_planes : k.dw_fwd_nhwc;

@@ -1,5 +1,6 @@
 // The table of one instruction set's kernels (see cpu_kernels.h). Included by exactly one
-// translation unit per instruction set, after dwconv_bn_relu_kernel.h and ppm_add_kernel.h.
+// translation unit per instruction set, after dwconv_bn_relu_kernel.h, ppm_add_kernel.h and
+// dasp_stage_kernel.h.
 #ifndef DASP_ISA
 #error "define DASP_ISA before including kernel_table.h"
 #endif
@@ -75,6 +76,8 @@ Kernels<T> kernels() {
   k.ppm_fwd_nhwc = &ppm::fwd_nhwc<T>;
   k.ppm_bwd_nchw = &ppm::bwd_nchw<T>;
   k.ppm_bwd_nhwc = &ppm::bwd_nhwc<T>;
+  k.stage = stage::kernel<T>();
+  k.stage_pixels = k.stage;
   k.fma_loop = &util::fma_loop<T>;
   k.fma_per_iter = util::kFmaChains;
   return k;

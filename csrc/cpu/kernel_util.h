@@ -121,6 +121,22 @@ inline at::vec::Vectorized<T> lane_shift(const at::vec::Vectorized<T>& a,
 }
 #endif
 
+// vmax(a, b): lanes a > b ? a : b, the x86 max instruction (b where either is NaN), as the stage
+// kernels have always computed ReLU and the max pool; at::vec::maximum propagates NaN instead.
+template <typename T>
+inline at::vec::Vectorized<T> vmax(const at::vec::Vectorized<T>& a,
+                                   const at::vec::Vectorized<T>& b) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<T, float>) return _mm512_max_ps(a, b);
+  else return _mm512_max_pd(a, b);
+#elif defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<T, float>) return _mm256_max_ps(a, b);
+  else return _mm256_max_pd(a, b);
+#else
+  return at::vec::Vectorized<T>::blendv(b, a, a > b);
+#endif
+}
+
 // every3<O>(a, b, c): lanes O, O + 3, O + 6, ... of the concatenation a, b, c, i.e. channel O
 // of 3-channel pixels (a channels-last RGB row); interleave3<k>(r, g, b): vector k of the
 // pixels whose channels are r, g, b, its inverse. Since 3 and the lane count V are coprime, every

@@ -35,10 +35,8 @@ Geometry geometry(const at::Tensor& x, const at::Tensor& weight) {
   p.Cout = weight.size(0);
   p.Ho = (p.H + 1) / 2;
   p.Wo = (p.W + 1) / 2;
-  // Enough tasks (image, band of pooled rows) to keep every thread busy.
-  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-  const int64_t want = threads == 1 ? 1 : (8 * threads + p.N - 1) / std::max<int64_t>(1, p.N);
-  p.bands = std::clamp<int64_t>(want, 1, std::max<int64_t>(1, p.Ho / 2));
+  // Tasks (image, band of pooled rows): about 8 per thread, bands of 2 pooled rows or more.
+  p.bands = cpu::pick_bands(p.N, p.Ho, 2, 8);
   p.stream = false;  // set per output by the caller
   return g;
 }

@@ -1,0 +1,349 @@
+// Depthwise conv + BN + ReLU, channels-last: forward and backward, vectorised across channels
+// (see dwconv_bn_relu_kernel.h for the scheme).
+// Included by dwconv_bn_relu_kernel.h, once per instruction set; hence no include guard.
+
+namespace dasp_kernels::cpu::DASP_ISA {
+namespace dw {
+
+// y (or the pre-activation acc) of PX pixels ox, ox+1, ... for channels [c, c + CV*V), the last
+// vector holding only `cl` channels when PARTIAL. Taps kx in [kx0, kx1) for every pixel.
+template <typename T, int PX, int CV, bool PARTIAL>
+inline void nhwc_taps(const T* xn, const T* wt, int64_t W, int64_t C, int64_t K, int64_t S,
+                      int64_t pad, int64_t iy0, int ky0, int ky1, int kx0, int kx1, int64_t ox,
+                      int64_t c, int64_t cl, Vec<T> (&acc)[PX][CV]) {
+  constexpr int V = Vec<T>::size();
+  for (int px = 0; px < PX; ++px)
+    for (int v = 0; v < CV; ++v) acc[px][v] = Vec<T>(T(0));
+  for (int ky = ky0; ky < ky1; ++ky) {
+    const T* xr = xn + (iy0 + ky) * W * C + c;
+    const T* wr = wt + ky * K * C + c;
+    for (int kx = kx0; kx < kx1; ++kx) {
+      Vec<T> wv[CV];
+      DASP_UNROLL
+      for (int v = 0; v < CV; ++v)
+        wv[v] = (PARTIAL && v == CV - 1) ? Vec<T>::loadu(wr + kx * C + v * V, cl)
+                                         : Vec<T>::loadu(wr + kx * C + v * V);
+      const T* xs = xr + ((ox * S) - pad + kx) * C;
+      DASP_UNROLL
+      for (int px = 0; px < PX; ++px) {
+        DASP_UNROLL
+        for (int v = 0; v < CV; ++v) {
+          const T* src = xs + px * S * C + v * V;
+          const Vec<T> xv = (PARTIAL && v == CV - 1) ? Vec<T>::loadu(src, cl) : Vec<T>::loadu(src);
+          acc[px][v] = at::vec::fmadd(xv, wv[v], acc[px][v]);
+        }
+      }
+    }
+  }
+}
+
+// Calls f(ox, npix_tag, kx0, kx1) over the pixels of an output row: border pixels one by one
+// with their clipped tap range, interior pixels in blocks of 4 with all K taps.
+template <typename F>
+inline void nhwc_row_pixels(int64_t Wo, int64_t W, int64_t K, int64_t S, int64_t pad, F&& f) {
+  const int64_t oxL = imin(Wo, ceil_div(pad, S));
+  const int64_t oxR = iclamp(floor_div(W + pad - K, S) + 1, oxL, Wo);
+  auto border = [&](int64_t ox) {
+    const int64_t ix0 = ox * S - pad;
+    const int kx0 = static_cast<int>(imax(0, -ix0));
+    const int kx1 = static_cast<int>(imin(K, W - ix0));
+    f(ox, std::integral_constant<int, 1>{}, kx0, kx1);
+  };
+  for (int64_t ox = 0; ox < oxL; ++ox) border(ox);
+  int64_t ox = oxL;
+  for (; ox + 4 <= oxR; ox += 4) f(ox, std::integral_constant<int, 4>{}, 0, static_cast<int>(K));
+  for (; ox < oxR; ++ox) f(ox, std::integral_constant<int, 1>{}, 0, static_cast<int>(K));
+  for (ox = oxR; ox < Wo; ++ox) border(ox);
+}
+
+// Runs g(c, cv_tag, partial_tag, cl) over channel chunks of 2 vectors, then 1, then a partial one.
+template <typename T, typename G>
+inline void channel_chunks(int64_t C, G&& g) {
+  constexpr int V = Vec<T>::size();
+  int64_t c = 0;
+  for (; c + 2 * V <= C; c += 2 * V)
+    g(c, std::integral_constant<int, 2>{}, std::false_type{}, int64_t(V));
+  for (; c + V <= C; c += V) g(c, std::integral_constant<int, 1>{}, std::false_type{}, int64_t(V));
+  if (c < C) g(c, std::integral_constant<int, 1>{}, std::true_type{}, C - c);
+}
+
+// Prefetches a few rows (NHWC rows of one image: long contiguous streams) a fixed distance ahead
+// of the pixel being computed. The hardware prefetcher alone left the loads waiting on memory.
+struct RowsAhead {
+  static constexpr int kMax = 8;
+  const char* row[kMax];
+  int n = 0;
+  int64_t bytes = 0, off = 0;
+
+  void reset(int64_t row_bytes) {
+    n = 0;
+    off = 0;
+    bytes = row_bytes;
+  }
+  void add(const void* p) {
+    if (n < kMax) row[n++] = static_cast<const char*>(p);
+  }
+  void upto(int64_t target) {
+    target = imin(bytes, target);
+    for (; off < target; off += 64)
+      for (int i = 0; i < n; ++i) DASP_PREFETCH_L2(row[i] + off);
+  }
+};
+
+// Pixels of input prefetched ahead of the one being read.
+constexpr int64_t kPixelsAhead = 16;
+
+// The input rows output row oy reads that the previous output row did not.
+inline void add_new_rows(RowsAhead& ra, const char* xn, int64_t row_bytes, int64_t oy, int64_t oyA,
+                         int ky0, int ky1, int64_t K, int64_t S, int64_t pad) {
+  const int first = oy == oyA ? ky0 : static_cast<int>(imax(ky0, K - S));
+  for (int ky = first; ky < ky1; ++ky) ra.add(xn + (oy * S - pad + ky) * row_bytes);
+}
+
+template <typename T>
+void fwd_nhwc(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) {
+  constexpr int V = Vec<T>::size();
+  const int64_t C = p.C, H = p.H, W = p.W, Ho = p.Ho, Wo = p.Wo, K = p.K, S = p.S, pad = p.pad;
+  for (int64_t task = t0; task < t1; ++task) {
+    const int64_t n = task / p.bands, band = task % p.bands;
+    const T* xn = a.x + n * H * W * C;
+    T* yn = a.y + n * Ho * Wo * C;
+    const int64_t oyA = band * Ho / p.bands, oyB = (band + 1) * Ho / p.bands;
+    for (int64_t oy = oyA; oy < oyB; ++oy) {
+      int ky0, ky1;
+      ky_range(oy, S, pad, H, K, ky0, ky1);
+      const int64_t iy0 = oy * S - pad;
+      T* yrow = yn + oy * Wo * C;
+      const int64_t pix_bytes = C * static_cast<int64_t>(sizeof(T));
+      RowsAhead ra;
+      ra.reset(W * pix_bytes);
+      add_new_rows(ra, reinterpret_cast<const char*>(xn), W * pix_bytes, oy, oyA, ky0, ky1, K, S,
+                   pad);
+      nhwc_row_pixels(Wo, W, K, S, pad, [&](int64_t ox, auto px_tag, int kx0, int kx1) {
+        constexpr int PX = decltype(px_tag)::value;
+        ra.upto(((ox + PX + kPixelsAhead) * S - pad + K) * pix_bytes);
+        channel_chunks<T>(C, [&](int64_t c, auto cv_tag, auto part_tag, int64_t cl) {
+          constexpr int CV = decltype(cv_tag)::value;
+          constexpr bool PART = decltype(part_tag)::value;
+          Vec<T> acc[PX][CV];
+          nhwc_taps<T, PX, CV, PART>(xn, a.w, W, C, K, S, pad, iy0, ky0, ky1, kx0, kx1, ox, c, cl,
+                                     acc);
+          for (int v = 0; v < CV; ++v) {
+            const bool part = PART && v == CV - 1;
+            const int64_t cc = c + v * V;
+            const Vec<T> sc = part ? Vec<T>::loadu(a.scale + cc, cl) : Vec<T>::loadu(a.scale + cc);
+            const Vec<T> sh = part ? Vec<T>::loadu(a.shift + cc, cl) : Vec<T>::loadu(a.shift + cc);
+            for (int px = 0; px < PX; ++px)
+              put(bn_act(acc[px][v], sc, sh, p.relu), yrow + (ox + px) * C + cc, part ? cl : V,
+                  p.stream);
+          }
+        });
+      });
+    }
+  }
+  stream_fence();
+}
+
+// What the helpers of one NHWC backward task (image, band) share. lp: zero gy pixels left of
+// ox = 0 in a ring row ((K - 1) / S); LGp: gy pixels per ring row.
+template <typename T, int K>
+struct NhwcBwd {
+  const DwShape& p;
+  const DwArgs<T>& a;
+  const BwdBand& bb;
+  const T* xn;  // the image's input, grad_out and grad_x
+  const T* gn;
+  T* gxn;
+  T* gring;  // K rows of gy = dL/d(conv), row oy in slot oy % K
+  int64_t LGp, lp;
+  T* gw;  // this task's partial sums: [K*K][C], [C], [C]
+  T* gsc;
+  T* gsh;
+  T* gy_row(int64_t oy) const { return gring + ((oy % K) * LGp + lp) * p.C; }
+};
+
+// grad_x of PX pixels ix, ix + S, ... of row iy (they share their taps kx = (ix + pad) mod S,
+// mod S + S, ...), from the n_ky gy rows gys that read the row with taps kys.
+template <typename T, int K, int PX>
+void gx_pixels_nhwc(const NhwcBwd<T, K>& b, const T* const* gys, const int* kys, int n_ky,
+                    int64_t ix, T* gxrow) {
+  constexpr int V = Vec<T>::size();
+  const int64_t C = b.p.C, S = b.p.S, pad = b.p.pad;
+  const int kxs = static_cast<int>((ix + pad) % S);
+  channel_chunks<T>(C, [&](int64_t c, auto cv_tag, auto part_tag, int64_t cl) {
+    constexpr int CV = decltype(cv_tag)::value;
+    constexpr bool PART = decltype(part_tag)::value;
+    Vec<T> acc[PX][CV];
+    for (int px = 0; px < PX; ++px)
+      for (int v = 0; v < CV; ++v) acc[px][v] = Vec<T>(T(0));
+    for (int i = 0; i < n_ky; ++i) {
+      const T* wr = b.a.w + kys[i] * K * C + c;
+      for (int kx = kxs; kx < K; kx += static_cast<int>(S)) {
+        Vec<T> wv[CV];
+        for (int v = 0; v < CV; ++v)
+          wv[v] = (PART && v == CV - 1) ? Vec<T>::loadu(wr + kx * C + v * V, cl)
+                                        : Vec<T>::loadu(wr + kx * C + v * V);
+        const T* gr = gys[i] + ((ix + pad - kx) / S) * C + c;
+        DASP_UNROLL
+        for (int px = 0; px < PX; ++px) {
+          DASP_UNROLL
+          for (int v = 0; v < CV; ++v) {
+            const T* src = gr + px * C + v * V;
+            const Vec<T> gv = (PART && v == CV - 1) ? Vec<T>::loadu(src, cl) : Vec<T>::loadu(src);
+            acc[px][v] = at::vec::fmadd(gv, wv[v], acc[px][v]);
+          }
+        }
+      }
+    }
+    for (int px = 0; px < PX; ++px)
+      for (int v = 0; v < CV; ++v)
+        put(acc[px][v], gxrow + (ix + px * S) * C + c + v * V, (PART && v == CV - 1) ? cl : V,
+            b.p.stream);
+  });
+}
+
+// grad_x row iy, once every gy row that reads it is in the ring: pixels by phase r = ix mod S.
+template <typename T, int K>
+void gx_row_nhwc(const NhwcBwd<T, K>& b, int64_t iy) {
+  const T* gys[K] = {};
+  int kys[K];
+  const int n_ky = rows_reading<T, K>(iy, b.bb, [&](int64_t oy) { return b.gy_row(oy); }, gys, kys);
+  const int64_t W = b.p.W, S = b.p.S;
+  T* gxrow = b.gxn + iy * W * b.p.C;
+  for (int64_t r = 0; r < S; ++r) {
+    int64_t ix = r;
+    for (; ix + 3 * S < W; ix += 4 * S) gx_pixels_nhwc<T, K, 4>(b, gys, kys, n_ky, ix, gxrow);
+    for (; ix < W; ix += S) gx_pixels_nhwc<T, K, 1>(b, gys, kys, n_ky, ix, gxrow);
+  }
+}
+
+// Output row oy: recomputes y, writes gy into the ring and, for a row the band owns, adds to the
+// scale and shift sums.
+template <typename T, int K>
+void gy_row_nhwc(const NhwcBwd<T, K>& b, int64_t oy, int ky0, int ky1, bool own) {
+  constexpr int V = Vec<T>::size();
+  const DwShape& p = b.p;
+  const int64_t C = p.C, W = p.W, Wo = p.Wo, S = p.S, pad = p.pad;
+  const int64_t iy0 = oy * S - pad;
+  const T* grow = b.gn + oy * Wo * C;
+  T* G = b.gy_row(oy);
+  const Vec<T> zero(T(0));
+  const int64_t pix_bytes = C * static_cast<int64_t>(sizeof(T));
+  RowsAhead ra, ga;
+  ra.reset(W * pix_bytes);
+  add_new_rows(ra, reinterpret_cast<const char*>(b.xn), W * pix_bytes, oy, b.bb.oyH, ky0, ky1, K,
+               S, pad);
+  ga.reset(Wo * pix_bytes);
+  ga.add(grow);
+  nhwc_row_pixels(Wo, W, K, S, pad, [&](int64_t ox, auto px_tag, int kx0, int kx1) {
+    constexpr int PX = decltype(px_tag)::value;
+    ra.upto(((ox + PX + kPixelsAhead) * S - pad + K) * pix_bytes);
+    ga.upto((ox + PX + kPixelsAhead) * pix_bytes);
+    channel_chunks<T>(C, [&](int64_t c, auto cv_tag, auto part_tag, int64_t cl) {
+      constexpr int CV = decltype(cv_tag)::value;
+      constexpr bool PART = decltype(part_tag)::value;
+      Vec<T> acc[PX][CV];
+      nhwc_taps<T, PX, CV, PART>(b.xn, b.a.w, W, C, K, S, pad, iy0, ky0, ky1, kx0, kx1, ox, c, cl,
+                                 acc);
+      for (int v = 0; v < CV; ++v) {
+        const int64_t cnt = (PART && v == CV - 1) ? cl : V;
+        const int64_t cc = c + v * V;
+        const Vec<T> sc = load_n<T>(b.a.scale + cc, cnt), sh = load_n<T>(b.a.shift + cc, cnt);
+        Vec<T> s = load_n<T>(b.gsc + cc, cnt), h = load_n<T>(b.gsh + cc, cnt);
+        for (int px = 0; px < PX; ++px) {
+          const int64_t off = (ox + px) * C + cc;
+          Vec<T> gv = load_n<T>(grow + off, cnt);
+          if (p.relu) gv = Vec<T>::blendv(gv, zero, at::vec::fmadd(acc[px][v], sc, sh) <= zero);
+          (gv * sc).store(G + off, cnt);
+          s = at::vec::fmadd(gv, acc[px][v], s);
+          h = h + gv;
+        }
+        if (own) {
+          s.store(b.gsc + cc, cnt);
+          h.store(b.gsh + cc, cnt);
+        }
+      }
+    });
+  });
+}
+
+// gw[ky][kx][c] += sum_ox gy[ox][c] * x[iy][ox*S - pad + kx][c] for the taps of output row oy.
+template <typename T, int K>
+void gw_row_nhwc(const NhwcBwd<T, K>& b, int64_t oy, int ky0, int ky1) {
+  constexpr int V = Vec<T>::size();
+  const int64_t C = b.p.C, W = b.p.W, Wo = b.p.Wo, S = b.p.S, pad = b.p.pad;
+  const T* G = b.gy_row(oy);
+  const Vec<T> zero(T(0));
+  const int64_t oxL = imin(Wo, ceil_div(pad, S));
+  const int64_t oxR = iclamp(floor_div(W + pad - K, S) + 1, oxL, Wo);
+  for (int ky = ky0; ky < ky1; ++ky) {
+    const T* xr = b.xn + (oy * S - pad + ky) * W * C;
+    for (int64_t c = 0; c < C; c += V) {
+      const int64_t cnt = imin(V, C - c);
+      Vec<T> s[K];
+      DASP_UNROLL
+      for (int kx = 0; kx < K; ++kx) s[kx] = zero;
+      auto edge = [&](int64_t ox) {
+        const Vec<T> gv = load_n<T>(G + ox * C + c, cnt);
+        const int64_t ix0 = ox * S - pad;
+        DASP_UNROLL
+        for (int kx = 0; kx < K; ++kx) {
+          if (ix0 + kx < 0 || ix0 + kx >= W) continue;
+          s[kx] = at::vec::fmadd(gv, load_n<T>(xr + (ix0 + kx) * C + c, cnt), s[kx]);
+        }
+      };
+      for (int64_t ox = 0; ox < oxL; ++ox) edge(ox);
+      if (cnt == V) {
+        for (int64_t ox = oxL; ox < oxR; ++ox) {
+          const Vec<T> gv = Vec<T>::loadu(G + ox * C + c);
+          const T* xs = xr + (ox * S - pad) * C + c;
+          DASP_UNROLL
+          for (int kx = 0; kx < K; ++kx)
+            s[kx] = at::vec::fmadd(gv, Vec<T>::loadu(xs + kx * C), s[kx]);
+        }
+      } else {
+        for (int64_t ox = oxL; ox < oxR; ++ox) edge(ox);
+      }
+      for (int64_t ox = oxR; ox < Wo; ++ox) edge(ox);
+      T* gwr = b.gw + ky * K * C + c;
+      DASP_UNROLL
+      for (int kx = 0; kx < K; ++kx)
+        (load_n<T>(gwr + kx * C, cnt) + s[kx]).store(gwr + kx * C, cnt);
+    }
+  }
+}
+
+// Tasks (image, band).
+template <typename T, int K>
+void bwd_nhwc(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) {
+  const int64_t C = p.C, H = p.H, W = p.W, Ho = p.Ho, Wo = p.Wo, S = p.S, pad = p.pad;
+  const int64_t lp = (K - 1) / S;
+  const int64_t LGp = lp + (W - 1 + pad) / S + 2;
+  Scratch<T> gring(K * LGp * C);
+  for (int64_t task = t0; task < t1; ++task) {
+    const int64_t n = task / p.bands, band = task % p.bands;
+    const BwdBand bb(p, band);
+    const NhwcBwd<T, K> b{p, a, bb, a.x + n * H * W * C, a.gout + n * Ho * Wo * C,
+                          a.gx + n * H * W * C, gring.data(), LGp, lp,
+                          a.gw_part + task * K * K * C, a.gscale_part + task * C,
+                          a.gshift_part + task * C};
+    fill(b.gw, K * K * C, T(0));
+    fill(b.gsc, C, T(0));
+    fill(b.gsh, C, T(0));
+    fill(gring.data(), K * LGp * C, T(0));
+    int64_t next_iy = bb.iyA;
+    for (int64_t oy = bb.oyH; oy < bb.oyB; ++oy) {
+      int ky0, ky1;
+      ky_range(oy, S, pad, H, K, ky0, ky1);
+      const bool own = oy >= bb.oyA;
+      gy_row_nhwc<T, K>(b, oy, ky0, ky1, own);
+      if (own) gw_row_nhwc<T, K>(b, oy, ky0, ky1);
+      while (next_iy < bb.iyB && bb.last(next_iy) <= oy) gx_row_nhwc<T, K>(b, next_iy++);
+    }
+    while (next_iy < bb.iyB) gx_row_nhwc<T, K>(b, next_iy++);
+  }
+  stream_fence();
+}
+
+}  // namespace dw
+}  // namespace dasp_kernels::cpu::DASP_ISA
