@@ -333,6 +333,14 @@ def export_onnx(module, inputs):
     raise Skip("ONNX export failed: " + " | ".join(m[:200] for m in errors))
 
 
+def exported_onnx(case):
+    """export_onnx of the case's module, once per case (ONNX Runtime and both OpenVINO providers
+    read the same file; exporting a whole model takes seconds)."""
+    if "_onnx" not in case.__dict__:
+        case.__dict__["_onnx"] = export_onnx(case.module, case.inputs)
+    return case.__dict__["_onnx"]
+
+
 def ort_session_options(threads):
     """ONNX Runtime's CPU settings: every graph optimisation, `threads` intra-op threads, and no
     spin-waiting (DASP_BENCH_ORT_SPIN=1 turns ORT's default back on). ORT's idle workers otherwise
@@ -364,7 +372,7 @@ def _onnxruntime(case, threads):
         eps = ["CUDAExecutionProvider"]
     else:
         eps = ["CPUExecutionProvider"]
-    model_bytes, how = export_onnx(case.module, case.inputs)
+    model_bytes, how = exported_onnx(case)
     sess = ort.InferenceSession(model_bytes, ort_session_options(threads), providers=eps)
     names = [i.name for i in sess.get_inputs()]
     feeds = {n: t.detach().cpu().contiguous().numpy() for n, t in zip(names, case.inputs)}
@@ -381,7 +389,7 @@ def _openvino(case, threads, precision):
         raise Skip("openvino is not installed (pip install openvino)")
     if case.inputs[0].device.type != "cpu":
         raise Skip("OpenVINO runs here on the CPU only")
-    model_bytes, how = export_onnx(case.module, case.inputs)
+    model_bytes, how = exported_onnx(case)
     core = ov.Core()
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "model.onnx")

@@ -6,7 +6,7 @@ import tempfile
 import torch
 
 from dasp.models.bisenetv1 import BiSeNetV1
-from dasp.models.layout import CURRENT, HEAD, Layout, check_layout, read_layout
+from dasp.models.layout import HEAD, check_layout, model_layout, read_layout
 
 TRAIN_FORMAT = "dasp-train-v1"
 
@@ -65,14 +65,14 @@ def load_model(path, spatial_path=None, device="cpu"):
     if found.fusion is None or found.spatial_path is None or found.num_classes is None:
         raise ValueError(f"{path!r} holds no BiSeNetV1 weights: expected keys ffm.*, sp.* and "
                          f"{HEAD!r}; found {found.describe()}")
-    expected = Layout(CURRENT, spatial_path or found.spatial_path, found.num_classes, found.aux)
+    model = BiSeNetV1(num_classes=found.num_classes, spatial_path=spatial_path or found.spatial_path,
+                      aux=found.aux)
     try:
-        check_layout(found, expected, repr(path))
+        check_layout(found, model_layout(model), repr(path))
     except RuntimeError as e:
         raise ValueError(str(e)) from None
-    model = BiSeNetV1(num_classes=found.num_classes, spatial_path=expected.spatial_path, aux=found.aux)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise ValueError(f"{path!r} does not fit BiSeNetV1(spatial_path={expected.spatial_path!r}): {e}") from e
+        raise ValueError(f"{path!r} does not fit BiSeNetV1(spatial_path={model.spatial_path!r}): {e}") from e
     return model.to(device).eval()
