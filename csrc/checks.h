@@ -86,6 +86,64 @@ inline void check_dwconv_bn_relu(const at::Tensor& x, const at::Tensor& weight,
               ", padding = ", padding, ", K = ", k);
 }
 
+// dwconv_bn_act's activations, in the order of dasp_kernels/_checks.py's ACTIVATIONS (the op's
+// `act` string names one). alpha, beta: hardtanh's min and max, leaky_relu's slope (alpha).
+enum class Act : int { none, relu, hardtanh, hardswish, silu, gelu, gelu_tanh, leaky_relu };
+constexpr const char* kActNames[] = {"none", "relu", "hardtanh",
+                                     "hardswish", "silu", "gelu", "gelu_tanh", "leaky_relu"};
+constexpr int kNumActs = 8;
+constexpr int64_t kDwMaxK = 9;
+
+inline int64_t dwconv_bn_act_out_size(int64_t size, int64_t k, int64_t stride, int64_t pad_begin,
+                                      int64_t pad_end, int64_t dilation) {
+  return (size + pad_begin + pad_end - dilation * (k - 1) - 1) / stride + 1;
+}
+
+// The act argument as an Act, or the error the Python check gives.
+inline Act parse_act(const char* op, c10::string_view act) {
+  std::string names;
+  for (int i = 0; i < kNumActs; ++i) {
+    if (act == kActNames[i]) return static_cast<Act>(i);
+    names += (i ? ", " : "") + std::string(kActNames[i]);
+  }
+  TORCH_CHECK(false, op, ": expected act in ", names, ", got '", std::string(act), "'");
+}
+
+// padding = [top, bottom, left, right].
+inline Act check_dwconv_bn_act(const at::Tensor& x, const at::Tensor& weight,
+                               const at::Tensor& scale, const at::Tensor& shift, int64_t stride,
+                               at::IntArrayRef padding, int64_t dilation, c10::string_view act) {
+  const char* op = "dwconv_bn_act";
+  check_rank4_floating(op, x);
+  check_like_x(op, x, "weight", weight);
+  check_like_x(op, x, "scale", scale);
+  check_like_x(op, x, "shift", shift);
+  const int64_t c = x.size(1);
+  TORCH_CHECK(weight.dim() == 4 && weight.size(0) == c && weight.size(1) == 1 &&
+                  weight.size(2) == weight.size(3),
+              op, ": expected weight of shape [C, 1, K, K] with C = ", c, ", got ", weight.sizes());
+  const int64_t k = weight.size(2);
+  TORCH_CHECK(k >= 1 && k <= kDwMaxK, op, ": expected kernel size 1 <= K <= ", kDwMaxK,
+              ", got K = ", k);
+  TORCH_CHECK(scale.dim() == 1 && scale.size(0) == c, op, ": expected scale of shape [", c,
+              "], got ", scale.sizes());
+  TORCH_CHECK(shift.dim() == 1 && shift.size(0) == c, op, ": expected shift of shape [", c,
+              "], got ", shift.sizes());
+  TORCH_CHECK(stride == 1 || stride == 2, op, ": expected stride 1 or 2, got ", stride);
+  TORCH_CHECK(dilation >= 1, op, ": expected dilation >= 1, got ", dilation);
+  const int64_t span = dilation * (k - 1);  // the kernel's reach beyond its first tap
+  bool pad_ok = padding.size() == 4;
+  for (int64_t p : padding) pad_ok = pad_ok && p >= 0 && p <= span;
+  TORCH_CHECK(pad_ok, op, ": expected padding [top, bottom, left, right], each 0 <= p <= ",
+              "dilation * (K - 1) = ", span, ", got ", padding);
+  const int64_t h = x.size(2), w = x.size(3);
+  TORCH_CHECK(h + padding[0] + padding[1] > span && w + padding[2] + padding[3] > span, op,
+              ": expected H + top + bottom > dilation * (K - 1) and W + left + right > ",
+              "dilation * (K - 1), got H = ", h, ", W = ", w, ", padding = ", padding,
+              ", dilation * (K - 1) = ", span);
+  return parse_act(op, act);
+}
+
 inline void check_ppm_add(const at::Tensor& x, const at::Tensor& weight,
                           const at::Tensor& residual) {
   const char* op = "ppm_add";

@@ -106,6 +106,18 @@ TORCH_LIBRARY(dasp_kernels, m) {
   // Returns (grad_x, grad_weight, grad_scale, grad_shift); recomputes the convolution.
   m.def("_dwconv_bn_relu_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor scale, "
         "Tensor shift, int stride, int padding, bool relu) -> (Tensor, Tensor, Tensor, Tensor)");
+  // act(depthwise_conv2d(x, weight, stride, padding, dilation) * scale[c] + shift[c]): the
+  // depthwise conv of MobileNets and EfficientNets with its BatchNorm (folded: scale, shift; a
+  // conv bias folds into shift) and activation. K 1..9, stride 1 or 2, padding [top, bottom,
+  // left, right] (timm's "same" padding is asymmetric), act one of none, relu, hardtanh
+  // (min alpha, max beta; ReLU6 is hardtanh(0, 6)), hardswish, silu, gelu, gelu_tanh,
+  // leaky_relu (slope alpha).
+  m.def("dwconv_bn_act(Tensor x, Tensor weight, Tensor scale, Tensor shift, int stride, "
+        "int[4] padding, int dilation, str act, float alpha, float beta) -> Tensor", any_layout);
+  // Returns (grad_x, grad_weight, grad_scale, grad_shift); recomputes the convolution.
+  m.def("_dwconv_bn_act_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor scale, "
+        "Tensor shift, int stride, int[4] padding, int dilation, str act, float alpha, "
+        "float beta) -> (Tensor, Tensor, Tensor, Tensor)");
   // conv1x1(maxpool2d(x, 2, 2, ceil_mode=True), weight) + residual.
   m.def("ppm_add(Tensor x, Tensor weight, Tensor residual) -> Tensor", any_layout);
   // Returns (grad_x, grad_weight); grad_residual is grad_out itself.

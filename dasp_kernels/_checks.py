@@ -71,6 +71,58 @@ def check_dwconv_bn_relu(x, weight, scale, shift, stride, padding, check):
                   f"W = {w}, padding = {padding}, K = {k}")
 
 
+# dwconv_bn_act's activations, as the op's `act` argument names them: act(z) with z the
+# depthwise output after scale/shift. alpha, beta: hardtanh's min and max, leaky_relu's slope
+# (alpha); the others ignore them. "gelu" is the erf form (nn.GELU()), "gelu_tanh"
+# nn.GELU(approximate="tanh").
+ACTIVATIONS = ("none", "relu", "hardtanh", "hardswish", "silu", "gelu", "gelu_tanh", "leaky_relu")
+DW_MAX_K = 9
+
+
+def dwconv_bn_act_out_size(size, k, stride, pad_begin, pad_end, dilation):
+    return (size + pad_begin + pad_end - dilation * (k - 1) - 1) // stride + 1
+
+
+def dwconv_bn_act_out_shape(x, weight, stride, padding, dilation):
+    """padding = [top, bottom, left, right]."""
+    k = weight.shape[2]
+    top, bottom, left, right = padding
+    return (x.shape[0], x.shape[1],
+            dwconv_bn_act_out_size(x.shape[2], k, stride, top, bottom, dilation),
+            dwconv_bn_act_out_size(x.shape[3], k, stride, left, right, dilation))
+
+
+def check_dwconv_bn_act(x, weight, scale, shift, stride, padding, dilation, act, check):
+    op = "dwconv_bn_act"
+    _rank4(op, check, "x", x)
+    _floating(op, check, x)
+    _same_device_dtype(op, check, x, [("weight", weight), ("scale", scale), ("shift", shift)])
+    c = x.shape[1]
+    check(weight.dim() == 4 and weight.shape[0] == c and weight.shape[1] == 1
+          and weight.shape[2] == weight.shape[3],
+          lambda: f"{op}: expected weight of shape [C, 1, K, K] with C = {c}, got "
+                  f"{shape_str(weight.shape)}")
+    k = weight.shape[2]
+    check(1 <= k <= DW_MAX_K,
+          lambda: f"{op}: expected kernel size 1 <= K <= {DW_MAX_K}, got K = {k}")
+    for name, t in (("scale", scale), ("shift", shift)):
+        check(t.dim() == 1 and t.shape[0] == c,
+              lambda: f"{op}: expected {name} of shape [{c}], got {shape_str(t.shape)}")
+    check(stride in (1, 2), lambda: f"{op}: expected stride 1 or 2, got {stride}")
+    check(dilation >= 1, lambda: f"{op}: expected dilation >= 1, got {dilation}")
+    span = dilation * (k - 1)  # the kernel's reach beyond its first tap
+    check(len(padding) == 4 and all(0 <= p <= span for p in padding),
+          lambda: f"{op}: expected padding [top, bottom, left, right], each 0 <= p <= "
+                  f"dilation * (K - 1) = {span}, got {list(padding)}")
+    h, w = x.shape[2], x.shape[3]
+    check(h + padding[0] + padding[1] > span and w + padding[2] + padding[3] > span,
+          lambda: f"{op}: expected H + top + bottom > dilation * (K - 1) and W + left + right > "
+                  f"dilation * (K - 1), got H = {h}, W = {w}, padding = {list(padding)}, "
+                  f"dilation * (K - 1) = {span}")
+    check(act in ACTIVATIONS,
+          lambda: f"{op}: expected act in {', '.join(ACTIVATIONS)}, got {act!r}")
+
+
 def check_ppm_add(x, weight, residual, check):
     op = "ppm_add"
     _rank4(op, check, "x", x)

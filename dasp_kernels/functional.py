@@ -10,6 +10,59 @@ def _triton():
     return triton_ops
 
 
+def same_padding(size, k, stride, dilation):
+    """TensorFlow's / timm's "same" padding of one dimension: (before, after), after >= before."""
+    total = max((-(-size // stride) - 1) * stride + dilation * (k - 1) + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+def _padding4(padding, x, k, stride, dilation):
+    """padding as [top, bottom, left, right] from an int, (pad_h, pad_w), 4 ints or "same"."""
+    if padding == "same":
+        return [*same_padding(x.shape[2], k, stride, dilation),
+                *same_padding(x.shape[3], k, stride, dilation)]
+    if isinstance(padding, int):
+        return [padding] * 4
+    padding = [int(p) for p in padding]
+    if len(padding) == 2:
+        return [padding[0], padding[0], padding[1], padding[1]]
+    if len(padding) == 4:
+        return padding
+    raise ValueError(f"dwconv_bn_act: expected padding as an int, (pad_h, pad_w), "
+                     f"(top, bottom, left, right) or 'same', got {padding!r}")
+
+
+def dwconv_bn_act(x, weight, scale, shift, *, bias=None, stride=1, padding=0, dilation=1,
+                  act="relu", alpha=0.0, beta=0.0, backend="auto"):
+    """act(depthwise_conv2d(x, weight, bias, stride, padding, dilation) * scale[c] + shift[c]).
+
+    x: (N, C, H, W); weight: (C, 1, K, K) as nn.Conv2d(C, C, K, groups=C).weight, 1 <= K <= 9;
+    scale, shift: (C,), e.g. a folded eval-mode BatchNorm (see dasp_kernels.fold_bn); bias: (C,)
+    or None, the conv's (folded into shift). stride 1 or 2; dilation >= 1; padding an int, (pad_h,
+    pad_w), (top, bottom, left, right) or "same" (TensorFlow's and timm's: computed from the input
+    size, the extra row/column at the bottom/right). act: "none", "relu", "hardtanh" (min alpha,
+    max beta; ReLU6 is alpha=0, beta=6), "hardswish", "silu", "gelu", "gelu_tanh" or "leaky_relu"
+    (negative slope alpha). The output has x's memory format.
+    """
+    k = weight.shape[2] if weight.dim() == 4 else 0
+    pad = _padding4(padding, x, k, stride, dilation)
+    if bias is not None:
+        if not (bias.dim() == 1 and bias.shape[0] == x.shape[1]):
+            raise ValueError(f"dwconv_bn_act: expected bias of shape [{x.shape[1]}], got "
+                             f"{_checks.shape_str(bias.shape)}")
+        shift = shift + scale * bias
+    _checks.check_dwconv_bn_act(x, weight, scale, shift, stride, pad, dilation, act,
+                                _checks.raise_value_error)
+    b = _backends.pick(backend, x, "dwconv_bn_act")
+    args = (x, weight, scale, shift, stride, pad, dilation, act, float(alpha), float(beta))
+    if b == "reference":
+        return reference.dwconv_bn_act(*args)
+    if b == "triton":
+        _triton()
+        return torch.ops.dasp_kernels.dwconv_bn_act_triton(*args)
+    return torch.ops.dasp_kernels.dwconv_bn_act(*args)
+
+
 def dwconv_bn_relu(x, weight, scale, shift, *, stride=1, padding=0, relu=True, backend="auto"):
     """act(depthwise_conv2d(x, weight, stride, padding) * scale[c] + shift[c]).
 

@@ -35,6 +35,39 @@ def _dwconv_backward_fake(grad_out, x, weight, scale, shift, stride, padding, re
             torch.empty_like(scale), torch.empty_like(shift))
 
 
+def _dw_act_fake(x, weight, scale, shift, stride, padding, dilation, act, alpha, beta):
+    _checks.check_dwconv_bn_act(x, weight, scale, shift, stride, padding, dilation, act,
+                                torch._check)
+    return _empty_like_format(x, _checks.dwconv_bn_act_out_shape(x, weight, stride, padding,
+                                                                 dilation))
+
+
+def _dw_act_backward_fake(grad_out, x, weight, scale, shift, stride, padding, dilation, act,
+                          alpha, beta):
+    _checks.check_dwconv_bn_act(x, weight, scale, shift, stride, padding, dilation, act,
+                                torch._check)
+    out = _checks.dwconv_bn_act_out_shape(x, weight, stride, padding, dilation)
+    torch._check(list(grad_out.shape) == list(out),
+                 lambda: f"_dwconv_bn_act_backward: expected grad_out of shape "
+                         f"{_checks.shape_str(out)}, got {_checks.shape_str(grad_out.shape)}")
+    return (_empty_like_format(x, x.shape),
+            torch.empty_like(weight, memory_format=torch.contiguous_format),
+            torch.empty_like(scale), torch.empty_like(shift))
+
+
+def _dw_act_setup(ctx, inputs, output):
+    x, weight, scale, shift, *conf = inputs
+    ctx.save_for_backward(x, weight, scale, shift)
+    ctx.conf = conf  # stride, padding, dilation, act, alpha, beta
+
+
+def _dw_act_backward(ctx, grad):
+    x, weight, scale, shift = ctx.saved_tensors
+    grads = torch.ops.dasp_kernels._dwconv_bn_act_backward(grad, x, weight, scale, shift,
+                                                           *ctx.conf)
+    return (*grads, None, None, None, None, None, None)
+
+
 def _ppm_fake(x, weight, residual):
     _checks.check_ppm_add(x, weight, residual, torch._check)
     return _empty_like_format(x, residual.shape)
@@ -119,6 +152,10 @@ def register():
         return
     torch.library.register_fake(f"{LIB}::dwconv_bn_relu")(_dwconv_fake)
     torch.library.register_fake(f"{LIB}::_dwconv_bn_relu_backward")(_dwconv_backward_fake)
+    torch.library.register_fake(f"{LIB}::dwconv_bn_act")(_dw_act_fake)
+    torch.library.register_fake(f"{LIB}::_dwconv_bn_act_backward")(_dw_act_backward_fake)
+    torch.library.register_autograd(f"{LIB}::dwconv_bn_act", _dw_act_backward,
+                                    setup_context=_dw_act_setup)
     torch.library.register_fake(f"{LIB}::ppm_add")(_ppm_fake)
     torch.library.register_fake(f"{LIB}::_ppm_add_backward")(_ppm_backward_fake)
     torch.library.register_autograd(f"{LIB}::dwconv_bn_relu", _dwconv_backward,

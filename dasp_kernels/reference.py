@@ -7,11 +7,44 @@ import torch
 import torch.nn.functional as F
 
 
+def activation(z, act, alpha=0.0, beta=0.0):
+    """dwconv_bn_act's activations (dasp_kernels._checks.ACTIVATIONS) in plain torch."""
+    if act == "none":
+        return z
+    if act == "relu":
+        return torch.relu(z)
+    if act == "hardtanh":
+        return F.hardtanh(z, alpha, beta)
+    if act == "hardswish":
+        return F.hardswish(z)
+    if act == "silu":
+        return F.silu(z)
+    if act == "gelu":
+        return F.gelu(z)
+    if act == "gelu_tanh":
+        return F.gelu(z, approximate="tanh")
+    if act == "leaky_relu":
+        return F.leaky_relu(z, alpha)
+    raise ValueError(f"unknown activation {act!r}")
+
+
+def dwconv_bn_act(x, weight, scale, shift, stride=1, padding=(0, 0, 0, 0), dilation=1,
+                  act="relu", alpha=0.0, beta=0.0):
+    """act(depthwise_conv2d(x, weight, stride, padding, dilation) * scale[c] + shift[c]).
+
+    padding = [top, bottom, left, right] zeros around x.
+    """
+    top, bottom, left, right = padding
+    x = F.pad(x, (left, right, top, bottom))
+    y = F.conv2d(x, weight, None, stride, 0, dilation, x.shape[1])
+    y = y * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
+    return activation(y, act, alpha, beta)
+
+
 def dwconv_bn_relu(x, weight, scale, shift, stride=1, padding=0, relu=True):
     """act(depthwise_conv2d(x, weight, stride, padding) * scale[c] + shift[c])."""
-    y = F.conv2d(x, weight, None, stride, padding, 1, x.shape[1])
-    y = y * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
-    return torch.relu(y) if relu else y
+    return dwconv_bn_act(x, weight, scale, shift, stride, (padding,) * 4, 1,
+                         "relu" if relu else "none")
 
 
 def ppm_add(x, weight, residual):
