@@ -19,6 +19,8 @@ def same_padding(size, k, stride, dilation):
 def _padding4(padding, x, k, stride, dilation):
     """padding as [top, bottom, left, right] from an int, (pad_h, pad_w), 4 ints or "same"."""
     if padding == "same":
+        if x.dim() != 4:
+            return [0] * 4  # the rank check says what is wrong
         return [*same_padding(x.shape[2], k, stride, dilation),
                 *same_padding(x.shape[3], k, stride, dilation)]
     if isinstance(padding, int):
