@@ -139,3 +139,25 @@ def test_onnx_export_writes_standard_ops(backend, tmp_path):
     got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
     with torch.no_grad():
         assert abs(got - model(x).numpy()).max() < 1e-4
+
+
+@pytest.mark.parametrize("backend", [pytest.param("cpu", marks=backend_skip("cpu"))])
+def test_folded_norm_cache_follows_changes(backend):
+    """Eager inference caches the folded norm: any change to the norm or conv shows at once."""
+    model = randomise_bn(block(nn.SiLU(), bias=True)).eval()
+    fused = fuse(model, backend=backend)
+    x = torch.randn(1, 8, 9, 9)
+    with torch.no_grad():
+        close(fused(x), model(x))
+        for m in (model, fused):
+            m[1].running_var.mul_(2.0)
+            m[1].weight.add_(0.5)
+            m[0].bias.sub_(1.0)
+        close(fused(x), model(x))
+        for m in (model, fused):
+            m[1].eps = 0.5
+        close(fused(x), model(x))
+    model.load_state_dict(randomise_bn(copy.deepcopy(model)).state_dict())
+    fused.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        close(fused(x), model(x))
