@@ -18,7 +18,7 @@ import time
 import torch
 
 import dasp_kernels
-from dasp_kernels import _backends, cases as dw_cases, functional
+from dasp_kernels import _backends, cases as dw_cases, functional, timing
 
 # Error allowed, relative to the largest reference magnitude, per dtype.
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 1e-2, torch.bfloat16: 6e-2}
@@ -211,25 +211,9 @@ HEADER = (f"{'op':<17} {'backend':<7} {'dev':<5} {'dtype':<9} {'cases':>5} {'max
 
 
 def _time(fn, device, reps):
-    fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        times = []
-        for _ in range(reps):
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-    else:
-        times = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t) * 1e3)
-    times.sort()
-    return times[len(times) // 2]
+    """Median ms of fn() over `reps` calls (dasp_kernels.timing: CUDA events on a GPU)."""
+    return timing.measure(fn, device=device, warmup=1, min_reps=reps, max_reps=reps,
+                          min_time_s=0.0).median_ms
 
 
 def run_bench(todo, log=print):
