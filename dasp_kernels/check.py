@@ -18,94 +18,27 @@ import time
 import torch
 
 import dasp_kernels
-from dasp_kernels import _backends, cases as dw_cases, functional, timing
+from dasp_kernels import _backends, timing
+from dasp_kernels import cases as op_cases
 
 # Error allowed, relative to the largest reference magnitude, per dtype.
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 1e-2, torch.bfloat16: 6e-2}
 OPS = ("dwconv_bn_act", "ppm_add", "dasp_stage", "dasp_spatial_path")
 
 
-def _ppm_case(n, cin, cout, h, w):
-    return {"op": "ppm_add", "shape": (n, cin, h, w), "cout": cout}
-
-
-def _stage_case(n, cin, cout, h, w, k):
-    return {"op": "dasp_stage", "shape": (n, cin, h, w), "cout": cout, "k": k}
-
-
-def _path_case(n, h, w, stages):
-    """stages: [(cout, k), ...] chained from 3 input channels."""
-    return {"op": "dasp_spatial_path", "shape": (n, 3, h, w), "stages": stages}
-
-
 def cases(quick, interpreter):
-    """The fixed matrix. `interpreter`: Triton on the CPU interpreter, where each program costs
-    ~24 ms, so only small maps."""
-    dw = dw_cases.dwconv_bn_act_cases("tiny" if interpreter else "quick" if quick else "full")
-    small = dw + [
-        _ppm_case(2, 3, 8, 9, 11), _ppm_case(1, 16, 4, 1, 5), _ppm_case(2, 5, 1, 6, 6),
-        _stage_case(2, 3, 8, 9, 11, 7), _stage_case(1, 16, 8, 6, 5, 3), _stage_case(1, 4, 4, 1, 1, 1),
-        _path_case(2, 13, 10, [(8, 7), (8, 3)]),
-    ]
-    if interpreter:
-        return small
-    medium = [
-        _ppm_case(2, 64, 128, 33, 31), _ppm_case(1, 3, 64, 40, 41),
-        _stage_case(2, 64, 128, 33, 31, 3), _stage_case(1, 3, 64, 64, 65, 7),
-        _path_case(1, 67, 61, [(64, 7), (64, 3), (128, 3)]),
-    ]
-    if quick:
-        return small + medium
-    paper = [  # Table I stage inputs, batch 1
-        dw_cases.dw_case(1, 3, 1024, 1024, 7, 2, 3), dw_cases.dw_case(1, 64, 512, 512, 3, 2, 1),
-        dw_cases.dw_case(1, 64, 256, 256, 3, 2, 1),
-        _ppm_case(1, 3, 64, 1024, 1024), _ppm_case(1, 64, 64, 512, 512), _ppm_case(1, 64, 128, 256, 256),
-        _stage_case(1, 3, 64, 1024, 1024, 7), _stage_case(1, 64, 64, 512, 512, 3),
-        _stage_case(1, 64, 128, 256, 256, 3),
-        _path_case(1, 1024, 1024, [(64, 7), (64, 3), (128, 3)]),
-    ]
-    return small + medium + paper
+    """The fixed matrix (dasp_kernels.cases, the test suite's). `interpreter`: Triton on the CPU
+    interpreter, where each program costs ~24 ms, so only small maps."""
+    size = "tiny" if interpreter else "quick" if quick else "full"
+    return [c for op in OPS for c in op_cases.cases(op, size)]
 
 
 def _make_inputs(case, gen):
-    n, c, h, w = case["shape"]
-    x = torch.randn(n, c, h, w, generator=gen, dtype=torch.float64)
-    if case["op"] == "dwconv_bn_act":
-        return dw_cases.make_inputs(case, gen)
-    if case["op"] == "ppm_add":
-        co = case["cout"]
-        params = [torch.randn(co, c, 1, 1, generator=gen, dtype=torch.float64) / c ** 0.5,
-                  torch.randn(n, co, (h + 1) // 2, (w + 1) // 2, generator=gen, dtype=torch.float64)]
-    elif case["op"] == "dasp_spatial_path":
-        params = []
-        for co, k in case["stages"]:
-            params += _stage_params(c, co, k, gen)
-            c = co
-    else:
-        params = _stage_params(c, case["cout"], case["k"], gen)
-    return x, params
-
-
-def _stage_params(c, co, k, gen):
-    f64 = torch.float64
-    return [torch.randn(c, 1, k, k, generator=gen, dtype=f64) / k,
-            torch.rand(c, generator=gen, dtype=f64) + 0.5,
-            torch.randn(c, generator=gen, dtype=f64) * 0.1,
-            torch.randn(co, c, 1, 1, generator=gen, dtype=f64) / c ** 0.5,
-            torch.rand(co, generator=gen, dtype=f64) + 0.5,
-            torch.randn(co, generator=gen, dtype=f64) * 0.1,
-            torch.randn(co, c, 1, 1, generator=gen, dtype=f64) / c ** 0.5]
+    return op_cases.make_inputs(case, gen)
 
 
 def _call(case, backend, x, params):
-    op = case["op"]
-    if op == "dwconv_bn_act":
-        return dw_cases.call(case, backend, x, params)
-    if op == "ppm_add":
-        return functional.ppm_add(x, *params, backend=backend)
-    if op == "dasp_spatial_path":
-        return functional.dasp_spatial_path(x, params, backend=backend)
-    return functional.dasp_stage(x, *params, backend=backend)
+    return op_cases.call(case, backend, x, params)
 
 
 def _err(out, ref):
@@ -125,7 +58,7 @@ def check_case(case, backend, device, dtype, layout, gen, call=_call):
     grad = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
     ref_grads = torch.autograd.grad(ref, [x64, *p64], grad, allow_unused=True) if ref.numel() else None
 
-    x = dw_cases.with_layout(x64.detach().to(device, dtype), layout).requires_grad_()
+    x = op_cases.with_layout(x64.detach().to(device, dtype), layout).requires_grad_()
     params = [p.detach().to(device, dtype).requires_grad_() for p in p64]
     out = call(case, backend, x, params)
     if out.shape != ref.shape:
@@ -219,7 +152,7 @@ def _time(fn, device, reps):
 def run_bench(todo, log=print):
     """Forward time of each op at the paper's stage shapes vs the reference on the same device."""
     out = []
-    paper = [c for c in cases(False, False)[-10:]]
+    paper = [c for c in cases(False, False) if c["shape"][2] >= 256]  # the paper's stage inputs
     for backend, device, _, interpreter in todo:
         if interpreter:
             continue
