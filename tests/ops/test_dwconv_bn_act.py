@@ -1,114 +1,35 @@
-"""dwconv_bn_act on every backend against reference.dwconv_bn_act (float64), forward and backward.
-
-Backends: cpu (this process's ISA build; the narrower builds in a subprocess each), the Triton
-kernels (a GPU, or the CPU interpreter under TRITON_INTERPRET=1: tiny cases only), the CUDA
-kernels (a GPU) and the same .cu sources on the CPU emulator of tests/cuda_emu (DASP_CUDA_EMU=1).
-Inputs come from dasp_kernels.cases, the cases `dasp-kernels check` runs.
-"""
-import os
+"""dwconv_bn_act on every backend (tests/ops/op_harness.py) against reference.dwconv_bn_act,
+forward and backward; gradcheck, opcheck, errors, the old dwconv_bn_relu call, "same" padding
+against timm's Conv2dSame, and the narrower CPU builds."""
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
 
 import dasp_kernels
-from dasp_kernels import _backends, cases, functional, reference
+from dasp_kernels import _backends, cases
+from op_harness import BACKENDS, LAYOUTS, backends, check_all, emu_ops, make_runner  # noqa: F401
+from op_harness import narrower_build_check
 
-TOL = {torch.float64: 1e-10, torch.float32: 2e-5}  # relative to the largest reference magnitude
-EMU = os.environ.get("DASP_CUDA_EMU") == "1"
-LAYOUTS = ("contiguous", "channels_last", "sliced")
-
-
-def _skip_unless(backend):
-    why = _backends.backend_status()[backend]
-    return pytest.mark.skipif(why is not None, reason=f"backend {backend!r}: {why}")
-
-
-BACKENDS = [
-    pytest.param("cpu", marks=_skip_unless("cpu")),
-    pytest.param("triton", marks=_skip_unless("triton")),
-    pytest.param("cuda", marks=_skip_unless("cuda")),
-    pytest.param("emu", marks=[pytest.mark.slow, pytest.mark.skipif(
-        not EMU, reason="emulated CUDA kernels: set DASP_CUDA_EMU=1 to build and run them")]),
-]
-
-
-@pytest.fixture(scope="module")
-def emu_ops():
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "cuda_emu"))
-    import build as emu_build
-
-    emu_build.build()
-    return torch.ops.dasp_emu
-
-
-class Runner:
-    """Runs a case on one backend: through the public function, or the emulator's op."""
-
-    def __init__(self, backend, emu=None):
-        self.backend, self.emu = backend, emu
-        self.device = "cuda" if backend == "cuda" or (
-            backend == "triton" and torch.cuda.is_available()) else "cpu"
-        interpreted = backend in ("triton", "emu") and self.device == "cpu"
-        self.cases = cases.dwconv_bn_act_cases("tiny" if interpreted else "quick")
-        self.dtypes = [torch.float32] if backend == "triton" and interpreted else list(TOL)
-
-    def __call__(self, case, x, params):
-        if self.backend == "emu":
-            return self.emu.dwconv_bn_act(*cases.op_args(case, x, params))
-        return cases.call(case, self.backend, x, params)
+OP = "dwconv_bn_act"
 
 
 @pytest.fixture(params=BACKENDS)
 def run(request):
-    b = request.param
-    return Runner(b, request.getfixturevalue("emu_ops") if b == "emu" else None)
-
-
-def _rel_err(out, ref):
-    out, ref = out.detach().double().cpu(), ref.detach().double().cpu()
-    if ref.numel() == 0:
-        return 0.0
-    return (out - ref).abs().max().item() / max(ref.abs().max().item(), 1e-30)
-
-
-def _check(run, case, dtype, layout):
-    gen = torch.Generator().manual_seed(0)
-    x64, p64 = cases.make_inputs(case, gen)
-    leaves64 = [t.requires_grad_() for t in (x64, *p64)]
-    ref = cases.call(case, "reference", x64, p64)
-    x = cases.with_layout(x64.detach().to(run.device, dtype), layout).requires_grad_()
-    params = [p.detach().to(run.device, dtype).requires_grad_() for p in p64]
-    out = run(case, x, params)
-    assert out.shape == ref.shape and out.dtype == dtype
-    if layout == "channels_last" and out.numel():
-        assert out.is_contiguous(memory_format=torch.channels_last)
-    errs = {"out": _rel_err(out, ref)}
-    if ref.numel():
-        g = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
-        want = torch.autograd.grad(ref, leaves64, g)
-        got = torch.autograd.grad(out, [x, *params], g.to(run.device, dtype))
-        errs.update({f"grad {n}": _rel_err(a, b) for n, a, b in
-                     zip(("x", "weight", "scale", "shift"), got, want)})
-    bad = {k: v for k, v in errs.items() if not v <= TOL[dtype]}
-    assert not bad, f"{cases.case_id(case)} {dtype} {layout}: {bad}"
+    return make_runner(request, OP)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_matches_reference(run, layout):
-    for dtype in run.dtypes:
-        for case in run.cases:
-            _check(run, case, dtype, layout)
+    check_all(run, layout)
 
 
 @pytest.mark.parametrize("act", sorted(cases.ACT_ARGS))
-@pytest.mark.parametrize("backend", [b for b in BACKENDS if b.values[0] in ("cpu", "emu")])
+@pytest.mark.parametrize("backend", backends("cpu", "emu"))
 def test_gradcheck(backend, act, request):
     # The Triton interpreter is too slow for finite differences; its backward is compared with
     # the reference's autograd in test_matches_reference.
-    run = Runner(backend, request.getfixturevalue("emu_ops") if backend == "emu" else None)
+    run = make_runner(request, OP, backend)
     case = cases.dw_case(2, 3, 6, 7, 3, 2, (1, 2, 0, 1), 2, act)
     gen = torch.Generator().manual_seed(1)
     x, params = cases.make_inputs(case, gen)
@@ -222,38 +143,6 @@ def test_same_padding_matches_timm_conv2d_same():
                 torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10, msg=backend)
 
 
-NARROW = """
-import sys, torch, dasp_kernels
-from dasp_kernels import cases
-assert dasp_kernels.cpu_isa() == sys.argv[1], dasp_kernels.cpu_isa()
-gen = torch.Generator().manual_seed(0)
-for case in cases.dwconv_bn_act_cases("quick"):
-    for layout in ("contiguous", "channels_last"):
-        x, p = cases.make_inputs(case, gen)
-        x = cases.with_layout(x.float(), layout).requires_grad_()
-        p = [t.float().requires_grad_() for t in p]
-        ref = cases.call(case, "reference", x, p)
-        out = cases.call(case, "cpu", x, p)
-        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-        if ref.numel():
-            g = torch.randn_like(ref)
-            for a, b in zip(torch.autograd.grad(out, [x, *p], g),
-                            torch.autograd.grad(ref, [x, *p], g)):
-                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
-print("narrow ok")
-"""
-
-
 @pytest.mark.parametrize("isa", ["avx2", "default"])
 def test_narrower_isa_builds(isa):
-    if _backends.backend_status()["cpu"] is not None:
-        pytest.skip("the C++ extension did not load")
-    if isa == "avx2" and torch.backends.cpu.get_cpu_capability() != "AVX512":
-        pytest.skip("this process already runs the AVX2 build (or cannot)")
-    env = {**os.environ, "ATEN_CPU_CAPABILITY": isa}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(dasp_kernels.__file__)))
-    if os.path.basename(root) not in ("site-packages", "dist-packages"):
-        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    out = subprocess.run([sys.executable, "-c", NARROW, isa], env=env, capture_output=True,
-                         text=True, timeout=600)
-    assert out.returncode == 0 and "narrow ok" in out.stdout, out.stdout + out.stderr
+    narrower_build_check(OP, isa)
