@@ -113,21 +113,38 @@ def _conv_padding(conv):
 _PASS_THROUGH = {}
 
 
-def _pass_through(module, bn):
-    """`module` (the norm or the activation after a fused conv) made to return its input while
-    `bn` is in eval mode, by swapping its class for a cached subclass: its parameters, buffers,
-    children and state_dict keys stay."""
-    cls = type(module)
+def _pass_through_class(cls):
+    """The subclass of `cls` whose forward returns its input while the fused norm is in eval
+    mode (one per class, made on first use). Its instances pickle as `cls` plus a swap back (see
+    _new_pass_through): the subclass itself is made at run time, not importable."""
     if cls not in _PASS_THROUGH:
         def forward(self, x):
             if not self._dasp_fused_bn[0].training:
                 return x
             return cls.forward(self, x)
 
+        def __reduce_ex__(self, protocol):
+            # The state goes separately (set after construction): it refers back to the module.
+            return _new_pass_through, (cls,), self.__dict__
+
         _PASS_THROUGH[cls] = type(f"FusedAway{cls.__name__}", (cls,), {
-            "forward": forward, "__doc__": f"{cls.__name__} whose work a FusedDWConv2d does "
-                                           "while the norm is in eval mode."})
-    module.__class__ = _PASS_THROUGH[cls]
+            "forward": forward, "__reduce_ex__": __reduce_ex__,
+            "__doc__": f"{cls.__name__} whose work a FusedDWConv2d does while the norm is in "
+                       "eval mode."})
+    return _PASS_THROUGH[cls]
+
+
+def _new_pass_through(cls):
+    module = cls.__new__(cls)
+    module.__class__ = _pass_through_class(cls)
+    return module
+
+
+def _pass_through(module, bn):
+    """`module` (the norm or the activation after a fused conv) made to return its input while
+    `bn` is in eval mode, by swapping its class for a cached subclass: its parameters, buffers,
+    children and state_dict keys stay."""
+    module.__class__ = _pass_through_class(type(module))
     module._dasp_fused_bn = (bn,)  # a tuple: not registered as a child (no second state key)
 
 

@@ -162,3 +162,24 @@ def test_folded_norm_cache_follows_changes(backend):
     fused.load_state_dict(model.state_dict())
     with torch.no_grad():
         close(fused(x), model(x))
+
+
+def test_fused_model_pickles_and_exports(tmp_path):
+    """torch.save of the whole model, loaded in a fresh process, and torch.export."""
+    import subprocess
+    import sys
+
+    model = randomise_bn(nn.Sequential(block(nn.SiLU()), block(nn.ReLU6(), c=4))).eval()
+    fused = fuse(model, backend="reference")
+    x = torch.randn(1, 8, 11, 10)
+    torch.save({"model": fused, "x": x, "want": model(x).detach()}, tmp_path / "m.pt")
+    code = ("import sys, torch; d = torch.load(sys.argv[1], weights_only=False); m = d['model'];"
+            "assert type(m[0][0]).__name__ == 'FusedDWConv2d', type(m[0][0]);"
+            "assert type(m[0][1]).__name__ == 'FusedAwayBatchNorm2d', type(m[0][1]);"
+            "torch.testing.assert_close(m(d['x']), d['want'], rtol=1e-5, atol=1e-5); print('ok')")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.pt")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip().endswith("ok"), out.stdout + out.stderr
+    ep = torch.export.export(fused, (x,))
+    with torch.no_grad():
+        close(ep.module()(x), model(x))
