@@ -22,18 +22,12 @@ from dasp_kernels import _backends, functional, reference
 
 # Error allowed, relative to the largest reference magnitude, per dtype.
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 1e-2, torch.bfloat16: 6e-2}
-OPS = ("dwconv_bn_relu", "dwconv_bn_act", "ppm_add", "dasp_stage", "dasp_spatial_path")
+OPS = ("dwconv_bn_relu", "ppm_add", "dasp_stage", "dasp_spatial_path")
 
 
 def _dw_case(n, c, h, w, k, stride, padding, relu=True):
     return {"op": "dwconv_bn_relu", "shape": (n, c, h, w), "k": k, "stride": stride,
             "padding": padding, "relu": relu}
-
-
-def _act_case(n, c, h, w, k, stride, padding, dilation, act, alpha=0.0, beta=0.0):
-    """padding = [top, bottom, left, right]."""
-    return {"op": "dwconv_bn_act", "shape": (n, c, h, w), "k": k, "stride": stride,
-            "padding": padding, "dilation": dilation, "act": act, "alpha": alpha, "beta": beta}
 
 
 def _ppm_case(n, cin, cout, h, w):
@@ -56,16 +50,6 @@ def cases(quick, interpreter):
         _dw_case(2, 3, 9, 11, 3, 2, 1), _dw_case(1, 5, 7, 1, 1, 1, 0), _dw_case(2, 4, 13, 6, 4, 2, 3),
         _dw_case(1, 3, 8, 9, 7, 2, 3), _dw_case(2, 8, 5, 7, 5, 1, 2, relu=False),
         _dw_case(0, 3, 5, 5, 3, 1, 1),
-        # every activation once; asymmetric ("same") padding, dilation, K up to 9
-        _act_case(2, 3, 9, 11, 3, 2, [0, 1, 0, 1], 1, "relu"),
-        _act_case(1, 5, 8, 7, 3, 1, [1, 1, 1, 1], 1, "hardtanh", 0.0, 6.0),
-        _act_case(2, 4, 10, 9, 5, 2, [1, 2, 2, 1], 1, "hardswish"),
-        _act_case(1, 6, 9, 9, 3, 1, [2, 2, 2, 2], 2, "silu"),
-        _act_case(2, 3, 12, 10, 9, 1, [4, 4, 4, 4], 1, "gelu"),
-        _act_case(1, 4, 11, 13, 3, 2, [3, 3, 0, 6], 3, "gelu_tanh"),
-        _act_case(2, 3, 7, 8, 7, 1, [3, 3, 3, 3], 1, "leaky_relu", 0.1),
-        _act_case(1, 3, 6, 5, 1, 1, [0, 0, 0, 0], 1, "none"),
-        _act_case(0, 3, 5, 5, 3, 2, [0, 1, 0, 1], 1, "silu"),
         _ppm_case(2, 3, 8, 9, 11), _ppm_case(1, 16, 4, 1, 5), _ppm_case(2, 5, 1, 6, 6),
         _stage_case(2, 3, 8, 9, 11, 7), _stage_case(1, 16, 8, 6, 5, 3), _stage_case(1, 4, 4, 1, 1, 1),
         _path_case(2, 13, 10, [(8, 7), (8, 3)]),
@@ -74,8 +58,6 @@ def cases(quick, interpreter):
         return small
     medium = [
         _dw_case(2, 64, 33, 31, 3, 2, 1), _dw_case(1, 128, 17, 20, 3, 1, 1), _dw_case(1, 3, 65, 63, 7, 2, 3),
-        _act_case(2, 96, 33, 31, 5, 2, [1, 2, 1, 2], 1, "silu"),
-        _act_case(1, 64, 40, 41, 3, 1, [2, 2, 2, 2], 2, "hardswish"),
         _ppm_case(2, 64, 128, 33, 31), _ppm_case(1, 3, 64, 40, 41),
         _stage_case(2, 64, 128, 33, 31, 3), _stage_case(1, 3, 64, 64, 65, 7),
         _path_case(1, 67, 61, [(64, 7), (64, 3), (128, 3)]),
@@ -97,7 +79,7 @@ def cases(quick, interpreter):
 def _make_inputs(case, gen):
     n, c, h, w = case["shape"]
     x = torch.randn(n, c, h, w, generator=gen, dtype=torch.float64)
-    if case["op"] in ("dwconv_bn_relu", "dwconv_bn_act"):
+    if case["op"] == "dwconv_bn_relu":
         k = case["k"]
         params = [torch.randn(c, 1, k, k, generator=gen, dtype=torch.float64) / k,
                   torch.rand(c, generator=gen, dtype=torch.float64) + 0.5,
@@ -141,10 +123,6 @@ def _call(case, backend, x, params):
     if op == "dwconv_bn_relu":
         return functional.dwconv_bn_relu(x, *params, stride=case["stride"], padding=case["padding"],
                                          relu=case["relu"], backend=backend)
-    if op == "dwconv_bn_act":
-        return functional.dwconv_bn_act(x, *params, stride=case["stride"], padding=case["padding"],
-                                        dilation=case["dilation"], act=case["act"],
-                                        alpha=case["alpha"], beta=case["beta"], backend=backend)
     if op == "ppm_add":
         return functional.ppm_add(x, *params, backend=backend)
     if op == "dasp_spatial_path":
