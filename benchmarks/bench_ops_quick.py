@@ -18,24 +18,18 @@ benchmarks/harness.py); no results are stored.
               providers' calls
 """
 import argparse
-import resource
 import time
 
 import torch
 
 import dasp_kernels
-from dasp_kernels import reference
+from dasp_kernels import reference, timing
 
 CPU_TIME = False
 BEFORE = "none"
 FLUSH_MB = 64
 IDLE_S = 0.001
 _flush_buf = None
-
-
-def _cpu_s():
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
 
 
 def before_call(kind):
@@ -54,21 +48,11 @@ def before_call(kind):
 
 
 def time_ms(fn, repeat, warmup=2, before=None):
-    """(best, median) ms of fn() over `repeat` calls, each after `before()` (untimed) if given.
-    Wall time; with --cpu-time, process CPU time per call divided by the threads (what the wall
-    time would be on idle cores, a steadier number on a loaded machine)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        if before is not None:
-            before()
-        t, c = time.perf_counter(), _cpu_s()
-        fn()
-        dt = (_cpu_s() - c) / torch.get_num_threads() if CPU_TIME else time.perf_counter() - t
-        times.append(dt * 1e3)
-    times.sort()
-    return times[0], times[len(times) // 2]
+    """(best, median) ms of fn() over `repeat` back-to-back calls (dasp_kernels.timing), each
+    after `before()` (untimed) if given; with --cpu-time, on the CPU clock."""
+    t = timing.measure(fn, warmup=warmup, min_reps=repeat, max_reps=repeat, min_time_s=0.0,
+                       gap_s=0.0, before=before, clock="cpu" if CPU_TIME else "wall")
+    return min(t.samples_ms), t.median_ms
 
 
 def best_ms(fn, repeat, warmup=2):
@@ -98,27 +82,27 @@ def dw_case(name, n, c, h, w, k, s, cl, repeat, backward):
     if cl:
         x = x.contiguous(memory_format=torch.channels_last)
     wt, sc, sh = torch.randn(c, 1, k, k), torch.rand(c) + 0.5, torch.randn(c)
-    p = k // 2
+    conf = (s, [k // 2] * 4, 1, "relu", 0.0, 0.0)  # stride, padding, dilation, act, alpha, beta
     op = torch.ops.dasp_kernels
-    y = op.dwconv_bn_relu(x, wt, sc, sh, s, p, True)
-    torch.testing.assert_close(y, reference.dwconv_bn_relu(x, wt, sc, sh, s, p, True),
+    y = op.dwconv_bn_act(x, wt, sc, sh, *conf)
+    torch.testing.assert_close(y, reference.dwconv_bn_act(x, wt, sc, sh, *conf),
                                rtol=1e-4, atol=1e-4)
     nbytes = (x.numel() + y.numel()) * x.element_size()
     with torch.no_grad():
-        r = best_ms(lambda: reference.dwconv_bn_relu(x, wt, sc, sh, s, p, True), repeat)
-        row(f"dwconv {name} fwd", r, lambda: op.dwconv_bn_relu(x, wt, sc, sh, s, p, True), repeat,
+        r = best_ms(lambda: reference.dwconv_bn_act(x, wt, sc, sh, *conf), repeat)
+        row(f"dwconv {name} fwd", r, lambda: op.dwconv_bn_act(x, wt, sc, sh, *conf), repeat,
             nbytes)
     if backward:
         go = torch.randn_like(y)
         xx, ww, ss, hh = (t.clone().requires_grad_() for t in (x, wt, sc, sh))
 
         def ref_bwd():
-            out = reference.dwconv_bn_relu(xx, ww, ss, hh, s, p, True)
+            out = reference.dwconv_bn_act(xx, ww, ss, hh, *conf)
             torch.autograd.grad(out, (xx, ww, ss, hh), go)
 
         r = best_ms(ref_bwd, repeat)
         row(f"dwconv {name} fwd+bwd(ref) / bwd(cpu)", r,
-            lambda: op._dwconv_bn_relu_backward(go, x, wt, sc, sh, s, p, True), repeat,
+            lambda: op._dwconv_bn_act_backward(go, x, wt, sc, sh, *conf), repeat,
             nbytes * 2 + x.numel() * x.element_size())
 
 

@@ -167,40 +167,45 @@ inline void check_vector(const char* op, const char* name, const at::Tensor& t, 
               t.sizes());
 }
 
+// The seven weights of one DASP stage whose input has `cin` channels, in dasp_stage's order
+// (dw_weight, dw_scale, dw_shift, pw_weight, pw_scale, pw_shift, ppm_weight). `where` names the
+// stage in errors: "dasp_stage", or "dasp_spatial_path: stage 2". Returns its output channels.
+inline int64_t check_stage_params(const char* where, const at::Tensor& x, int64_t cin,
+                                  const at::Tensor* p) {
+  static const char* names[7] = {"dw_weight", "dw_scale", "dw_shift", "pw_weight",
+                                 "pw_scale",  "pw_shift", "ppm_weight"};
+  for (int i = 0; i < 7; ++i) check_like_x(where, x, names[i], p[i]);
+  const at::Tensor& dw = p[0];
+  TORCH_CHECK(dw.dim() == 4 && dw.size(0) == cin && dw.size(1) == 1 && dw.size(2) == dw.size(3),
+              where, ": expected dw_weight of shape [Cin, 1, K, K] with Cin = ", cin, ", got ",
+              dw.sizes());
+  const int64_t k = dw.size(2);
+  TORCH_CHECK(k == 1 || k == 3 || k == 5 || k == 7, where,
+              ": expected an odd kernel size K in 1, 3, 5, 7, got K = ", k);
+  check_vector(where, "dw_scale", p[1], cin);
+  check_vector(where, "dw_shift", p[2], cin);
+  const at::Tensor& pw = p[3];
+  TORCH_CHECK(pw.dim() == 4 && pw.size(1) == cin && pw.size(2) == 1 && pw.size(3) == 1, where,
+              ": expected pw_weight of shape [Cout, Cin, 1, 1] with Cin = ", cin, ", got ",
+              pw.sizes());
+  const int64_t cout = pw.size(0);
+  check_vector(where, "pw_scale", p[4], cout);
+  check_vector(where, "pw_shift", p[5], cout);
+  std::vector<int64_t> expected = {cout, cin, 1, 1};
+  TORCH_CHECK(p[6].sizes() == at::IntArrayRef(expected), where, ": expected ppm_weight of shape ",
+              at::IntArrayRef(expected), ", got ", p[6].sizes());
+  return cout;
+}
+
 inline void check_dasp_stage(const at::Tensor& x, const at::Tensor& dw_weight,
                              const at::Tensor& dw_scale, const at::Tensor& dw_shift,
                              const at::Tensor& pw_weight, const at::Tensor& pw_scale,
                              const at::Tensor& pw_shift, const at::Tensor& ppm_weight) {
   const char* op = "dasp_stage";
   check_rank4_floating(op, x);
-  check_like_x(op, x, "dw_weight", dw_weight);
-  check_like_x(op, x, "dw_scale", dw_scale);
-  check_like_x(op, x, "dw_shift", dw_shift);
-  check_like_x(op, x, "pw_weight", pw_weight);
-  check_like_x(op, x, "pw_scale", pw_scale);
-  check_like_x(op, x, "pw_shift", pw_shift);
-  check_like_x(op, x, "ppm_weight", ppm_weight);
-  const int64_t cin = x.size(1);
-  TORCH_CHECK(dw_weight.dim() == 4 && dw_weight.size(0) == cin && dw_weight.size(1) == 1 &&
-                  dw_weight.size(2) == dw_weight.size(3),
-              op, ": expected dw_weight of shape [Cin, 1, K, K] with Cin = ", cin, ", got ",
-              dw_weight.sizes());
-  const int64_t k = dw_weight.size(2);
-  TORCH_CHECK(k == 1 || k == 3 || k == 5 || k == 7, op,
-              ": expected an odd kernel size K in 1, 3, 5, 7, got K = ", k);
-  check_vector(op, "dw_scale", dw_scale, cin);
-  check_vector(op, "dw_shift", dw_shift, cin);
-  TORCH_CHECK(pw_weight.dim() == 4 && pw_weight.size(1) == cin && pw_weight.size(2) == 1 &&
-                  pw_weight.size(3) == 1,
-              op, ": expected pw_weight of shape [Cout, Cin, 1, 1] with Cin = ", cin, ", got ",
-              pw_weight.sizes());
-  const int64_t cout = pw_weight.size(0);
-  check_vector(op, "pw_scale", pw_scale, cout);
-  check_vector(op, "pw_shift", pw_shift, cout);
-  std::vector<int64_t> expected = {cout, cin, 1, 1};
-  TORCH_CHECK(ppm_weight.sizes() == at::IntArrayRef(expected), op,
-              ": expected ppm_weight of shape ", at::IntArrayRef(expected), ", got ",
-              ppm_weight.sizes());
+  const at::Tensor params[7] = {dw_weight, dw_scale, dw_shift, pw_weight,
+                                pw_scale,  pw_shift, ppm_weight};
+  check_stage_params(op, x, x.size(1), params);
 }
 
 // dasp_spatial_path: 7 tensors per stage, each stage checked as dasp_stage checks it, with the
@@ -212,34 +217,10 @@ inline void check_dasp_spatial_path(const at::Tensor& x, at::TensorList params) 
   TORCH_CHECK(n > 0 && n % 7 == 0, op,
               ": expected stage_params to hold 7 tensors per stage (dw_weight, dw_scale, "
               "dw_shift, pw_weight, pw_scale, pw_shift, ppm_weight), got ", n);
-  static const char* names[7] = {"dw_weight", "dw_scale", "dw_shift", "pw_weight",
-                                 "pw_scale",  "pw_shift", "ppm_weight"};
   int64_t cin = x.size(1);
   for (int64_t s = 0; s < n / 7; ++s) {
     const std::string where = std::string(op) + ": stage " + std::to_string(s + 1);
-    const at::Tensor* p = params.data() + 7 * s;
-    for (int i = 0; i < 7; ++i) check_like_x(where.c_str(), x, names[i], p[i]);
-    const at::Tensor& dw = p[0];
-    TORCH_CHECK(dw.dim() == 4 && dw.size(0) == cin && dw.size(1) == 1 && dw.size(2) == dw.size(3),
-                where, ": expected dw_weight of shape [Cin, 1, K, K] with Cin = ", cin, ", got ",
-                dw.sizes());
-    const int64_t k = dw.size(2);
-    TORCH_CHECK(k == 1 || k == 3 || k == 5 || k == 7, where,
-                ": expected an odd kernel size K in 1, 3, 5, 7, got K = ", k);
-    check_vector(where.c_str(), "dw_scale", p[1], cin);
-    check_vector(where.c_str(), "dw_shift", p[2], cin);
-    const at::Tensor& pw = p[3];
-    TORCH_CHECK(pw.dim() == 4 && pw.size(1) == cin && pw.size(2) == 1 && pw.size(3) == 1, where,
-                ": expected pw_weight of shape [Cout, Cin, 1, 1] with Cin = ", cin, ", got ",
-                pw.sizes());
-    const int64_t cout = pw.size(0);
-    check_vector(where.c_str(), "pw_scale", p[4], cout);
-    check_vector(where.c_str(), "pw_shift", p[5], cout);
-    std::vector<int64_t> expected = {cout, cin, 1, 1};
-    TORCH_CHECK(p[6].sizes() == at::IntArrayRef(expected), where,
-                ": expected ppm_weight of shape ", at::IntArrayRef(expected), ", got ",
-                p[6].sizes());
-    cin = cout;
+    cin = check_stage_params(where.c_str(), x, cin, params.data() + 7 * s);
   }
 }
 

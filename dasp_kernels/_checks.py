@@ -139,42 +139,45 @@ def check_ppm_add(x, weight, residual, check):
                   f"{shape_str(expected)}, got {shape_str(residual.shape)}")
 
 
+STAGE_PARAM_NAMES = ("dw_weight", "dw_scale", "dw_shift", "pw_weight", "pw_scale", "pw_shift",
+                     "ppm_weight")
+
+
+def _check_stage_params(where, check, x, cin, p):
+    """The seven weights of one DASP stage whose input has `cin` channels, in dasp_stage's order.
+    `where` names the stage in errors: "dasp_stage", or "dasp_spatial_path: stage 2". Returns
+    the stage's output channels."""
+    _same_device_dtype(where, check, x, list(zip(STAGE_PARAM_NAMES, p)))
+    dw, pw = p[0], p[3]
+    check(dw.dim() == 4 and dw.shape[0] == cin and dw.shape[1] == 1 and dw.shape[2] == dw.shape[3],
+          lambda: f"{where}: expected dw_weight of shape [Cin, 1, K, K] with Cin = {cin}, got "
+                  f"{shape_str(dw.shape)}")
+    k = dw.shape[2]
+    check(k in (1, 3, 5, 7),
+          lambda: f"{where}: expected an odd kernel size K in 1, 3, 5, 7, got K = {k}")
+    for name, t in (("dw_scale", p[1]), ("dw_shift", p[2])):
+        check(t.dim() == 1 and t.shape[0] == cin,
+              lambda: f"{where}: expected {name} of shape [{cin}], got {shape_str(t.shape)}")
+    check(pw.dim() == 4 and pw.shape[1] == cin and pw.shape[2] == 1 and pw.shape[3] == 1,
+          lambda: f"{where}: expected pw_weight of shape [Cout, Cin, 1, 1] with Cin = {cin}, "
+                  f"got {shape_str(pw.shape)}")
+    cout = pw.shape[0]
+    for name, t in (("pw_scale", p[4]), ("pw_shift", p[5])):
+        check(t.dim() == 1 and t.shape[0] == cout,
+              lambda: f"{where}: expected {name} of shape [{cout}], got {shape_str(t.shape)}")
+    check(list(p[6].shape) == [cout, cin, 1, 1],
+          lambda: f"{where}: expected ppm_weight of shape {shape_str([cout, cin, 1, 1])}, got "
+                  f"{shape_str(p[6].shape)}")
+    return cout
+
+
 def check_dasp_stage(x, dw_weight, dw_scale, dw_shift, pw_weight, pw_scale, pw_shift,
                      ppm_weight, check):
     op = "dasp_stage"
     _rank4(op, check, "x", x)
     _floating(op, check, x)
-    _same_device_dtype(op, check, x, [
-        ("dw_weight", dw_weight), ("dw_scale", dw_scale), ("dw_shift", dw_shift),
-        ("pw_weight", pw_weight), ("pw_scale", pw_scale), ("pw_shift", pw_shift),
-        ("ppm_weight", ppm_weight)])
-    cin = x.shape[1]
-    check(dw_weight.dim() == 4 and dw_weight.shape[0] == cin and dw_weight.shape[1] == 1
-          and dw_weight.shape[2] == dw_weight.shape[3],
-          lambda: f"{op}: expected dw_weight of shape [Cin, 1, K, K] with Cin = {cin}, got "
-                  f"{shape_str(dw_weight.shape)}")
-    k = dw_weight.shape[2]
-    check(k in (1, 3, 5, 7), lambda: f"{op}: expected an odd kernel size K in 1, 3, 5, 7, got K = {k}")
-    check(dw_scale.dim() == 1 and dw_scale.shape[0] == cin,
-          lambda: f"{op}: expected dw_scale of shape [{cin}], got {shape_str(dw_scale.shape)}")
-    check(dw_shift.dim() == 1 and dw_shift.shape[0] == cin,
-          lambda: f"{op}: expected dw_shift of shape [{cin}], got {shape_str(dw_shift.shape)}")
-    check(pw_weight.dim() == 4 and pw_weight.shape[1] == cin and pw_weight.shape[2] == 1
-          and pw_weight.shape[3] == 1,
-          lambda: f"{op}: expected pw_weight of shape [Cout, Cin, 1, 1] with Cin = {cin}, got "
-                  f"{shape_str(pw_weight.shape)}")
-    cout = pw_weight.shape[0]
-    check(pw_scale.dim() == 1 and pw_scale.shape[0] == cout,
-          lambda: f"{op}: expected pw_scale of shape [{cout}], got {shape_str(pw_scale.shape)}")
-    check(pw_shift.dim() == 1 and pw_shift.shape[0] == cout,
-          lambda: f"{op}: expected pw_shift of shape [{cout}], got {shape_str(pw_shift.shape)}")
-    check(list(ppm_weight.shape) == [cout, cin, 1, 1],
-          lambda: f"{op}: expected ppm_weight of shape {shape_str([cout, cin, 1, 1])}, got "
-                  f"{shape_str(ppm_weight.shape)}")
-
-
-STAGE_PARAM_NAMES = ("dw_weight", "dw_scale", "dw_shift", "pw_weight", "pw_scale", "pw_shift",
-                     "ppm_weight")
+    _check_stage_params(op, check, x, x.shape[1], (dw_weight, dw_scale, dw_shift, pw_weight,
+                                                   pw_scale, pw_shift, ppm_weight))
 
 
 def check_dasp_spatial_path(x, stage_params, check):
@@ -187,31 +190,8 @@ def check_dasp_spatial_path(x, stage_params, check):
                   f"dw_shift, pw_weight, pw_scale, pw_shift, ppm_weight), got {n}")
     cin = x.shape[1]
     for s in range(n // 7):
-        where = f"{op}: stage {s + 1}"
-        p = stage_params[7 * s:7 * s + 7]
-        _same_device_dtype(where, check, x, list(zip(STAGE_PARAM_NAMES, p)))
-        dw, pw = p[0], p[3]
-        check(dw.dim() == 4 and dw.shape[0] == cin and dw.shape[1] == 1
-              and dw.shape[2] == dw.shape[3],
-              lambda: f"{where}: expected dw_weight of shape [Cin, 1, K, K] with Cin = {cin}, got "
-                      f"{shape_str(dw.shape)}")
-        k = dw.shape[2]
-        check(k in (1, 3, 5, 7),
-              lambda: f"{where}: expected an odd kernel size K in 1, 3, 5, 7, got K = {k}")
-        for name, t in (("dw_scale", p[1]), ("dw_shift", p[2])):
-            check(t.dim() == 1 and t.shape[0] == cin,
-                  lambda: f"{where}: expected {name} of shape [{cin}], got {shape_str(t.shape)}")
-        check(pw.dim() == 4 and pw.shape[1] == cin and pw.shape[2] == 1 and pw.shape[3] == 1,
-              lambda: f"{where}: expected pw_weight of shape [Cout, Cin, 1, 1] with Cin = {cin}, "
-                      f"got {shape_str(pw.shape)}")
-        cout = pw.shape[0]
-        for name, t in (("pw_scale", p[4]), ("pw_shift", p[5])):
-            check(t.dim() == 1 and t.shape[0] == cout,
-                  lambda: f"{where}: expected {name} of shape [{cout}], got {shape_str(t.shape)}")
-        check(list(p[6].shape) == [cout, cin, 1, 1],
-              lambda: f"{where}: expected ppm_weight of shape {shape_str([cout, cin, 1, 1])}, got "
-                      f"{shape_str(p[6].shape)}")
-        cin = cout
+        cin = _check_stage_params(f"{op}: stage {s + 1}", check, x, cin,
+                                  stage_params[7 * s:7 * s + 7])
 
 
 def dasp_spatial_path_out_shape(x, stage_params):

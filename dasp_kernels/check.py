@@ -18,116 +18,27 @@ import time
 import torch
 
 import dasp_kernels
-from dasp_kernels import _backends, functional, reference
+from dasp_kernels import _backends, timing
+from dasp_kernels import cases as op_cases
 
 # Error allowed, relative to the largest reference magnitude, per dtype.
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 1e-2, torch.bfloat16: 6e-2}
-OPS = ("dwconv_bn_relu", "ppm_add", "dasp_stage", "dasp_spatial_path")
-
-
-def _dw_case(n, c, h, w, k, stride, padding, relu=True):
-    return {"op": "dwconv_bn_relu", "shape": (n, c, h, w), "k": k, "stride": stride,
-            "padding": padding, "relu": relu}
-
-
-def _ppm_case(n, cin, cout, h, w):
-    return {"op": "ppm_add", "shape": (n, cin, h, w), "cout": cout}
-
-
-def _stage_case(n, cin, cout, h, w, k):
-    return {"op": "dasp_stage", "shape": (n, cin, h, w), "cout": cout, "k": k}
-
-
-def _path_case(n, h, w, stages):
-    """stages: [(cout, k), ...] chained from 3 input channels."""
-    return {"op": "dasp_spatial_path", "shape": (n, 3, h, w), "stages": stages}
+OPS = ("dwconv_bn_act", "ppm_add", "dasp_stage", "dasp_spatial_path")
 
 
 def cases(quick, interpreter):
-    """The fixed matrix. `interpreter`: Triton on the CPU interpreter, where each program costs
-    ~24 ms, so only small maps."""
-    small = [
-        _dw_case(2, 3, 9, 11, 3, 2, 1), _dw_case(1, 5, 7, 1, 1, 1, 0), _dw_case(2, 4, 13, 6, 4, 2, 3),
-        _dw_case(1, 3, 8, 9, 7, 2, 3), _dw_case(2, 8, 5, 7, 5, 1, 2, relu=False),
-        _dw_case(0, 3, 5, 5, 3, 1, 1),
-        _ppm_case(2, 3, 8, 9, 11), _ppm_case(1, 16, 4, 1, 5), _ppm_case(2, 5, 1, 6, 6),
-        _stage_case(2, 3, 8, 9, 11, 7), _stage_case(1, 16, 8, 6, 5, 3), _stage_case(1, 4, 4, 1, 1, 1),
-        _path_case(2, 13, 10, [(8, 7), (8, 3)]),
-    ]
-    if interpreter:
-        return small
-    medium = [
-        _dw_case(2, 64, 33, 31, 3, 2, 1), _dw_case(1, 128, 17, 20, 3, 1, 1), _dw_case(1, 3, 65, 63, 7, 2, 3),
-        _ppm_case(2, 64, 128, 33, 31), _ppm_case(1, 3, 64, 40, 41),
-        _stage_case(2, 64, 128, 33, 31, 3), _stage_case(1, 3, 64, 64, 65, 7),
-        _path_case(1, 67, 61, [(64, 7), (64, 3), (128, 3)]),
-    ]
-    if quick:
-        return small + medium
-    paper = [  # Table I stage inputs, batch 1
-        _dw_case(1, 3, 1024, 1024, 7, 2, 3), _dw_case(1, 64, 512, 512, 3, 2, 1), _dw_case(1, 64, 256, 256, 3, 2, 1),
-        _ppm_case(1, 3, 64, 1024, 1024), _ppm_case(1, 64, 64, 512, 512), _ppm_case(1, 64, 128, 256, 256),
-        _stage_case(1, 3, 64, 1024, 1024, 7), _stage_case(1, 64, 64, 512, 512, 3),
-        _stage_case(1, 64, 128, 256, 256, 3),
-        _path_case(1, 1024, 1024, [(64, 7), (64, 3), (128, 3)]),
-    ]
-    edge = [_dw_case(3, 7, h, w, k, s, p) for (h, w) in [(1, 1), (2, 3), (15, 4)]
-            for k in range(1, 8) for s in (1, 2) for p in range(k) if h + 2 * p >= k and w + 2 * p >= k]
-    return small + medium + edge + paper
+    """The fixed matrix (dasp_kernels.cases, the test suite's). `interpreter`: Triton on the CPU
+    interpreter, where each program costs ~24 ms, so only small maps."""
+    size = "tiny" if interpreter else "quick" if quick else "full"
+    return [c for op in OPS for c in op_cases.cases(op, size)]
 
 
 def _make_inputs(case, gen):
-    n, c, h, w = case["shape"]
-    x = torch.randn(n, c, h, w, generator=gen, dtype=torch.float64)
-    if case["op"] == "dwconv_bn_relu":
-        k = case["k"]
-        params = [torch.randn(c, 1, k, k, generator=gen, dtype=torch.float64) / k,
-                  torch.rand(c, generator=gen, dtype=torch.float64) + 0.5,
-                  torch.randn(c, generator=gen, dtype=torch.float64) * 0.1]
-    elif case["op"] == "ppm_add":
-        co = case["cout"]
-        params = [torch.randn(co, c, 1, 1, generator=gen, dtype=torch.float64) / c ** 0.5,
-                  torch.randn(n, co, (h + 1) // 2, (w + 1) // 2, generator=gen, dtype=torch.float64)]
-    elif case["op"] == "dasp_spatial_path":
-        params = []
-        for co, k in case["stages"]:
-            params += _stage_params(c, co, k, gen)
-            c = co
-    else:
-        params = _stage_params(c, case["cout"], case["k"], gen)
-    return x, params
-
-
-def _stage_params(c, co, k, gen):
-    f64 = torch.float64
-    return [torch.randn(c, 1, k, k, generator=gen, dtype=f64) / k,
-            torch.rand(c, generator=gen, dtype=f64) + 0.5,
-            torch.randn(c, generator=gen, dtype=f64) * 0.1,
-            torch.randn(co, c, 1, 1, generator=gen, dtype=f64) / c ** 0.5,
-            torch.rand(co, generator=gen, dtype=f64) + 0.5,
-            torch.randn(co, generator=gen, dtype=f64) * 0.1,
-            torch.randn(co, c, 1, 1, generator=gen, dtype=f64) / c ** 0.5]
-
-
-def _layout(x, layout):
-    if layout == "channels_last":
-        return x.contiguous(memory_format=torch.channels_last)
-    if layout == "sliced":  # non-contiguous view: every other column of a wider tensor
-        wide = torch.repeat_interleave(x, 2, dim=3)
-        return wide[..., ::2]
-    return x.contiguous()
+    return op_cases.make_inputs(case, gen)
 
 
 def _call(case, backend, x, params):
-    op = case["op"]
-    if op == "dwconv_bn_relu":
-        return functional.dwconv_bn_relu(x, *params, stride=case["stride"], padding=case["padding"],
-                                         relu=case["relu"], backend=backend)
-    if op == "ppm_add":
-        return functional.ppm_add(x, *params, backend=backend)
-    if op == "dasp_spatial_path":
-        return functional.dasp_spatial_path(x, params, backend=backend)
-    return functional.dasp_stage(x, *params, backend=backend)
+    return op_cases.call(case, backend, x, params)
 
 
 def _err(out, ref):
@@ -147,7 +58,7 @@ def check_case(case, backend, device, dtype, layout, gen, call=_call):
     grad = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
     ref_grads = torch.autograd.grad(ref, [x64, *p64], grad, allow_unused=True) if ref.numel() else None
 
-    x = _layout(x64.detach().to(device, dtype), layout).requires_grad_()
+    x = op_cases.with_layout(x64.detach().to(device, dtype), layout).requires_grad_()
     params = [p.detach().to(device, dtype).requires_grad_() for p in p64]
     out = call(case, backend, x, params)
     if out.shape != ref.shape:
@@ -233,31 +144,15 @@ HEADER = (f"{'op':<17} {'backend':<7} {'dev':<5} {'dtype':<9} {'cases':>5} {'max
 
 
 def _time(fn, device, reps):
-    fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        times = []
-        for _ in range(reps):
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-    else:
-        times = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t) * 1e3)
-    times.sort()
-    return times[len(times) // 2]
+    """Median ms of fn() over `reps` calls (dasp_kernels.timing: CUDA events on a GPU)."""
+    return timing.measure(fn, device=device, warmup=1, min_reps=reps, max_reps=reps,
+                          min_time_s=0.0).median_ms
 
 
 def run_bench(todo, log=print):
     """Forward time of each op at the paper's stage shapes vs the reference on the same device."""
     out = []
-    paper = [c for c in cases(False, False)[-10:]]
+    paper = [c for c in cases(False, False) if c["shape"][2] >= 256]  # the paper's stage inputs
     for backend, device, _, interpreter in todo:
         if interpreter:
             continue
@@ -265,7 +160,7 @@ def run_bench(todo, log=print):
             gen = torch.Generator().manual_seed(0)
             x, params = _make_inputs(case, gen)
             x, params = x.to(device, torch.float32), [p.to(device, torch.float32) for p in params]
-            if device == "cpu" and case["op"] != "dwconv_bn_relu":
+            if device == "cpu" and case["op"] != "dwconv_bn_act":
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.no_grad():
                 ours = _time(lambda: _call(case, backend, x, params), device, 5)

@@ -19,6 +19,8 @@ def same_padding(size, k, stride, dilation):
 def _padding4(padding, x, k, stride, dilation):
     """padding as [top, bottom, left, right] from an int, (pad_h, pad_w), 4 ints or "same"."""
     if padding == "same":
+        if x.dim() != 4:
+            return [0] * 4  # the rank check says what is wrong
         return [*same_padding(x.shape[2], k, stride, dilation),
                 *same_padding(x.shape[3], k, stride, dilation)]
     if isinstance(padding, int):
@@ -64,23 +66,10 @@ def dwconv_bn_act(x, weight, scale, shift, *, bias=None, stride=1, padding=0, di
 
 
 def dwconv_bn_relu(x, weight, scale, shift, *, stride=1, padding=0, relu=True, backend="auto"):
-    """act(depthwise_conv2d(x, weight, stride, padding) * scale[c] + shift[c]).
-
-    x: (N, C, H, W); weight: (C, 1, K, K) as nn.Conv2d(C, C, K, groups=C).weight, 1 <= K <= 7;
-    scale, shift: (C,), e.g. a folded eval-mode BatchNorm (see dasp_kernels.fold_bn).
-    stride 1 or 2, symmetric zero padding 0..K-1. The output has x's memory format
-    (channels_last when x's strides suggest it, contiguous otherwise).
-    """
-    _checks.check_dwconv_bn_relu(x, weight, scale, shift, stride, padding,
-                                 _checks.raise_value_error)
-    b = _backends.pick(backend, x, "dwconv_bn_relu")
-    if b == "reference":
-        return reference.dwconv_bn_relu(x, weight, scale, shift, stride, padding, relu)
-    if b == "triton":
-        _triton()
-        return torch.ops.dasp_kernels.dwconv_bn_relu_triton(x, weight, scale, shift, stride,
-                                                            padding, relu)
-    return torch.ops.dasp_kernels.dwconv_bn_relu(x, weight, scale, shift, stride, padding, relu)
+    """relu(depthwise_conv2d(x, weight, stride, padding) * scale[c] + shift[c]) (or without the
+    ReLU): dwconv_bn_act with act "relu" or "none", the form the DASP stages use."""
+    return dwconv_bn_act(x, weight, scale, shift, stride=stride, padding=padding,
+                         act="relu" if relu else "none", backend=backend)
 
 
 def ppm_add(x, weight, residual, *, backend="auto"):

@@ -13,30 +13,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dasp_kernels import functional
+from dasp_kernels import functional, fuse_depthwise
+from dasp_kernels.fuse_depthwise import FusedDWConv2d, _in_weight_dtype, conv_problem
 from dasp_kernels.reference import fold_bn
 
 
 def _is_relu(m):
     return type(m) is nn.ReLU
-
-
-def _depthwise_conv_problem(conv):
-    """None if `conv` fits dwconv_bn_relu, else why not (for fuse's report)."""
-    if type(conv) is not nn.Conv2d:
-        return "not an nn.Conv2d"
-    k, s, p, d = conv.kernel_size, conv.stride, conv.padding, conv.dilation
-    if not (conv.groups == conv.in_channels == conv.out_channels):
-        return "not depthwise (groups == in == out channels)"
-    if k[0] != k[1] or not 1 <= k[0] <= 7:
-        return f"kernel {k} is not square with 1 <= K <= 7"
-    if s[0] != s[1] or s[0] not in (1, 2):
-        return f"stride {s} is not 1 or 2"
-    if isinstance(p, str) or p[0] != p[1] or not 0 <= p[0] <= k[0] - 1:
-        return f"padding {p} is not symmetric in 0..K-1"
-    if d != (1, 1) or conv.padding_mode != "zeros":
-        return "dilated or not zero-padded"
-    return None
 
 
 def _folded(conv, bn):
@@ -50,21 +33,12 @@ def _onnx_exporting():
     return torch.onnx.is_in_onnx_export()
 
 
-def _in_weight_dtype(fn, x, weight):
-    """fn(x) where x has the dtype of the weights; a reduced-precision input (bf16 or fp16, as a
-    layer after an autocast convolution gets) is computed in the weights' dtype and the result
-    cast back, because the kernels take one dtype for all their tensors and have no bf16 path yet."""
-    if x.dtype not in (torch.bfloat16, torch.float16) or weight.dtype == x.dtype:
-        return fn(x)
-    return fn(x.to(weight.dtype)).to(x.dtype)
-
-
 class FusedDWConvBNReLU(nn.Module):
     """Depthwise Conv2d + BatchNorm2d (+ ReLU) as one kernel; children `conv`, `bn` (and `relu`)."""
 
     def __init__(self, conv, bn, relu=True, backend="auto"):
         super().__init__()
-        why = _depthwise_conv_problem(conv)
+        why = conv_problem(conv)
         if why:
             raise ValueError(f"FusedDWConvBNReLU: expected a depthwise conv, got {conv} ({why})")
         if type(bn) is not nn.BatchNorm2d or bn.num_features != conv.out_channels:
@@ -93,22 +67,24 @@ class FusedDWConvBNReLU(nn.Module):
 
     def _forward(self, x):
         conv = self.conv
-        stride, padding = conv.stride[0], conv.padding[0]
+        stride, padding = conv.stride[0], fuse_depthwise._conv_padding(conv)
         if self.training and self.bn.training:
             ones = torch.ones_like(self.bn.running_var)
             shift = conv.bias if conv.bias is not None else torch.zeros_like(ones)
-            y = functional.dwconv_bn_relu(x, conv.weight, ones, shift, stride=stride,
-                                          padding=padding, relu=False, backend=self.backend)
+            y = functional.dwconv_bn_act(x, conv.weight, ones, shift, stride=stride,
+                                         padding=padding, dilation=conv.dilation[0], act="none",
+                                         backend=self.backend)
             y = self.bn(y)
             return F.relu(y) if self.has_relu else y
         scale, shift = _folded(conv, self.bn)
         if _onnx_exporting():
             w = conv.weight * scale.view(-1, 1, 1, 1)
-            y = F.conv2d(x, w, shift, stride, padding, 1, conv.groups)
+            y = F.conv2d(x, w, shift, stride, padding, conv.dilation, conv.groups)
             return F.relu(y) if self.has_relu else y
-        return functional.dwconv_bn_relu(x, conv.weight, scale, shift, stride=stride,
-                                         padding=padding, relu=self.has_relu,
-                                         backend=self.backend)
+        return functional.dwconv_bn_act(x, conv.weight, scale, shift, stride=stride,
+                                        padding=padding, dilation=conv.dilation[0],
+                                        act="relu" if self.has_relu else "none",
+                                        backend=self.backend)
 
 
 class FusedPoolingPointwise(nn.Module):
@@ -227,7 +203,7 @@ def _is_conv_bn_relu_seq(m):
         return False
     if len(names) == 3 and not (names[2] == "relu" and _is_relu(m.relu)):
         return False
-    return _depthwise_conv_problem(m.conv) is None and type(m.bn) is nn.BatchNorm2d
+    return conv_problem(m.conv) is None and type(m.bn) is nn.BatchNorm2d
 
 
 def _is_dasp_stage(m):
@@ -247,43 +223,7 @@ def _is_dasp_path(m):
             and len(m._modules) > 0 and all(_is_dasp_stage(c) for c in m.children()))
 
 
-def _fuse_sequential_runs(seq, backend, counts):
-    """In an nn.Sequential, [depthwise Conv2d, BatchNorm2d, ReLU?] runs become one fused module
-    at the conv's index and Identity after it (their state_dict keys change: see fuse)."""
-    names = list(seq._modules)
-    i = 0
-    while i < len(names) - 1:
-        conv, bn = seq._modules[names[i]], seq._modules[names[i + 1]]
-        if (_depthwise_conv_problem(conv) is None and type(bn) is nn.BatchNorm2d
-                and bn.num_features == conv.out_channels and bn.track_running_stats):
-            relu = i + 2 < len(names) and _is_relu(seq._modules[names[i + 2]])
-            seq._modules[names[i]] = FusedDWConvBNReLU(conv, bn, relu=relu,
-                                                       backend=backend).train(conv.training)
-            seq._modules[names[i + 1]] = nn.Identity()
-            if relu:
-                seq._modules[names[i + 2]] = nn.Identity()
-            counts["dwconv_bn_relu"] += 1
-            i += 3 if relu else 2
-        else:
-            i += 1
-
-
 FUSED_TYPES = (FusedDASPSpatialPath, FusedDASPStage, FusedDWConvBNReLU, FusedPoolingPointwise)
-
-
-def _why_left(conv, parent, following):
-    """Why fuse left a depthwise conv as it is."""
-    why = _depthwise_conv_problem(conv)
-    if why:
-        return why
-    if not isinstance(parent, nn.Sequential):
-        return (f"a child of {type(parent).__name__}, not of an nn.Sequential or a conv/bn/relu "
-                "module: what its forward applies after the conv is unknown")
-    if following is None:
-        return "the last child of its nn.Sequential: no BatchNorm2d follows"
-    if type(following) is not nn.BatchNorm2d:
-        return f"followed by {type(following).__name__}, not nn.BatchNorm2d"
-    return "BatchNorm2d without running stats or with other channels"
 
 
 def fuse_report(model):
@@ -296,9 +236,13 @@ def fuse_report(model):
             qual = f"{prefix}{name}"
             if isinstance(child, FUSED_TYPES):
                 rows.append((qual, f"fused: {type(child).__name__}"))
-            elif type(child) is nn.Conv2d and child.groups > 1 and child.groups == child.in_channels:
+            elif isinstance(child, FusedDWConv2d):
+                rows.append((qual, f"fused: dwconv_bn_act ({child.act_spec[0]})"))
+            elif (isinstance(child, nn.Conv2d) and child.groups > 1
+                  and child.groups == child.in_channels):
                 following = kids[i + 1][1] if i + 1 < len(kids) else None
-                rows.append((qual, f"left: {_why_left(child, module, following)}"))
+                why = fuse_depthwise.why_left(child, module, following)
+                rows.append((qual, f"left: {why}"))
             else:
                 visit(child, qual + ".")
 
@@ -307,22 +251,24 @@ def fuse_report(model):
 
 
 def fuse(model, backend="auto"):
-    """Return a copy of `model` with its depthwise conv + BN (+ ReLU) and DASP stages fused.
-
-    The model given is left untouched. Patterns found:
-    - modules marked `dasp_kernels_pattern = "dasp_stage"` (dasp.models.DASPStage) -> FusedDASPStage;
+    """Return a copy of `model` with its depthwise conv + norm (+ activation) and DASP stages
+    fused. The model given is left untouched; state_dict keys stay the same. Patterns found:
+    - modules marked `dasp_kernels_pattern = "dasp_stage"` (dasp.models.DASPStage) -> FusedDASPStage,
+      and a module of them marked "dasp_spatial_path" -> FusedDASPSpatialPath;
     - nn.Sequential modules with children conv (depthwise), bn[, relu] (ConvBNReLU) ->
-      FusedDWConvBNReLU, same state_dict keys;
-    - inside any nn.Sequential, consecutive [depthwise Conv2d, BatchNorm2d, ReLU?] children ->
-      FusedDWConvBNReLU at the conv's index and nn.Identity after it. Keys move from `i.weight`
-      / `i+1.*` to `i.conv.weight` / `i.bn.*`: load checkpoints before fusing.
+      FusedDWConvBNReLU;
+    - any other depthwise nn.Conv2d (or timm Conv2dSame) followed by an nn.BatchNorm2d (or timm's
+      BatchNormAct2d) and optionally an activation (ReLU, ReLU6, Hardtanh, Hardswish, SiLU, GELU,
+      LeakyReLU): consecutive children of an nn.Sequential, or the conv/norm pairs of timm's
+      blocks -> FusedDWConv2d in the conv's place, the norm and activation left in theirs as
+      pass-throughs (dasp_kernels/fuse_depthwise.py).
     Everything else is left as it is. The returned model has `model.dasp_fused = {"dasp_stage": n,
-    "dwconv_bn_relu": m}`; `fuse_report(fused)` lists what was fused and each depthwise conv left,
-    with the reason. Reduced-precision inputs (bf16/fp16 under torch.autocast) run in the weights'
-    dtype and come back in theirs.
+    "dwconv_bn_relu": m, "dwconv_bn_act": k}`; `fuse_report(fused)` lists what was fused and each
+    depthwise conv left, with the reason. Reduced-precision inputs (bf16/fp16 under
+    torch.autocast) run in the weights' dtype and come back in theirs.
     """
     model = copy.deepcopy(model)
-    counts = {"dasp_stage": 0, "dwconv_bn_relu": 0}
+    counts = {"dasp_stage": 0, "dwconv_bn_relu": 0, "dwconv_bn_act": 0}
 
     def replacement(child):
         if _is_dasp_path(child):
@@ -347,15 +293,13 @@ def fuse(model, backend="auto"):
                 parent._modules[name] = fused.train(child.training)  # new modules start in train
             else:
                 visit(child)
-                if isinstance(child, nn.Sequential):
-                    _fuse_sequential_runs(child, backend, counts)
+                fuse_depthwise.fuse_in_place(child, backend, counts)
 
     top = replacement(model)
     if top is not None:
         model = top.train(model.training)
     else:
         visit(model)
-        if isinstance(model, nn.Sequential):
-            _fuse_sequential_runs(model, backend, counts)
+        fuse_depthwise.fuse_in_place(model, backend, counts)
     model.dasp_fused = counts
     return model

@@ -8,8 +8,8 @@ import torch
 import torch.nn as nn
 
 import dasp_kernels
-from dasp_kernels.nn import (FusedDASPSpatialPath, FusedDASPStage, FusedDWConvBNReLU,
-                             FusedPoolingPointwise, fuse)
+from dasp_kernels.nn import (FusedDASPSpatialPath, FusedDASPStage, FusedDWConv2d,
+                             FusedDWConvBNReLU, FusedPoolingPointwise, fuse)
 from dasp.models import BiSeNetV1, ConvBNReLU, DASPStage, DepthwiseAttentionSpatialPath, PoolingPointwise
 
 from conftest import backend_skip
@@ -55,9 +55,11 @@ def test_fuse_mobilenet_style_model(backend):
     model = randomise_bn(MobileNetish()).eval()
     before = copy.deepcopy(model.state_dict())
     fused = fuse(model, backend=backend)
-    assert fused.dasp_fused == {"dasp_stage": 0, "dwconv_bn_relu": 3}
-    assert isinstance(fused.named, FusedDWConvBNReLU) and isinstance(fused.blocks[0], FusedDWConvBNReLU)
-    assert not fused.blocks[6].has_relu and isinstance(fused.blocks[8], nn.Conv2d)
+    assert fused.dasp_fused == {"dasp_stage": 0, "dwconv_bn_relu": 1, "dwconv_bn_act": 2}
+    assert isinstance(fused.named, FusedDWConvBNReLU)
+    assert isinstance(fused.blocks[0], FusedDWConv2d) and fused.blocks[0].act_spec[0] == "relu"
+    assert fused.blocks[6].act_spec[0] == "none" and type(fused.blocks[8]) is nn.Conv2d
+    assert list(fused.state_dict()) == list(model.state_dict())
     x = torch.randn(2, 3, 33, 30)
     with torch.no_grad():
         close(fused(x), model(x))
@@ -160,8 +162,8 @@ def test_fused_ppm_module():
 def test_bad_modules_are_refused():
     with pytest.raises(ValueError, match="expected a depthwise conv, got Conv2d.*not depthwise"):
         FusedDWConvBNReLU(nn.Conv2d(4, 8, 3, groups=4), nn.BatchNorm2d(8))
-    with pytest.raises(ValueError, match=r"kernel \(9, 9\) is not square with 1 <= K <= 7"):
-        FusedDWConvBNReLU(nn.Conv2d(4, 4, 9, groups=4), nn.BatchNorm2d(4))
+    with pytest.raises(ValueError, match=r"kernel \(11, 11\) is not square with 1 <= K <= 9"):
+        FusedDWConvBNReLU(nn.Conv2d(4, 4, 11, groups=4), nn.BatchNorm2d(4))
     with pytest.raises(ValueError, match=r"expected MaxPool2d\(2, 2, ceil_mode=True\)"):
         FusedPoolingPointwise(nn.MaxPool2d(2, 2), nn.Conv2d(4, 4, 1, bias=False))
 
@@ -210,7 +212,7 @@ def test_compile_keeps_channels_last_around_the_fused_op(backend, monkeypatch):
 
     monkeypatch.setenv("TORCHINDUCTOR_COMPILE_THREADS", "1")
     torch._dynamo.reset()
-    for op in ("dwconv_bn_relu", "ppm_add", "dasp_stage", "dasp_spatial_path"):
+    for op in ("dwconv_bn_act", "ppm_add", "dasp_stage", "dasp_spatial_path"):
         assert torch.Tag.flexible_layout in getattr(torch.ops.dasp_kernels, op).default.tags, op
     model = randomise_bn(MobileNetish()).eval()
     compiled = torch.compile(fuse(model, backend=backend))
@@ -218,9 +220,9 @@ def test_compile_keeps_channels_last_around_the_fused_op(backend, monkeypatch):
     with torch.no_grad():
         out, code = run_and_get_code(compiled, x)
         close(out, model(x))
-    assert code[0].count("torch.ops.dasp_kernels.dwconv_bn_relu.default(") == 3
-    # A copy kernel feeding our op is named after it by inductor (cpp_fused_dwconv_bn_relu_N).
-    assert "cpp_fused_dwconv_bn_relu" not in code[0]
+    assert code[0].count("torch.ops.dasp_kernels.dwconv_bn_act.default(") == 3
+    # A copy kernel feeding our op is named after it by inductor (cpp_fused_dwconv_bn_act_N).
+    assert "cpp_fused_dwconv_bn_act" not in code[0]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -1,4 +1,6 @@
-"""The fused CPU dasp_stage and dasp_spatial_path ops against dasp_kernels.reference.
+"""dasp_stage on every backend (tests/ops/op_harness.py) against reference.dasp_stage, and the
+CPU kernel over every input layout, thread counts, empty batch, output reuse, gradients, opcheck,
+errors and the narrower builds.
 
 fp32 results are compared with the float64 reference of the same inputs. The kernels sum the Cin
 products of each 1x1 convolution in another order than oneDNN does (and fold the BN scales into
@@ -18,47 +20,23 @@ import dasp_kernels
 from dasp_kernels import functional as F
 from dasp_kernels import reference
 
+from op_harness import BACKENDS, LAYOUTS, check_all, emu_ops, make_runner  # noqa: F401
+from stage_inputs import assert_close_to_ref, both_raise, expected_format, make_x, stage_params
+
 from conftest import needs_cpu_ext
 
-pytestmark = needs_cpu_ext
 OPS = torch.ops.dasp_kernels
 
 
-def stage_params(cin, cout, k, dtype=torch.float32):
-    return [torch.randn(cin, 1, k, k, dtype=dtype) / k, torch.rand(cin, dtype=dtype) + 0.5,
-            0.1 * torch.randn(cin, dtype=dtype), torch.randn(cout, cin, 1, 1, dtype=dtype) / cin ** 0.5,
-            torch.rand(cout, dtype=dtype) + 0.5, 0.1 * torch.randn(cout, dtype=dtype),
-            torch.randn(cout, cin, 1, 1, dtype=dtype) / cin ** 0.5]
+@pytest.fixture(params=BACKENDS)
+def run(request):
+    return make_runner(request, "dasp_stage")
 
 
-def make_x(n, c, h, w, layout, dtype=torch.float32):
-    if layout == "nchw":
-        return torch.randn(n, c, h, w, dtype=dtype)
-    if layout == "cl":
-        return torch.randn(n, c, h, w, dtype=dtype).contiguous(memory_format=torch.channels_last)
-    if layout == "sliced":  # no unit stride anywhere
-        return torch.randn(n, 2 * c, h + 2, 2 * w + 1, dtype=dtype)[:, ::2, 1:-1, 1::2]
-    if layout == "cl_sliced":  # channels contiguous, pixels 2 * C apart
-        big = torch.randn(n, c, h, 2 * w, dtype=dtype).contiguous(memory_format=torch.channels_last)
-        return big[..., ::2]
-    raise ValueError(layout)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_matches_reference_every_backend(run, layout):
+    check_all(run, layout)
 
-
-def assert_close_to_ref(got, x, params):
-    ref = reference.dasp_stage(x.double(), *[p.double() for p in params])
-    assert got.shape == ref.shape
-    assert got.dtype == x.dtype
-    if x.dtype == torch.float64:
-        torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
-    else:
-        atol = 1e-6 * math.sqrt(x.shape[1]) * max(1.0, ref.abs().max().item())
-        torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=atol)
-
-
-def expected_format(x):
-    from torch._prims_common import suggest_memory_format
-
-    return suggest_memory_format(x)
 
 
 # (N, Cin, Cout, K, H, W, layout): odd and unit sizes, every K, the paper's channel counts, rows
@@ -90,6 +68,7 @@ DTYPE_IDS = ["fp32", "fp64"]
 ISA_UNDER_TEST = "DASP_TEST_CPU_ISA"
 
 
+@needs_cpu_ext
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_dasp_stage_matches_reference(shape, dtype):
@@ -101,6 +80,7 @@ def test_dasp_stage_matches_reference(shape, dtype):
     assert got.is_contiguous(memory_format=expected_format(x))
 
 
+@needs_cpu_ext
 @pytest.mark.parametrize("threads", [1, 3])
 def test_dasp_stage_any_thread_count(threads):
     old = torch.get_num_threads()
@@ -113,32 +93,11 @@ def test_dasp_stage_any_thread_count(threads):
         torch.set_num_threads(old)
 
 
+@needs_cpu_ext
 def test_dasp_stage_empty_batch():
     params = stage_params(3, 64, 7)
     y = OPS.dasp_stage(torch.randn(0, 3, 9, 8), *params)
     assert y.shape == (0, 64, 5, 4)
-
-
-def path_params(chans=(3, 64, 64, 128), ks=(7, 3, 3), dtype=torch.float32):
-    return [t for cin, cout, k in zip(chans[:-1], chans[1:], ks)
-            for t in stage_params(cin, cout, k, dtype)]
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("shape,layout", [((1, 3, 64, 64), "nchw"), ((2, 3, 37, 53), "cl"),
-                                          ((1, 3, 1, 1), "nchw"), ((1, 3, 70, 9), "sliced")])
-def test_dasp_spatial_path_matches_reference(shape, layout, dtype):
-    x = make_x(*shape, layout, dtype)
-    params = path_params(dtype=dtype)
-    got = F.dasp_spatial_path(x, params, backend="cpu")
-    ref = reference.dasp_spatial_path(x.double(), [p.double() for p in params])
-    assert got.shape == ref.shape and got.dtype == dtype
-    assert got.is_contiguous(memory_format=expected_format(x))
-    if dtype == torch.float64:
-        torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
-    else:
-        torch.testing.assert_close(got.double(), ref, rtol=1e-5,
-                                   atol=1e-6 * 8 * max(1.0, ref.abs().max().item()))
 
 
 def test_build_under_test():
@@ -161,34 +120,12 @@ def test_narrower_builds_match_reference(isa):
     pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(dasp_kernels.__file__)))
     env["PYTHONPATH"] = pkg_root + os.pathsep + env.get("PYTHONPATH", "")
     cmd = [sys.executable, "-m", "pytest", os.path.abspath(__file__), "-q", "-p",
-           "no:cacheprovider", "-k", "matches_reference or build_under_test"]
+           "no:cacheprovider", "-k", "dasp_stage_matches_reference or build_under_test"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
 
 
-@pytest.mark.parametrize("threads", [1, 2, 5])
-def test_dasp_spatial_path_bands(threads):
-    # Each thread takes a band of output rows and recomputes the earlier stages' halo rows.
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        x = torch.randn(1, 4, 45, 40)
-        params = path_params((4, 16, 8, 24), (5, 1, 7))
-        got = OPS.dasp_spatial_path(x, params)
-        ref = reference.dasp_spatial_path(x.double(), [p.double() for p in params])
-        torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
-    finally:
-        torch.set_num_threads(old)
-
-
-def test_dasp_spatial_path_empty_batch_and_one_stage():
-    params = path_params()
-    assert OPS.dasp_spatial_path(torch.randn(0, 3, 16, 16), params).shape == (0, 128, 2, 2)
-    x = torch.randn(2, 3, 11, 12)
-    one = stage_params(3, 64, 7)
-    torch.testing.assert_close(OPS.dasp_spatial_path(x, one), OPS.dasp_stage(x, *one))
-
-
+@needs_cpu_ext
 def test_outputs_never_alias_a_held_result():
     # Outputs of 1 MiB and more are reused only once nothing refers to them any more.
     x = make_x(1, 64, 64, 64, "cl")
@@ -208,19 +145,14 @@ def test_outputs_never_alias_a_held_result():
                                rtol=1e-5, atol=1e-4)
 
 
+@needs_cpu_ext
 def test_gradcheck_dasp_stage():
     x = torch.randn(2, 2, 5, 4, dtype=torch.float64, requires_grad=True)
     params = [p.requires_grad_() for p in stage_params(2, 3, 3, torch.float64)]
     assert torch.autograd.gradcheck(lambda *a: F.dasp_stage(*a, backend="cpu"), (x, *params))
 
 
-def test_gradcheck_dasp_spatial_path():
-    x = torch.randn(1, 2, 7, 5, dtype=torch.float64, requires_grad=True)
-    params = [p.requires_grad_() for p in path_params((2, 3, 2), (3, 1), torch.float64)]
-    assert torch.autograd.gradcheck(
-        lambda x, *p: F.dasp_spatial_path(x, list(p), backend="cpu"), (x, *params))
-
-
+@needs_cpu_ext
 @pytest.mark.parametrize("layout", ["nchw", "cl"])
 def test_backward_matches_autograd_through_reference(layout):
     x = make_x(2, 64, 19, 22, layout)
@@ -240,6 +172,7 @@ def test_backward_matches_autograd_through_reference(layout):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * max(1.0, b.abs().max().item()))
 
 
+@needs_cpu_ext
 @pytest.mark.parametrize("layout", ["nchw", "cl"])
 def test_opcheck(layout):
     x = make_x(2, 8, 9, 6, layout)
@@ -249,25 +182,7 @@ def test_opcheck(layout):
     opcheck(OPS._dasp_stage_backward.default, (torch.randn(2, 16, 5, 3), x, *params))
 
 
-def test_opcheck_path():
-    x = make_x(2, 8, 9, 6, "cl")
-    opcheck(OPS.dasp_spatial_path.default, (x, path_params((8, 16, 4), (3, 5))))
-
-
-def test_opcheck_with_grad():
-    x = make_x(1, 3, 8, 7, "nchw").requires_grad_()
-    params = [p.requires_grad_() for p in path_params((3, 4, 5), (7, 3))]
-    opcheck(OPS.dasp_spatial_path.default, (x, params))
-    opcheck(OPS.dasp_stage.default, (x, *params[:7]))
-
-
-def _both_raise(call_op, call_wrapper, match):
-    with pytest.raises(RuntimeError, match=match):
-        call_op()
-    with pytest.raises(ValueError, match=match):
-        call_wrapper()
-
-
+@needs_cpu_ext
 def test_errors_dasp_stage_match_wrapper():
     x = torch.randn(1, 3, 8, 8)
     p = stage_params(3, 64, 7)
@@ -280,26 +195,10 @@ def test_errors_dasp_stage_match_wrapper():
         ((x.half(), *[t.half() for t in p]), r"dasp_stage: backend 'cpu' supports float32, float64, got float16"),
     ]
     for args, match in cases:
-        _both_raise(lambda: OPS.dasp_stage(*args), lambda: F.dasp_stage(*args, backend="cpu"), match)
+        both_raise(lambda: OPS.dasp_stage(*args), lambda: F.dasp_stage(*args, backend="cpu"), match)
 
 
-def test_errors_dasp_spatial_path_match_wrapper():
-    x = torch.randn(1, 3, 16, 16)
-    p = path_params()
-    bad_stage2 = p[:7] + [torch.randn(32, 1, 3, 3)] + p[8:]
-    bad_k = p[:14] + [torch.randn(64, 1, 2, 2)] + p[15:]
-    cases = [
-        ((x, p[:20]), r"dasp_spatial_path: expected stage_params to hold 7 tensors per stage \(dw_weight, dw_scale, dw_shift, pw_weight, pw_scale, pw_shift, ppm_weight\), got 20"),
-        ((x, bad_stage2), r"dasp_spatial_path: stage 2: expected dw_weight of shape \[Cin, 1, K, K\] with Cin = 64, got \[32, 1, 3, 3\]"),
-        ((x, bad_k), r"dasp_spatial_path: stage 3: expected an odd kernel size K in 1, 3, 5, 7, got K = 2"),
-        ((x.double(), p), r"dasp_spatial_path: stage 1: expected dw_weight to have the dtype of x \(float64\), got float32"),
-        ((x[0], p), r"dasp_spatial_path: expected x to be 4-D"),
-    ]
-    for args, match in cases:
-        _both_raise(lambda: OPS.dasp_spatial_path(*args),
-                    lambda: F.dasp_spatial_path(*args, backend="cpu"), match)
-
-
+@needs_cpu_ext
 def test_backward_checks_grad_out():
     x = torch.randn(1, 3, 8, 8)
     p = stage_params(3, 64, 7)
@@ -307,8 +206,3 @@ def test_backward_checks_grad_out():
         OPS._dasp_stage_backward(torch.randn(1, 64, 4, 5), x, *p)
 
 
-def test_reference_backend_and_export_name():
-    x = torch.randn(1, 3, 9, 9)
-    p = path_params()
-    torch.testing.assert_close(F.dasp_spatial_path(x, p, backend="reference"),
-                               F.dasp_spatial_path(x, p, backend="cpu"), rtol=1e-5, atol=1e-5)
