@@ -444,7 +444,8 @@ def test_meta_tensors_give_shapes_and_strides():
 
 def test_direct_op_calls_validate_like_the_wrappers():
     x, w, s, b = dw_inputs(3, 9, 11, 3, "contiguous")
-    with pytest.raises(ValueError, match=r"dwconv_bn_relu: expected stride 1 or 2, got 3"):
+    # The old wrapper is dwconv_bn_act with act "relu" (functional.py), and says so.
+    with pytest.raises(ValueError, match=r"dwconv_bn_act: expected stride 1 or 2, got 3"):
         dasp_kernels.dwconv_bn_relu(x, w, s, b, stride=3, backend="triton")
     with pytest.raises(RuntimeError, match=r"dwconv_bn_relu: expected stride 1 or 2, got 3"):
         OPS.dwconv_bn_relu_triton(x, w, s, b, 3, 0, True)
