@@ -18,11 +18,25 @@ namespace dasp_kernels::cpu {
 // Depthwise conv geometry. NCHW kernels run tasks (plane n * C + c, band); NHWC kernels run tasks
 // (n, band). A band is a fixed range of output rows, so the per-task partial sums of the backward
 // (and hence the gradients) do not depend on the number of threads.
+// The activation ids of DwShape::act: the order of dasp_kernels::Act (csrc/checks.h), which the
+// host side static_asserts. A plain int here, so that the kernels do not include ATen's headers.
+enum DwActId : int {
+  kActNone, kActRelu, kActHardtanh, kActHardswish, kActSilu, kActGelu, kActGeluTanh, kActLeaky
+};
+
+// pad_t, pad_l: zero rows above and columns left of x; the bottom and right padding follow from
+// Ho and Wo (the kernels read zeros past the input's last row and column). D: the dilation.
+// act, alpha, beta: the activation after the scale and shift (alpha, beta: hardtanh's min and
+// max, leaky_relu's slope alpha).
 struct DwShape {
-  int64_t N, C, H, W, Ho, Wo, K, S, pad;
-  bool relu;
+  int64_t N, C, H, W, Ho, Wo, K, S, pad_t, pad_l, D;
+  int act;
+  double alpha, beta;
   int64_t bands;
   bool stream;  // write the output with non-temporal stores (large outputs, see stream_output)
+  // NCHW forward by blocks of this many channels through a channels-last tile
+  // (fwd_nchw_blocked; tasks (n, block, band)); 0: plane by plane (fwd_nchw).
+  int64_t cblock;
 };
 
 template <typename T>
@@ -148,6 +162,7 @@ struct Kernels {
   int vec_size;  // elements per at::vec::Vectorized<T> in that build
   DwFn<T> dw_fwd_nchw, dw_fwd_nhwc, dw_bwd_nchw, dw_bwd_nhwc;
   DwFn<T> dw_fwd_nhwc_planes;  // channels-last input with few channels, by planes (NHWC tasks)
+  DwFn<T> dw_fwd_nchw_blocked;  // NCHW input by channel blocks (DwShape::cblock)
   bool dw_rgb_one_pass;        // ... which splits 3-channel pixel rows in one pass (fwd_rgb)
   PpmFn<T> ppm_fwd_nchw, ppm_fwd_nhwc, ppm_bwd_nchw, ppm_bwd_nhwc;
   StageKernel<T> stage;

@@ -1,10 +1,12 @@
-// Depthwise KxK conv + per-channel scale/shift + optional ReLU: forward and backward kernels.
+// Depthwise KxK conv (any padding, dilation D) + per-channel scale/shift + activation (dw_act.h):
+// forward and backward kernels.
 // Included once per instruction set, inside namespace dasp_kernels::cpu::DASP_ISA (see
 // cpu_kernels.h); hence no include guard.
 //
 // NCHW: one task = rows [oyA, oyB) of one (n, c) plane, vectorised along the output width. Input
 //   rows are copied once into a small ring of zero-padded rows, split into S phase rows
-//   (ph_r[j] = xpad[S*j + r]), so that every tap of a stride-2 conv is a contiguous vector load.
+//   (ph_r[j] = xpad[S*j + r]), so that every tap of a stride-2 conv is a contiguous vector load
+//   (tap kx of a dilated conv: phase (D*kx) mod S, offset (D*kx) / S).
 // NHWC: one task = rows [oyA, oyB) of one image, vectorised across channels.
 // Backward recomputes y, keeps the last K rows of gy = dL/dconv in a ring, and writes each grad_x
 // row once all of its gy rows exist (a gather, no atomics); a band recomputes the few gy rows
@@ -19,6 +21,7 @@
 #include <type_traits>
 
 #include "cpu_kernels.h"
+#include "dw_act.h"
 #include "kernel_util.h"
 
 namespace dasp_kernels::cpu::DASP_ISA {
@@ -105,14 +108,19 @@ inline void fill_phases(const T* xrow, int64_t W, int64_t pad, int64_t L, T* ph,
   for (int r = 0; r < S; ++r) fill(ph + r * L + j, L - j, T(0));
 }
 
+// Ring slots of input rows: the D*(K-1) + 1 rows an output row spans (K without dilation), so
+// that the rows an output row reads are in distinct slots and the next output row reuses them.
+inline int64_t ring_rows(const DwShape& p) { return p.D * (p.K - 1) + 1; }
+
 // The rows of input ring shared by forward and backward for one plane.
 template <typename T, int K, int S>
 struct PlaneRing {
   int64_t L;
-  T* ring;  // K slots of S phase rows of length L
-  int64_t tag[K];
+  T* ring;        // `slots` slots of S phase rows of length L
+  int64_t* tag;   // the input row each slot holds, -1: none
+  int64_t slots;  // ring_rows()
 
-  void reset() { fill(tag, K, int64_t(-1)); }
+  void reset() { fill(tag, slots, int64_t(-1)); }
   // Filling input row iy prefetches the row kAhead below (null past the plane's H rows).
   static constexpr int64_t kAhead = 2 * S;
   static const T* ahead(const T* xp, int64_t iy, int64_t H, int64_t rs) {
@@ -121,7 +129,7 @@ struct PlaneRing {
   // The slot of input row iy, filled by fill_slot(slot) unless it holds iy already.
   template <typename Fill>
   T* slot(int64_t iy, Fill&& fill_slot) {
-    const int64_t s = iy % K;
+    const int64_t s = iy % slots;
     T* r = ring + s * S * L;
     if (tag[s] != iy) {
       fill_slot(r);
@@ -139,15 +147,38 @@ struct PlaneRing {
   }
 };
 
+// Where tap kx of a dilated conv reads in the phase rows of an input row: phase (D*kx) mod S at
+// offset (D*kx) / S. Null without dilation (the taps' offsets are then compile-time constants).
+template <int K>
+struct TapOffsets {
+  int64_t off[K];
+  const int64_t* get;
+  TapOffsets(const DwShape& p, int64_t L) : get(p.D == 1 ? nullptr : off) {
+    for (int kx = 0; kx < K; ++kx) off[kx] = (p.D * kx) % p.S * L + (p.D * kx) / p.S;
+  }
+};
+
 // acc[u] = sum over taps of one output-row block of NU vectors starting at ox, taps in (ky, kx)
-// order for every output.
+// order for every output. toff: TapOffsets::get.
 template <typename T, int K, int S, int NU>
 inline void conv_block(const T* const* rows, int ky0, int ky1, const Vec<T>* wv, int64_t L,
-                       int64_t ox, Vec<T>* acc) {
+                       int64_t ox, Vec<T>* acc, const int64_t* toff) {
   constexpr int V = Vec<T>::size();
   DASP_UNROLL
   for (int u = 0; u < NU; ++u) acc[u] = Vec<T>(T(0));
-  if constexpr (S == 2 && K >= 3 && kHaveLaneShift) {
+  if (toff) {
+    for (int ky = ky0; ky < ky1; ++ky) {
+      DASP_UNROLL
+      for (int kx = 0; kx < K; ++kx) {
+        const T* src = rows[ky] + toff[kx] + ox;
+        const Vec<T> w = wv[ky * K + kx];
+        DASP_UNROLL
+        for (int u = 0; u < NU; ++u) acc[u] = at::vec::fmadd(Vec<T>::loadu(src + u * V), w, acc[u]);
+      }
+    }
+    return;
+  }
+  if constexpr (S == 2 && K >= 3 && kHaveLaneShift && (K - 1) / 2 < Vec<T>::size()) {
     // Even taps (phase 0, offset kx/2) from the vectors at ox + u*V and the next one, shifted in
     // registers; odd taps loaded, so that the loop is bound neither by its loads nor by its
     // shuffles. Reads the even row up to ox + (NU+1)*V, inside L since L >= Wv + V when K >= 3.
@@ -217,14 +248,15 @@ struct RowPrefetch {
   }
 };
 
-// Adds to pf the S input rows that output row oy + dist reads and row oy + dist - 1 does not
-// (none past the band's last row oyB - 1); rs: the plane's row stride.
+// Adds to pf the last S input rows of the span of output row oy + dist (those that row
+// oy + dist - 1 does not read; none past the band's last row oyB - 1); rs: the plane's row stride.
 template <typename T>
-inline void prefetch_next_rows(RowPrefetch& pf, const T* xp, int64_t oy, int64_t oyB, int64_t K,
-                               int64_t S, int64_t pad, int64_t H, int64_t rs, int64_t dist = 1) {
+inline void prefetch_next_rows(RowPrefetch& pf, const T* xp, int64_t oy, int64_t oyB,
+                               const DwShape& p, int64_t rs, int64_t dist = 1) {
   if (oy + dist >= oyB) return;
+  const int64_t S = p.S, H = p.H;
   for (int64_t q = 0; q < S; ++q) {
-    const int64_t iy = (oy + dist) * S - pad + K - S + q;
+    const int64_t iy = (oy + dist) * S - p.pad_t + p.D * (p.K - 1) + 1 - S + q;
     if (iy >= 0 && iy < H) pf.add(xp + iy * rs, rs * static_cast<int64_t>(sizeof(T)));
   }
 }
@@ -248,13 +280,11 @@ inline void for_row_blocks(int64_t Wo, RowPrefetch& pf, Block&& block, Tail&& ta
 constexpr int64_t kFwdPrefetchRows = 3;
 
 template <typename T>
-inline Vec<T> bn_act(const Vec<T>& acc, const Vec<T>& sc, const Vec<T>& sh, bool relu) {
-  Vec<T> z = at::vec::fmadd(acc, sc, sh);
-  // maximum() keeps NaN, like torch.relu.
-  return relu ? at::vec::maximum(z, Vec<T>(T(0))) : z;
+inline Vec<T> bn_act(const Vec<T>& acc, const Vec<T>& sc, const Vec<T>& sh, const ActV<T>& act) {
+  return act(at::vec::fmadd(acc, sc, sh));
 }
 
-// Wv: the output row in whole vectors; L: the length of one phase row (Wv plus the (K - 1) / S
+// Wv: the output row in whole vectors; L: the length of one phase row (Wv plus the D*(K-1) / S
 // positions the taps reach past it, in whole vectors).
 template <typename T, int K, int S>
 struct NchwGeom {
@@ -262,14 +292,15 @@ struct NchwGeom {
   explicit NchwGeom(const DwShape& p) {
     constexpr int V = Vec<T>::size();
     Wv = round_up(p.Wo, V);
-    L = round_up(Wv + (K - 1) / S, V);
+    L = round_up(Wv + p.D * (K - 1) / S, V);
   }
 };
 
-// Valid ky range of output row oy: 0 <= oy*S - pad + ky < H.
-inline void ky_range(int64_t oy, int64_t S, int64_t pad, int64_t H, int64_t K, int& ky0, int& ky1) {
-  ky0 = static_cast<int>(imax(0, pad - oy * S));
-  ky1 = static_cast<int>(imin(K, H + pad - oy * S));
+// Valid ky range of output row oy: 0 <= oy*S - pad_t + D*ky < H (empty when no tap is inside).
+inline void ky_range(int64_t oy, const DwShape& p, int& ky0, int& ky1) {
+  const int64_t top = oy * p.S - p.pad_t;  // the input row of tap 0
+  ky0 = static_cast<int>(imin(p.K, imax(0, ceil_div(-top, p.D))));
+  ky1 = static_cast<int>(imax(ky0, imin(p.K, floor_div(p.H - 1 - top, p.D) + 1)));
 }
 
 // CL: a channels-last tensor with few channels, run plane by plane like NCHW (tasks (n, band),
@@ -280,10 +311,14 @@ void fwd_nchw(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) {
   constexpr int V = Vec<T>::size();
   // Independent accumulators: enough to cover the FMA latency (fewer where Vectorized is an array).
   constexpr int NU = kNativeVec ? 8 : 4;
-  const int64_t H = p.H, W = p.W, Ho = p.Ho, Wo = p.Wo, pad = p.pad;
+  const int64_t H = p.H, W = p.W, Ho = p.Ho, Wo = p.Wo, pt = p.pad_t, pl = p.pad_l;
   const NchwGeom<T, K, S> g(p);
-  Scratch<T> buf(K * S * g.L);
-  PlaneRing<T, K, S> ring{g.L, buf.data(), {}};
+  const int64_t slots = ring_rows(p);
+  Scratch<T> buf(slots * S * g.L);
+  Scratch<int64_t> tags(slots);
+  PlaneRing<T, K, S> ring{g.L, buf.data(), tags.data(), slots};
+  const TapOffsets<K> toff(p, g.L);
+  const ActV<T> act(p);
   Vec<T> wv[K * K];
   int64_t cur = -1;
   // CL: a task is (n, band) and runs the band for each channel in turn (unit = task * C + c), so
@@ -316,27 +351,27 @@ void fwd_nchw(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) {
     const int64_t oyA = band * Ho / p.bands, oyB = (band + 1) * Ho / p.bands;
     for (int64_t oy = oyA; oy < oyB; ++oy) {
       int ky0, ky1;
-      ky_range(oy, S, pad, H, K, ky0, ky1);
+      ky_range(oy, p, ky0, ky1);
       const T* rows[K];
       for (int ky = ky0; ky < ky1; ++ky)
-        rows[ky] = ring.row(xp, oy * S - pad + ky, W, H, pad, rs, cs);
+        rows[ky] = ring.row(xp, oy * S - pt + p.D * ky, W, H, pl, rs, cs);
       T* yrow = yp + oy * yrs;
       // The S input rows that the next output row adds, fetched while this row computes:
       // reading them only when needed left the loads waiting on memory.
       RowPrefetch pf;
-      prefetch_next_rows(pf, xp, oy, oyB, K, S, pad, H, rs, kFwdPrefetchRows);
+      prefetch_next_rows(pf, xp, oy, oyB, p, rs, kFwdPrefetchRows);
       Vec<T> acc[NU];
       for_row_blocks<NU, V>(
           Wo, pf,
           [&](int64_t ox) {
-            conv_block<T, K, S, NU>(rows, ky0, ky1, wv, g.L, ox, acc);
+            conv_block<T, K, S, NU>(rows, ky0, ky1, wv, g.L, ox, acc, toff.get);
             DASP_UNROLL
             for (int u = 0; u < NU; ++u)
-              store(bn_act(acc[u], sc, sh, p.relu), yrow + (ox + u * V) * cs, V);
+              store(bn_act(acc[u], sc, sh, act), yrow + (ox + u * V) * cs, V);
           },
           [&](int64_t ox) {
-            conv_block<T, K, S, 1>(rows, ky0, ky1, wv, g.L, ox, acc);
-            store(bn_act(acc[0], sc, sh, p.relu), yrow + ox * cs, imin(V, Wo - ox));
+            conv_block<T, K, S, 1>(rows, ky0, ky1, wv, g.L, ox, acc, toff.get);
+            store(bn_act(acc[0], sc, sh, act), yrow + ox * cs, imin(V, Wo - ox));
           });
     }
   }
@@ -393,12 +428,16 @@ void fwd_rgb(const DwShape& p, const DwArgs<float>& a, int64_t t0, int64_t t1) {
   using T = float;
   constexpr int V = Vec<T>::size();
   constexpr int NU = kNativeVec ? 8 : 4;
-  const int64_t H = p.H, W = p.W, Ho = p.Ho, Wo = p.Wo, pad = p.pad;
+  const int64_t H = p.H, W = p.W, Ho = p.Ho, Wo = p.Wo, pt = p.pad_t, pl = p.pad_l;
   const NchwGeom<T, K, S> g(p);
-  const int64_t L = g.L, cstride = K * S * L;  // a channel's ring: K slots of S phase rows
+  const int64_t slots = ring_rows(p);
+  const int64_t L = g.L, cstride = slots * S * L;  // a channel's ring: slots of S phase rows
   Scratch<T> buf(3 * cstride + 3 * NU * V);
+  Scratch<int64_t> tags(slots);
   // Channel 0's ring; a slot's rows of channels 1 and 2 lie cstride and 2 * cstride further.
-  PlaneRing<T, K, S> ring{L, buf.data(), {}};
+  PlaneRing<T, K, S> ring{L, buf.data(), tags.data(), slots};
+  const TapOffsets<K> toff(p, L);
+  const ActV<T> act(p);
   T* obuf = buf.data() + 3 * cstride;  // a block's output, channel by channel
   Vec<T> wv[3][K * K], sc[3], sh[3];
   for (int c = 0; c < 3; ++c) {
@@ -415,27 +454,27 @@ void fwd_rgb(const DwShape& p, const DwArgs<float>& a, int64_t t0, int64_t t1) {
     const int64_t oyA = band * Ho / p.bands, oyB = (band + 1) * Ho / p.bands;
     for (int64_t oy = oyA; oy < oyB; ++oy) {
       int ky0, ky1;
-      ky_range(oy, S, pad, H, K, ky0, ky1);
+      ky_range(oy, p, ky0, ky1);
       const T* rows[3][K];
       for (int ky = ky0; ky < ky1; ++ky) {
-        const int64_t iy = oy * S - pad + ky;
+        const int64_t iy = oy * S - pt + p.D * ky;
         const T* r = ring.slot(iy, [&](T* slot) {
-          fill_rgb<S>(xn + iy * rs, W, pad, L, slot, cstride, ring.ahead(xn, iy, H, rs));
+          fill_rgb<S>(xn + iy * rs, W, pl, L, slot, cstride, ring.ahead(xn, iy, H, rs));
         });
         for (int c = 0; c < 3; ++c) rows[c][ky] = r + c * cstride;
       }
       T* yrow = yn + oy * Wo * 3;
       RowPrefetch pf;
-      prefetch_next_rows(pf, xn, oy, oyB, K, S, pad, H, rs, kFwdPrefetchRows);
+      prefetch_next_rows(pf, xn, oy, oyB, p, rs, kFwdPrefetchRows);
       Vec<T> acc[NU];
       for_row_blocks<NU, V>(
           Wo, pf,
           [&](int64_t ox) {
             for (int c = 0; c < 3; ++c) {
-              conv_block<T, K, S, NU>(rows[c], ky0, ky1, wv[c], L, ox, acc);
+              conv_block<T, K, S, NU>(rows[c], ky0, ky1, wv[c], L, ox, acc, toff.get);
               DASP_UNROLL
               for (int u = 0; u < NU; ++u)
-                bn_act(acc[u], sc[c], sh[c], p.relu).store(obuf + c * NU * V + u * V);
+                bn_act(acc[u], sc[c], sh[c], act).store(obuf + c * NU * V + u * V);
             }
             for (int u = 0; u < NU; ++u) {
               const T* o = obuf + u * V;
@@ -449,8 +488,8 @@ void fwd_rgb(const DwShape& p, const DwArgs<float>& a, int64_t t0, int64_t t1) {
           },
           [&](int64_t ox) {
             for (int c = 0; c < 3; ++c) {
-              conv_block<T, K, S, 1>(rows[c], ky0, ky1, wv[c], L, ox, acc);
-              bn_act(acc[0], sc[c], sh[c], p.relu).store(obuf + c * V);
+              conv_block<T, K, S, 1>(rows[c], ky0, ky1, wv[c], L, ox, acc, toff.get);
+              bn_act(acc[0], sc[c], sh[c], act).store(obuf + c * V);
             }
             const int64_t m = imin(V, Wo - ox);
             for (int64_t i = 0; i < m; ++i)

@@ -8,7 +8,7 @@
 namespace dasp_kernels::cpu::DASP_ISA {
 namespace dw {
 
-// K and S are template arguments of the NCHW kernels so that the tap loops unroll.
+// K (1..9) and S are template arguments of the NCHW kernels so that the tap loops unroll.
 
 #define DASP_DW_SWITCH(FN, T, p, a, t0, t1)                                      \
   switch ((p).K * 2 + (p).S - 1) {                                               \
@@ -26,6 +26,10 @@ namespace dw {
     case 13: return FN<T, 6, 2>(p, a, t0, t1);                                   \
     case 14: return FN<T, 7, 1>(p, a, t0, t1);                                   \
     case 15: return FN<T, 7, 2>(p, a, t0, t1);                                   \
+    case 16: return FN<T, 8, 1>(p, a, t0, t1);                                   \
+    case 17: return FN<T, 8, 2>(p, a, t0, t1);                                   \
+    case 18: return FN<T, 9, 1>(p, a, t0, t1);                                   \
+    case 19: return FN<T, 9, 2>(p, a, t0, t1);                                   \
     default: return;                                                             \
   }
 
@@ -55,6 +59,8 @@ void bwd_nhwc_any(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) 
     case 5: return bwd_nhwc<T, 5>(p, a, t0, t1);
     case 6: return bwd_nhwc<T, 6>(p, a, t0, t1);
     case 7: return bwd_nhwc<T, 7>(p, a, t0, t1);
+    case 8: return bwd_nhwc<T, 8>(p, a, t0, t1);
+    case 9: return bwd_nhwc<T, 9>(p, a, t0, t1);
     default: return;
   }
 }
@@ -69,6 +75,7 @@ Kernels<T> kernels() {
   k.dw_fwd_nchw = &dw::fwd_nchw_any<T>;
   k.dw_fwd_nhwc = &dw::fwd_nhwc<T>;
   k.dw_fwd_nhwc_planes = &dw::fwd_nhwc_planes_any<T>;
+  k.dw_fwd_nchw_blocked = &dw::fwd_nchw_blocked<T>;
   k.dw_rgb_one_pass = util::kHaveEvery3 && std::is_same_v<T, float>;
   k.dw_bwd_nchw = &dw::bwd_nchw_any<T>;
   k.dw_bwd_nhwc = &dw::bwd_nhwc_any<T>;
