@@ -119,6 +119,23 @@ __device__ __forceinline__ void for_each_tap(int64_t ih0, int64_t iw0, int64_t H
   }
 }
 
+// for_each_tap with the taps `dil` apart: tap (kh, kw) reads (ih0 + kh * dil, iw0 + kw * dil).
+template <int K, typename F>
+__device__ __forceinline__ void for_each_tap_dilated(int64_t ih0, int64_t iw0, int dil, int64_t H,
+                                                     int64_t W, F&& f) {
+#pragma unroll
+  for (int kh = 0; kh < K; ++kh) {
+    const int64_t ih = ih0 + (int64_t)kh * dil;
+    if (ih < 0 || ih >= H) continue;
+#pragma unroll
+    for (int kw = 0; kw < K; ++kw) {
+      const int64_t iw = iw0 + (int64_t)kw * dil;
+      if (iw < 0 || iw >= W) continue;
+      f(kh, kw, ih, iw);
+    }
+  }
+}
+
 // Max of the 2x2, stride-2, ceil-mode pooling window of output (oh, ow) in one (n, c) plane whose
 // element (h, w) is at base[h * hs + w * ws]; *arg gets the flat h * W + w of the chosen element.
 // Same scan and rule as PyTorch's max_pool2d (row by row; `v > max || isnan(v)`), so ties pick the
