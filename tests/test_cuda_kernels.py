@@ -10,6 +10,7 @@ GPU-only: opcheck, gradcheck, autograd registration, error messages, streams, la
 test_cuda_kernels_compiled_in runs wherever the extension was built with the CUDA sources.
 """
 import os
+import re
 import sys
 
 import pytest
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from dasp_kernels import _checks, _loader
 from dasp_kernels import reference as ref
 
-OPS = ("dwconv_bn_act", "_dwconv_bn_act_backward", "dwconv_bn_relu", "_dwconv_bn_relu_backward",
+OPS = ("dwconv_bn_act", "_dwconv_bn_act_backward",
        "ppm_add", "_ppm_add_backward", "dasp_stage", "_dasp_stage_backward")
 CUDA_SOURCES = ("dwconv_bn_act.cu", "ppm_add.cu", "dasp_stage.cu")
 
@@ -78,6 +79,17 @@ def tgt(request):
 # ------------------------------------------------------------------------------------------------
 # helpers
 
+def dw_relu(ops, x, w, sc, sh, stride, padding, relu):
+    """The DASP stage's depthwise form of dwconv_bn_act: symmetric padding, ReLU or none."""
+    return ops.dwconv_bn_act(x, w, sc, sh, stride, [padding] * 4, 1, "relu" if relu else "none",
+                             0.0, 0.0)
+
+
+def dw_relu_backward(ops, g, x, w, sc, sh, stride, padding, relu):
+    return ops._dwconv_bn_act_backward(g, x, w, sc, sh, stride, [padding] * 4, 1,
+                                       "relu" if relu else "none", 0.0, 0.0)
+
+
 LAYOUTS = ("contiguous", "channels_last", "sliced", "channels_last_sliced")
 
 
@@ -117,7 +129,7 @@ def masked_grad(g, pre, margin):
 HALF_TOL = {torch.float16: 2e-2, torch.bfloat16: 6e-2}
 
 # ------------------------------------------------------------------------------------------------
-# dwconv_bn_relu
+# dwconv_bn_act in the DASP stage's form (symmetric padding, ReLU or none)
 
 DW_SHAPES = [(2, 3, 9, 11), (1, 5, 7, 7), (3, 4, 16, 13), (1, 2, 37, 70), (2, 33, 8, 7)]
 DW_CASES = [(k, s, p) for k in range(1, 8) for s in (1, 2) for p in sorted({0, k // 2, k - 1})]
@@ -145,7 +157,7 @@ def test_dwconv_forward_backward(tgt, k, s, p, layout):
     shape = DW_SHAPES[(i + LAYOUTS.index(layout)) % len(DW_SHAPES)]
     x = make_x(shape, layout, tgt.device)
     w, sc, sh = dw_params(shape[1], k, tgt.device)
-    y = tgt.ops.dwconv_bn_relu(x, w, sc, sh, s, p, relu)
+    y = dw_relu(tgt.ops, x, w, sc, sh, s, p, relu)
     y64 = ref.dwconv_bn_relu(x.double(), w.double(), sc.double(), sh.double(), s, p, False)
     yr = torch.relu(y64) if relu else y64
     assert y.shape == yr.shape and y.dtype == x.dtype
@@ -155,7 +167,7 @@ def test_dwconv_forward_backward(tgt, k, s, p, layout):
     g = torch.randn(yr.shape, device=tgt.device)
     if relu:
         g = masked_grad(g, y64, 1e-3)
-    grads = tgt.ops._dwconv_bn_relu_backward(g, x, w, sc, sh, s, p, relu)
+    grads = dw_relu_backward(tgt.ops, g, x, w, sc, sh, s, p, relu)
     expected = dw_reference_grads(x, w, sc, sh, s, p, relu, g)
     check_format(grads[0], x)
     for got, exp, like in zip(grads, expected, (x, w, sc, sh)):
@@ -171,7 +183,7 @@ def test_dwconv_dtypes(tgt, dtype, layout, k, s, p):
     shape = (2, 6, 13, 10)
     x = make_x(shape, layout, tgt.device, dtype)
     w, sc, sh = dw_params(shape[1], k, tgt.device, dtype)
-    y = tgt.ops.dwconv_bn_relu(x, w, sc, sh, s, p, True)
+    y = dw_relu(tgt.ops, x, w, sc, sh, s, p, True)
     assert y.dtype == dtype
     check_format(y, x)
     # The half types against the float32 reference on the same (rounded) inputs.
@@ -179,7 +191,7 @@ def test_dwconv_dtypes(tgt, dtype, layout, k, s, p):
     tol = HALF_TOL.get(dtype, 1e-12)
     close(y, torch.relu(y32), tol)
     g = masked_grad(torch.randn(y.shape, device=tgt.device), y32, 0.05).to(dtype)
-    grads = tgt.ops._dwconv_bn_relu_backward(g, x, w, sc, sh, s, p, True)
+    grads = dw_relu_backward(tgt.ops, g, x, w, sc, sh, s, p, True)
     expected = dw_reference_grads(x, w, sc, sh, s, p, True, g)
     for got, exp in zip(grads, expected):
         assert got.dtype == dtype
@@ -191,8 +203,8 @@ def test_dwconv_deterministic(tgt):
     x = make_x((2, 8, 40, 37), "channels_last", tgt.device)
     w, sc, sh = dw_params(8, 5, tgt.device)
     g = torch.randn(2, 8, 20, 19, device=tgt.device)
-    a = tgt.ops._dwconv_bn_relu_backward(g, x, w, sc, sh, 2, 2, True)
-    b = tgt.ops._dwconv_bn_relu_backward(g, x, w, sc, sh, 2, 2, True)
+    a = dw_relu_backward(tgt.ops, g, x, w, sc, sh, 2, 2, True)
+    b = dw_relu_backward(tgt.ops, g, x, w, sc, sh, 2, 2, True)
     for u, v in zip(a, b):
         assert torch.equal(u, v)
 
@@ -201,7 +213,7 @@ def test_dwconv_all_padding_rows(tgt):
     # H = 1 with padding K - 1: most taps fall in the padding; a whole output row sees only padding.
     x = make_x((2, 3, 1, 6), "contiguous", tgt.device)
     w, sc, sh = dw_params(3, 5, tgt.device)
-    y = tgt.ops.dwconv_bn_relu(x, w, sc, sh, 1, 4, False)
+    y = dw_relu(tgt.ops, x, w, sc, sh, 1, 4, False)
     close(y, ref.dwconv_bn_relu(x, w, sc, sh, 1, 4, False), 1e-5)
 
 
@@ -511,10 +523,10 @@ def test_dasp_stage_deterministic(tgt):
 def test_empty_batch(tgt, layout):
     x = make_x((0, 3, 9, 8), layout, tgt.device)
     w, sc, sh = dw_params(3, 3, tgt.device)
-    y = tgt.ops.dwconv_bn_relu(x, w, sc, sh, 2, 1, True)
+    y = dw_relu(tgt.ops, x, w, sc, sh, 2, 1, True)
     assert y.shape == (0, 3, 5, 4)
     check_format(y, x)
-    grads = tgt.ops._dwconv_bn_relu_backward(y, x, w, sc, sh, 2, 1, True)
+    grads = dw_relu_backward(tgt.ops, y, x, w, sc, sh, 2, 1, True)
     assert grads[0].shape == x.shape and all(bool((t == 0).all()) for t in grads[1:])
     conf = (2, [0, 1, 2, 1], 2, "gelu", 0.0, 0.0)
     y = tgt.ops.dwconv_bn_act(x, w, sc, sh, *conf)
@@ -547,10 +559,10 @@ CUDA = torch.device("cuda")
 def test_autograd_through_ops_matches_backward_ops():
     x = make_x((2, 5, 11, 9), "channels_last", CUDA).requires_grad_()
     w, sc, sh = [t.requires_grad_() for t in dw_params(5, 3, CUDA)]
-    y = torch.ops.dasp_kernels.dwconv_bn_relu(x, w, sc, sh, 2, 1, True)
+    y = dw_relu(torch.ops.dasp_kernels, x, w, sc, sh, 2, 1, True)
     g = torch.randn_like(y)
     got = torch.autograd.grad(y, [x, w, sc, sh], g)
-    direct = torch.ops.dasp_kernels._dwconv_bn_relu_backward(g, x, w, sc, sh, 2, 1, True)
+    direct = dw_relu_backward(torch.ops.dasp_kernels, g, x, w, sc, sh, 2, 1, True)
     for a, b in zip(got, direct):
         assert torch.equal(a, b)
     conf = (2, [1, 0, 2, 1], 2, "silu", 0.0, 0.0)
@@ -578,9 +590,6 @@ def _opcheck_samples():
     for layout in ("contiguous", "channels_last"):
         x = make_x((2, 3, 9, 8), layout, CUDA)
         w, sc, sh = dw_params(3, 3, CUDA)
-        samples.append(("dwconv_bn_relu", (x, w, sc, sh, 2, 1, True)))
-        samples.append(("_dwconv_bn_relu_backward",
-                        (torch.randn(2, 3, 5, 4, device=CUDA), x, w, sc, sh, 2, 1, True)))
         conf = (2, [1, 0, 2, 1], 2, "hardtanh", -0.5, 0.5)
         samples.append(("dwconv_bn_act", (x, w, sc, sh, *conf)))
         samples.append(("_dwconv_bn_act_backward",
@@ -613,7 +622,7 @@ def test_gradcheck_dwconv(layout, k, s, p):
     x = make_x((2, 3, 6, 5), layout, CUDA, torch.float64).requires_grad_()
     params = [t.requires_grad_() for t in dw_params(3, k, CUDA, torch.float64)]
     assert torch.autograd.gradcheck(
-        lambda *a: torch.ops.dasp_kernels.dwconv_bn_relu(*a, s, p, True), (x, *params))
+        lambda *a: dw_relu(torch.ops.dasp_kernels, *a, s, p, True), (x, *params))
 
 
 @gpu_test
@@ -660,27 +669,27 @@ def test_error_messages():
     ops = torch.ops.dasp_kernels
     x = make_x((2, 3, 9, 8), "contiguous", CUDA)
     w, sc, sh = dw_params(3, 3, CUDA)
-    with pytest.raises(RuntimeError, match=r"dwconv_bn_relu: expected weight of shape \[C, 1, K, K\] "
+    with pytest.raises(RuntimeError, match=r"dwconv_bn_act: expected weight of shape \[C, 1, K, K\] "
                                            r"with C = 3, got \[3, 1, 3, 2\]"):
-        ops.dwconv_bn_relu(x, w[..., :2], sc, sh, 1, 0, True)
-    with pytest.raises(RuntimeError, match=r"dwconv_bn_relu: expected kernel size 1 <= K <= 7, got K = 8"):
-        ops.dwconv_bn_relu(x, torch.randn(3, 1, 8, 8, device=CUDA), sc, sh, 1, 0, True)
-    with pytest.raises(RuntimeError, match=r"dwconv_bn_relu: expected stride 1 or 2, got 3"):
-        ops.dwconv_bn_relu(x, w, sc, sh, 3, 0, True)
-    with pytest.raises(RuntimeError, match=r"dwconv_bn_relu: expected 0 <= padding <= K - 1 = 2, got 3"):
-        ops.dwconv_bn_relu(x, w, sc, sh, 1, 3, True)
-    with pytest.raises(RuntimeError, match=r"dwconv_bn_relu: expected weight on the device of x "
+        dw_relu(ops, x, w[..., :2], sc, sh, 1, 0, True)
+    with pytest.raises(RuntimeError, match=r"dwconv_bn_act: expected stride 1 or 2, got 3"):
+        dw_relu(ops, x, w, sc, sh, 3, 0, True)
+    with pytest.raises(RuntimeError, match=re.escape(
+            "dwconv_bn_act: expected padding [top, bottom, left, right], each 0 <= p <= dilation * "
+            "(K - 1) = 2, got [3, 3, 3, 3]")):
+        dw_relu(ops, x, w, sc, sh, 1, 3, True)
+    with pytest.raises(RuntimeError, match=r"dwconv_bn_act: expected weight on the device of x "
                                            r"\(cuda:0\), got cpu"):
-        ops.dwconv_bn_relu(x, w.cpu(), sc, sh, 1, 0, True)
-    with pytest.raises(RuntimeError, match=r"dwconv_bn_relu: expected scale to have the dtype of x "
+        dw_relu(ops, x, w.cpu(), sc, sh, 1, 0, True)
+    with pytest.raises(RuntimeError, match=r"dwconv_bn_act: expected scale to have the dtype of x "
                                            r"\(float32\), got float64"):
-        ops.dwconv_bn_relu(x, w, sc.double(), sh, 1, 0, True)
-    with pytest.raises(RuntimeError, match=r"dwconv_bn_relu: expected x of dtype float32, float64, "
+        dw_relu(ops, x, w, sc.double(), sh, 1, 0, True)
+    with pytest.raises(RuntimeError, match=r"dwconv_bn_act: expected x of dtype float32, float64, "
                                            r"float16 or bfloat16, got int32"):
-        ops.dwconv_bn_relu(x.int(), w.int(), sc.int(), sh.int(), 1, 0, True)
-    with pytest.raises(RuntimeError, match=r"_dwconv_bn_relu_backward: expected grad_out of shape "
+        dw_relu(ops, x.int(), w.int(), sc.int(), sh.int(), 1, 0, True)
+    with pytest.raises(RuntimeError, match=r"_dwconv_bn_act_backward: expected grad_out of shape "
                                            r"\[2, 3, 9, 8\], got \[2, 3, 9, 7\]"):
-        ops._dwconv_bn_relu_backward(torch.randn(2, 3, 9, 7, device=CUDA), x, w, sc, sh, 1, 1, True)
+        dw_relu_backward(ops, torch.randn(2, 3, 9, 7, device=CUDA), x, w, sc, sh, 1, 1, True)
     with pytest.raises(RuntimeError, match=r"dwconv_bn_act: expected act in none, relu, hardtanh, "
                                            r"hardswish, silu, gelu, gelu_tanh, leaky_relu, got 'elu'"):
         ops.dwconv_bn_act(x, w, sc, sh, 1, [1, 1, 1, 1], 1, "elu", 0.0, 0.0)
@@ -729,7 +738,7 @@ def test_current_stream_is_used():
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        y = torch.ops.dasp_kernels.dwconv_bn_relu(x, w, sc, sh, 2, 3, True)
+        y = dw_relu(torch.ops.dasp_kernels, x, w, sc, sh, 2, 3, True)
         out = torch.ops.dasp_kernels.dasp_stage(*stage_inputs((2, 16, 32, 33, 31), 3, "contiguous", CUDA))
         # the kernels were queued on `stream`: the default stream sees them only after syncing
     torch.cuda.current_stream().wait_stream(stream)
@@ -743,7 +752,7 @@ def test_second_device():
     dev = torch.device("cuda", 1)
     x = make_x((2, 3, 9, 8), "contiguous", dev)
     w, sc, sh = dw_params(3, 3, dev)
-    y = torch.ops.dasp_kernels.dwconv_bn_relu(x, w, sc, sh, 2, 1, True)
+    y = dw_relu(torch.ops.dasp_kernels, x, w, sc, sh, 2, 1, True)
     assert y.device == dev
     close(y, ref.dwconv_bn_relu(x, w, sc, sh, 2, 1, True), 1e-5)
 
@@ -762,7 +771,7 @@ def test_more_than_2_31_elements(layout):
         x = x.contiguous(memory_format=torch.channels_last)
     x.normal_()
     w, sc, sh = dw_params(2, 3, CUDA, torch.float16)
-    y = torch.ops.dasp_kernels.dwconv_bn_relu(x, w, sc, sh, 1, 1, False)
+    y = dw_relu(torch.ops.dasp_kernels, x, w, sc, sh, 1, 1, False)
     tail = ref.dwconv_bn_relu(x[:, :, -4:].float(), w.float(), sc.float(), sh.float(), 1, 1, False)
     close(y[:, :, -2:], tail[:, :, -2:], 2e-2)
     del y

@@ -5,6 +5,7 @@ when the kernels are decorated). The interpreter pays per executed op, so shapes
 every launch is one or two programs.
 """
 import os
+import re
 
 import pytest
 import torch
@@ -79,7 +80,13 @@ def check_against_reference(ours, ref, inputs, dtype, grads=True, what=""):
     return y
 
 
-# ---------------------------------------------------------------- dwconv_bn_relu
+# ---------------------------------------------------------------- dwconv_bn_act, the DASP form
+
+def dw_relu(x, weight, scale, shift, stride, padding, relu):
+    """dwconv_bn_act_triton as the DASP stages call it: symmetric padding, ReLU or none."""
+    return OPS.dwconv_bn_act_triton(x, weight, scale, shift, stride, [padding] * 4, 1,
+                                    "relu" if relu else "none", 0.0, 0.0)
+
 
 # (C, H, W, K, stride, padding, memory layout): every K in 1..7, even K too, every padding class.
 DW_CASES = [
@@ -118,7 +125,7 @@ def test_dwconv_without_relu_and_odd_weight_strides():
     x, weight, scale, shift = dw_inputs(3, 9, 11, 5, "contiguous")
     weight = weight.transpose(2, 3)  # a non-contiguous [C, 1, K, K]
     check_against_reference(
-        lambda *a: OPS.dwconv_bn_relu_triton(*a, 2, 2, False),
+        lambda *a: dw_relu(*a, 2, 2, False),
         lambda *a: reference.dwconv_bn_relu(*a, 2, 2, False),
         (x, weight, scale, shift), torch.float32, what="no relu")
 
@@ -126,17 +133,17 @@ def test_dwconv_without_relu_and_odd_weight_strides():
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
 def test_dwconv_dtypes(dtype):
     inputs = dw_inputs(16, 9, 11, 3, "channels_last", dtype)
-    check_against_reference(lambda *a: OPS.dwconv_bn_relu_triton(*a, 2, 1, True),
+    check_against_reference(lambda *a: dw_relu(*a, 2, 1, True),
                             lambda *a: reference.dwconv_bn_relu(*a, 2, 1, True),
                             inputs, dtype, what=str(dtype))
 
 
 def test_dwconv_gradcheck_float64():
     x, weight, scale, shift = leaves(*dw_inputs(2, 5, 4, 3, "contiguous", torch.float64, n=1))
-    assert torch.autograd.gradcheck(lambda *a: OPS.dwconv_bn_relu_triton(*a, 2, 1, True),
+    assert torch.autograd.gradcheck(lambda *a: dw_relu(*a, 2, 1, True),
                                     (x, weight, scale, shift), fast_mode=True)
     x, weight, scale, shift = leaves(*dw_inputs(1, 4, 5, 2, "contiguous", torch.float64, n=1))
-    assert torch.autograd.gradcheck(lambda *a: OPS.dwconv_bn_relu_triton(*a, 1, 1, False),
+    assert torch.autograd.gradcheck(lambda *a: dw_relu(*a, 1, 1, False),
                                     (x, weight, scale, shift), fast_mode=True)
 
 
@@ -355,7 +362,7 @@ def test_dasp_stage_gradcheck_float64():
 def test_int64_offsets_give_the_same_results(monkeypatch):
     """The IDX64 variant (taken for tensors past 2**30 elements) computes exactly the same."""
     cases = [
-        (lambda *a: OPS.dwconv_bn_relu_triton(*a, 2, 3, True), dw_inputs(3, 9, 11, 7, "strided")),
+        (lambda *a: dw_relu(*a, 2, 3, True), dw_inputs(3, 9, 11, 7, "strided")),
         (dwa_op(2, [3, 1, 0, 4], 2, "gelu"), dw_inputs(3, 9, 11, 3, "channels_last")),
         (OPS.ppm_add_triton, ppm_inputs(16, 5, 8, 7, "channels_last")),
         (OPS.dasp_stage_triton, stage_inputs(16, 16, 3, 5, 6, "contiguous")),
@@ -377,14 +384,11 @@ def _opcheck_cases():
     dw = dw_inputs(3, 5, 6, 2, "channels_last", n=1)
     ppm = ppm_inputs(3, 4, 5, 6, "contiguous", n=1)
     stage = stage_inputs(3, 4, 1, 5, 6, "contiguous", n=1)
-    g_dw = randn(1, 3, 3, 4).contiguous(memory_format=torch.channels_last)
     g = randn(1, 4, 3, 3)
     return {
         "dwconv_bn_act_triton": (leaves(*dw) + [2, [1, 0, 0, 1], 2, "hardtanh", -0.5, 0.5]),
         "_dwconv_bn_act_backward_triton": ([randn(1, 3, 2, 3).contiguous(
             memory_format=torch.channels_last), *dw, 2, [1, 0, 0, 1], 2, "silu", 0.0, 0.0]),
-        "dwconv_bn_relu_triton": (leaves(*dw) + [2, 1, True]),
-        "_dwconv_bn_relu_backward_triton": ([g_dw, *dw, 2, 1, True]),
         "ppm_add_triton": leaves(*ppm),
         "_ppm_add_backward_triton": [g, *ppm[:2]],
         "dasp_stage_triton": leaves(*stage),
@@ -399,7 +403,7 @@ def test_opcheck(name):
 
 def test_empty_batch():
     x, w, s, b = leaves(*dw_inputs(3, 9, 11, 3, "contiguous", n=0))
-    y = OPS.dwconv_bn_relu_triton(x, w, s, b, 2, 1, True)
+    y = dw_relu(x, w, s, b, 2, 1, True)
     assert y.shape == (0, 3, 5, 6)
     y.sum().backward()
     assert x.grad.shape == x.shape and not w.grad.any() and not s.grad.any() and not b.grad.any()
@@ -429,9 +433,6 @@ def test_meta_tensors_give_shapes_and_strides():
     assert y.device.type == "meta" and y.shape == (2, 4, 5, 6)
     assert y.is_contiguous(memory_format=torch.channels_last)
     x, w, s, b = (t.to("meta") for t in dw_inputs(3, 9, 11, 3, "contiguous"))
-    gx, gw, gs, gb = OPS._dwconv_bn_relu_backward_triton(torch.empty(2, 3, 9, 11, device="meta"),
-                                                         x, w, s, b, 1, 1, True)
-    assert gx.shape == x.shape and gw.shape == w.shape and gs.shape == gb.shape == (3,)
     y = OPS.dwconv_bn_act_triton(x, w, s, b, 2, [1, 0, 2, 1], 2, "silu", 0.0, 0.0)
     assert y.device.type == "meta" and y.shape == (2, 3, 3, 5)
     gx, gw, gs, gb = OPS._dwconv_bn_act_backward_triton(torch.empty(2, 3, 3, 5, device="meta"),
@@ -447,22 +448,25 @@ def test_direct_op_calls_validate_like_the_wrappers():
     # The old wrapper is dwconv_bn_act with act "relu" (functional.py), and says so.
     with pytest.raises(ValueError, match=r"dwconv_bn_act: expected stride 1 or 2, got 3"):
         dasp_kernels.dwconv_bn_relu(x, w, s, b, stride=3, backend="triton")
-    with pytest.raises(RuntimeError, match=r"dwconv_bn_relu: expected stride 1 or 2, got 3"):
-        OPS.dwconv_bn_relu_triton(x, w, s, b, 3, 0, True)
-    with pytest.raises(RuntimeError, match=r"expected 0 <= padding <= K - 1 = 2, got 3"):
-        OPS.dwconv_bn_relu_triton(x, w, s, b, 1, 3, True)
+    with pytest.raises(RuntimeError, match=r"dwconv_bn_act: expected stride 1 or 2, got 3"):
+        dw_relu(x, w, s, b, 3, 0, True)
+    with pytest.raises(RuntimeError, match=re.escape(
+            "expected padding [top, bottom, left, right], each 0 <= p <= dilation * (K - 1) = 2, "
+            "got [3, 3, 3, 3]")):
+        dw_relu(x, w, s, b, 1, 3, True)
     with pytest.raises(RuntimeError, match=r"expected weight of shape \[C, 1, K, K\] with C = 3, "
                                            r"got \[4, 1, 3, 3\]"):
-        OPS.dwconv_bn_relu_triton(x, randn(4, 1, 3, 3), s, b, 1, 1, True)
+        dw_relu(x, randn(4, 1, 3, 3), s, b, 1, 1, True)
     with pytest.raises(RuntimeError, match=r"expected scale to have the dtype of x \(float32\), "
                                            r"got float64"):
-        OPS.dwconv_bn_relu_triton(x, w, s.double(), b, 1, 1, True)
+        dw_relu(x, w, s.double(), b, 1, 1, True)
     with pytest.raises(RuntimeError, match=r"expected x of dtype float32, float64, float16 or "
                                            r"bfloat16, got int64"):
-        OPS.dwconv_bn_relu_triton(x.long(), w.long(), s.long(), b.long(), 1, 1, True)
-    with pytest.raises(RuntimeError, match=r"_dwconv_bn_relu_backward: expected grad_out of shape "
+        dw_relu(x.long(), w.long(), s.long(), b.long(), 1, 1, True)
+    with pytest.raises(RuntimeError, match=r"_dwconv_bn_act_backward: expected grad_out of shape "
                                            r"\[2, 3, 9, 11\], got \[2, 3, 9, 10\]"):
-        OPS._dwconv_bn_relu_backward_triton(randn(2, 3, 9, 10), x, w, s, b, 1, 1, True)
+        OPS._dwconv_bn_act_backward_triton(randn(2, 3, 9, 10), x, w, s, b, 1, [1] * 4, 1, "relu",
+                                           0.0, 0.0)
 
     act_args = (1, [1, 1, 1, 1], 1, "relu", 0.0, 0.0)
     with pytest.raises(RuntimeError, match=r"dwconv_bn_act: expected act in none, relu, hardtanh, "
@@ -501,10 +505,10 @@ def test_direct_op_calls_validate_like_the_wrappers():
 def test_cpu_tensors_without_the_interpreter_say_so(monkeypatch):
     monkeypatch.setattr(_common, "INTERPRET", False)
     x, w, s, b = dw_inputs(3, 9, 11, 3, "contiguous")
-    with pytest.raises(RuntimeError, match=r"dwconv_bn_relu: got cpu tensors, but the Triton "
+    with pytest.raises(RuntimeError, match=r"dwconv_bn_act: got cpu tensors, but the Triton "
                                            r"kernels run on the CPU only under the interpreter: "
                                            r"set TRITON_INTERPRET=1"):
-        OPS.dwconv_bn_relu_triton(x, w, s, b, 1, 1, True)
+        dw_relu(x, w, s, b, 1, 1, True)
 
 
 # ---------------------------------------------------------------- torch.compile
@@ -517,7 +521,7 @@ def test_compile_fullgraph_through_the_functional_api():
         return dasp_kernels.dwconv_bn_relu(x, w, s, b, stride=2, padding=1, backend="triton") * 2
 
     def direct(x, w, s, b):
-        return OPS.dwconv_bn_relu_triton(x, w, s, b, 2, 1, True) * 2
+        return dw_relu(x, w, s, b, 2, 1, True) * 2
 
     def run(f):
         torch._dynamo.reset()

@@ -163,12 +163,14 @@ __device__ __forceinline__ acc_type<scalar_t> pool2x2(const scalar_t* __restrict
 }
 
 // Host entry points shared between the .cu files (the first three are the registered kernels).
-at::Tensor dwconv_bn_relu_cuda(const at::Tensor& x, const at::Tensor& weight,
-                               const at::Tensor& scale, const at::Tensor& shift, int64_t stride,
-                               int64_t padding, bool relu);
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_bn_relu_backward_cuda(
+at::Tensor dwconv_bn_act_cuda(const at::Tensor& x, const at::Tensor& weight,
+                              const at::Tensor& scale, const at::Tensor& shift, int64_t stride,
+                              at::IntArrayRef padding, int64_t dilation, c10::string_view act,
+                              double alpha, double beta);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_bn_act_backward_cuda(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
-    const at::Tensor& scale, const at::Tensor& shift, int64_t stride, int64_t padding, bool relu);
+    const at::Tensor& scale, const at::Tensor& shift, int64_t stride, at::IntArrayRef padding,
+    int64_t dilation, c10::string_view act, double alpha, double beta);
 std::tuple<at::Tensor, at::Tensor> ppm_add_backward_cuda(const at::Tensor& grad_out,
                                                          const at::Tensor& x,
                                                          const at::Tensor& weight);

@@ -1,6 +1,6 @@
 // CUDA kernels of dwconv_bn_act: act(depthwise_conv2d(x, w, stride, padding, dilation) * scale +
 // shift), padding = [top, bottom, left, right], K 1..9, stride 1 or 2, the activations of
-// activation.cuh. dwconv_bn_relu (symmetric padding, dilation 1, ReLU or none) is a call into it.
+// activation.cuh.
 //
 // Forward, dilation 1, NCHW: one block per 32x32 output tile of one (n, c) plane; the input tile it
 // needs is staged once in shared memory. Forward, dilation 1, NHWC: one thread per strip of outputs
@@ -517,11 +517,6 @@ Conf act_conf(int64_t stride, at::IntArrayRef padding, int64_t dilation, Act act
   return {stride, dilation, {padding[0], padding[1], padding[2], padding[3]}, act, alpha, beta};
 }
 
-// dwconv_bn_relu's arguments as dwconv_bn_act's: symmetric padding, dilation 1, ReLU or none.
-Conf relu_conf(int64_t stride, int64_t padding, bool relu) {
-  return {stride, 1, {padding, padding, padding, padding}, relu ? Act::relu : Act::none, 0.0, 0.0};
-}
-
 }  // namespace
 
 at::Tensor dwconv_bn_act_cuda(const at::Tensor& x, const at::Tensor& weight,
@@ -543,30 +538,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_bn_act_backwar
                   act_conf(stride, padding, dilation, a, alpha, beta));
 }
 
-at::Tensor dwconv_bn_relu_cuda(const at::Tensor& x, const at::Tensor& weight,
-                               const at::Tensor& scale, const at::Tensor& shift, int64_t stride,
-                               int64_t padding, bool relu) {
-  check_dwconv_bn_relu(x, weight, scale, shift, stride, padding);
-  check_cuda_dtype("dwconv_bn_relu", x);
-  return forward(x, weight, scale, shift, relu_conf(stride, padding, relu));
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_bn_relu_backward_cuda(
-    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
-    const at::Tensor& scale, const at::Tensor& shift, int64_t stride, int64_t padding, bool relu) {
-  check_dwconv_bn_relu(x, weight, scale, shift, stride, padding);
-  check_cuda_dtype("dwconv_bn_relu", x);
-  return backward("_dwconv_bn_relu_backward", grad_out, x, weight, scale, shift,
-                  relu_conf(stride, padding, relu));
-}
-
 }  // namespace cuda
 }  // namespace dasp_kernels
 
 TORCH_LIBRARY_IMPL(dasp_kernels, CUDA, m) {
   m.impl("dwconv_bn_act", &dasp_kernels::cuda::dwconv_bn_act_cuda);
   m.impl("_dwconv_bn_act_backward", &dasp_kernels::cuda::dwconv_bn_act_backward_cuda);
-  // The old op, until its callers move to dwconv_bn_act.
-  m.impl("dwconv_bn_relu", &dasp_kernels::cuda::dwconv_bn_relu_cuda);
-  m.impl("_dwconv_bn_relu_backward", &dasp_kernels::cuda::dwconv_bn_relu_backward_cuda);
 }

@@ -1,6 +1,6 @@
 """Depthwise KxK conv + per-channel scale/shift (folded BN) + activation, in Triton: the op
 dwconv_bn_act_triton (padding [top, bottom, left, right], dilation, the activations of
-_activation.py) and dwconv_bn_relu_triton, a call into it.
+_activation.py).
 
 Forward: one program per [channels x output pixels] tile, pixels counted over N * OH * OW so that
 small maps still fill a tile. Backward: one kernel recomputes the pre-activation z for act'(z),
@@ -293,50 +293,3 @@ def _backward(ctx, grad):
 dwconv_bn_act_triton.register_autograd(_backward, setup_context=_setup_context)
 keep_opaque_when_interpreted(dwconv_bn_act_triton)
 keep_opaque_when_interpreted(_dwconv_bn_act_backward_triton)
-
-
-# ---------------------------------------------------------------- dwconv_bn_relu, until it goes:
-# symmetric padding, dilation 1, ReLU or none, through the kernels above.
-
-def _relu_conf(padding, relu):
-    return [padding] * 4, 1, "relu" if relu else "none"
-
-
-@triton_op("dasp_kernels::dwconv_bn_relu_triton", mutates_args=())
-def dwconv_bn_relu_triton(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
-                          shift: torch.Tensor, stride: int, padding: int,
-                          relu: bool) -> torch.Tensor:
-    _checks.check_dwconv_bn_relu(x, weight, scale, shift, stride, padding, torch._check)
-    check_device("dwconv_bn_relu", x)
-    return dw_forward(x, weight, scale, shift, stride, *_relu_conf(padding, relu))
-
-
-@triton_op("dasp_kernels::_dwconv_bn_relu_backward_triton", mutates_args=())
-def _dwconv_bn_relu_backward_triton(
-        grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
-        shift: torch.Tensor, stride: int, padding: int, relu: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    _checks.check_dwconv_bn_relu(x, weight, scale, shift, stride, padding, torch._check)
-    check_device("dwconv_bn_relu", x)
-    pad4, dilation, act = _relu_conf(padding, relu)
-    _check_grad_out("_dwconv_bn_relu_backward", grad_out, x,
-                    _checks.dwconv_bn_act_out_shape(x, weight, stride, pad4, dilation))
-    return dw_backward(grad_out, x, weight, scale, shift, stride, pad4, dilation, act)
-
-
-def _relu_setup_context(ctx, inputs, output):
-    x, weight, scale, shift, stride, padding, relu = inputs
-    ctx.save_for_backward(x, weight, scale, shift)
-    ctx.conf = (stride, padding, relu)
-
-
-def _relu_backward(ctx, grad):
-    x, weight, scale, shift = ctx.saved_tensors
-    grads = torch.ops.dasp_kernels._dwconv_bn_relu_backward_triton(grad, x, weight, scale, shift,
-                                                                   *ctx.conf)
-    return (*grads, None, None, None)
-
-
-dwconv_bn_relu_triton.register_autograd(_relu_backward, setup_context=_relu_setup_context)
-keep_opaque_when_interpreted(dwconv_bn_relu_triton)
-keep_opaque_when_interpreted(_dwconv_bn_relu_backward_triton)
