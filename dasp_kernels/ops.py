@@ -1,6 +1,10 @@
 """Fake kernels and autograd for the C++/CUDA ops declared in csrc/ops.cpp.
 
-Imported by dasp_kernels/__init__.py right after the extension loads; does nothing without it.
+One entry per op in OPS: its fake, the fake of its backward op, and its autograd (setup_context
+and backward, which calls the namespace's `_<op>_backward`). register(ns) installs them for a
+namespace: "dasp_kernels" here (imported by dasp_kernels/__init__.py right after the extension
+loads; does nothing without it), and "dasp_emu", the CUDA emulator of the tests
+(tests/cuda_emu), with the same code.
 """
 import torch
 
@@ -42,8 +46,7 @@ def _dw_act_setup(ctx, inputs, output):
 
 def _dw_act_backward(ctx, grad):
     x, weight, scale, shift = ctx.saved_tensors
-    grads = torch.ops.dasp_kernels._dwconv_bn_act_backward(grad, x, weight, scale, shift,
-                                                           *ctx.conf)
+    grads = ctx.ops._dwconv_bn_act_backward(grad, x, weight, scale, shift, *ctx.conf)
     return (*grads, None, None, None, None, None, None)
 
 
@@ -73,7 +76,7 @@ def _stage_setup(ctx, inputs, output):
 
 
 def _stage_backward(ctx, grad):
-    return torch.ops.dasp_kernels._dasp_stage_backward(grad, *ctx.saved_tensors)
+    return ctx.ops._dasp_stage_backward(grad, *ctx.saved_tensors)
 
 
 def _path_fake(x, stage_params):
@@ -93,10 +96,10 @@ def _path_backward(ctx, grad):
     stages = [params[i:i + 7] for i in range(0, len(params), 7)]
     inputs = [x]
     for p in stages[:-1]:
-        inputs.append(torch.ops.dasp_kernels.dasp_stage(inputs[-1], *p))
+        inputs.append(ctx.ops.dasp_stage(inputs[-1], *p))
     grads = [None] * len(params)
     for s in reversed(range(len(stages))):
-        g = torch.ops.dasp_kernels._dasp_stage_backward(grad, inputs[s], *stages[s])
+        g = ctx.ops._dasp_stage_backward(grad, inputs[s], *stages[s])
         grad = g[0]
         grads[7 * s:7 * s + 7] = g[1:]
     return grad, grads
@@ -109,27 +112,36 @@ def _ppm_setup(ctx, inputs, output):
 
 def _ppm_backward(ctx, grad):
     x, weight = ctx.saved_tensors
-    gx, gw = torch.ops.dasp_kernels._ppm_add_backward(grad, x, weight)
+    gx, gw = ctx.ops._ppm_add_backward(grad, x, weight)
     return gx, gw, grad
 
 
-def register():
-    if not has_cpu_extension():
+# op: (fake, fake of _<op>_backward or None, setup_context, backward)
+OPS = {
+    "dwconv_bn_act": (_dw_act_fake, _dw_act_backward_fake, _dw_act_setup, _dw_act_backward),
+    "ppm_add": (_ppm_fake, _ppm_backward_fake, _ppm_setup, _ppm_backward),
+    "dasp_stage": (_stage_fake, _stage_backward_fake, _stage_setup, _stage_backward),
+    "dasp_spatial_path": (_path_fake, None, _path_setup, _path_backward),
+}
+
+
+def register(ns=LIB):
+    """Fakes and autograd of every op of OPS that namespace `ns` defines."""
+    if ns == LIB and not has_cpu_extension():
         return
-    torch.library.register_fake(f"{LIB}::dwconv_bn_act")(_dw_act_fake)
-    torch.library.register_fake(f"{LIB}::_dwconv_bn_act_backward")(_dw_act_backward_fake)
-    torch.library.register_autograd(f"{LIB}::dwconv_bn_act", _dw_act_backward,
-                                    setup_context=_dw_act_setup)
-    torch.library.register_fake(f"{LIB}::ppm_add")(_ppm_fake)
-    torch.library.register_fake(f"{LIB}::_ppm_add_backward")(_ppm_backward_fake)
-    torch.library.register_autograd(f"{LIB}::ppm_add", _ppm_backward, setup_context=_ppm_setup)
-    torch.library.register_fake(f"{LIB}::dasp_stage")(_stage_fake)
-    torch.library.register_fake(f"{LIB}::_dasp_stage_backward")(_stage_backward_fake)
-    torch.library.register_autograd(f"{LIB}::dasp_stage", _stage_backward,
-                                    setup_context=_stage_setup)
-    torch.library.register_fake(f"{LIB}::dasp_spatial_path")(_path_fake)
-    torch.library.register_autograd(f"{LIB}::dasp_spatial_path", _path_backward,
-                                    setup_context=_path_setup)
+    ops = getattr(torch.ops, ns)
+    for name, (fake, backward_fake, setup, backward) in OPS.items():
+        if not hasattr(ops, name):
+            continue  # e.g. the emulator has no dasp_spatial_path (CUDA runs it stage by stage)
+
+        def setup_in_ns(ctx, inputs, output, setup=setup):
+            ctx.ops = ops  # the backward ops of the same namespace
+            setup(ctx, inputs, output)
+
+        torch.library.register_fake(f"{ns}::{name}")(fake)
+        if backward_fake is not None:
+            torch.library.register_fake(f"{ns}::_{name}_backward")(backward_fake)
+        torch.library.register_autograd(f"{ns}::{name}", backward, setup_context=setup_in_ns)
 
 
 register()

@@ -70,30 +70,20 @@ def write_sources(out_dir):
     return [path] + sources
 
 
-_AUTOGRAD_DONE = False
+_REGISTERED = False
 
 
 def register_autograd():
-    """Gradients through torch.ops.dasp_emu.dwconv_bn_act, as dasp_kernels/ops.py gives the real
-    op: its backward is the emulated _dwconv_bn_act_backward, so tests that differentiate the op
-    (tests/ops) run the emulated backward kernels too."""
-    global _AUTOGRAD_DONE
-    if _AUTOGRAD_DONE:
+    """Fakes and autograd of torch.ops.dasp_emu.*, from the same table as the real ops'
+    (dasp_kernels/ops.py): each backward is the emulated _<op>_backward, so tests that
+    differentiate an op (tests/ops) run the emulated backward kernels too."""
+    global _REGISTERED
+    if _REGISTERED:
         return
-    import torch
+    from dasp_kernels import ops
 
-    def setup_context(ctx, inputs, output):
-        x, weight, scale, shift, *conf = inputs
-        ctx.save_for_backward(x, weight, scale, shift)
-        ctx.conf = conf  # stride, padding, dilation, act, alpha, beta
-
-    def backward(ctx, grad):
-        grads = torch.ops.dasp_emu._dwconv_bn_act_backward(grad, *ctx.saved_tensors, *ctx.conf)
-        return (*grads, None, None, None, None, None, None)
-
-    torch.library.register_autograd("dasp_emu::dwconv_bn_act", backward,
-                                    setup_context=setup_context)
-    _AUTOGRAD_DONE = True
+    ops.register("dasp_emu")
+    _REGISTERED = True
 
 
 def build(out_dir=None, verbose=False):
