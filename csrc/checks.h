@@ -23,11 +23,8 @@ inline std::string dtype_name(at::ScalarType t) {
   }
 }
 
+// The largest depthwise kernel of the stage ops (dasp_stage, dasp_spatial_path: K in 1, 3, 5, 7).
 constexpr int64_t kMaxK = 7;
-
-inline int64_t dwconv_out_size(int64_t size, int64_t k, int64_t stride, int64_t padding) {
-  return (size + 2 * padding - k) / stride + 1;
-}
 
 inline void check_rank4_floating(const char* op, const at::Tensor& x) {
   TORCH_CHECK(x.dim() == 4, op, ": expected x to be 4-D (N, C, H, W), got ", x.dim(),
@@ -56,34 +53,6 @@ inline void check_backend_dtype(const char* op, const char* backend, const at::T
   }
   TORCH_CHECK(false, op, ": backend '", backend, "' supports ", names, ", got ",
               dtype_name(x.scalar_type()));
-}
-
-inline void check_dwconv_bn_relu(const at::Tensor& x, const at::Tensor& weight,
-                                 const at::Tensor& scale, const at::Tensor& shift, int64_t stride,
-                                 int64_t padding) {
-  const char* op = "dwconv_bn_relu";
-  check_rank4_floating(op, x);
-  check_like_x(op, x, "weight", weight);
-  check_like_x(op, x, "scale", scale);
-  check_like_x(op, x, "shift", shift);
-  const int64_t c = x.size(1);
-  TORCH_CHECK(weight.dim() == 4 && weight.size(0) == c && weight.size(1) == 1 &&
-                  weight.size(2) == weight.size(3),
-              op, ": expected weight of shape [C, 1, K, K] with C = ", c, ", got ", weight.sizes());
-  const int64_t k = weight.size(2);
-  TORCH_CHECK(k >= 1 && k <= kMaxK, op, ": expected kernel size 1 <= K <= ", kMaxK, ", got K = ",
-              k);
-  TORCH_CHECK(scale.dim() == 1 && scale.size(0) == c, op, ": expected scale of shape [", c,
-              "], got ", scale.sizes());
-  TORCH_CHECK(shift.dim() == 1 && shift.size(0) == c, op, ": expected shift of shape [", c,
-              "], got ", shift.sizes());
-  TORCH_CHECK(stride == 1 || stride == 2, op, ": expected stride 1 or 2, got ", stride);
-  TORCH_CHECK(padding >= 0 && padding <= k - 1, op, ": expected 0 <= padding <= K - 1 = ", k - 1,
-              ", got ", padding);
-  const int64_t h = x.size(2), w = x.size(3);
-  TORCH_CHECK(h + 2 * padding >= k && w + 2 * padding >= k, op,
-              ": expected H + 2 * padding >= K and W + 2 * padding >= K, got H = ", h, ", W = ", w,
-              ", padding = ", padding, ", K = ", k);
 }
 
 // dwconv_bn_act's activations, in the order of dasp_kernels/_checks.py's ACTIVATIONS (the op's

@@ -100,12 +100,6 @@ PyObject* PyInit__C(void) {
 // (channels_last around oneDNN convs) instead of converting to the traced NCHW and back.
 TORCH_LIBRARY(dasp_kernels, m) {
   const std::vector<at::Tag> any_layout = {at::Tag::flexible_layout};
-  // act(depthwise_conv2d(x, weight, stride, padding) * scale[c] + shift[c]), act = ReLU or identity.
-  m.def("dwconv_bn_relu(Tensor x, Tensor weight, Tensor scale, Tensor shift, int stride, "
-        "int padding, bool relu) -> Tensor", any_layout);
-  // Returns (grad_x, grad_weight, grad_scale, grad_shift); recomputes the convolution.
-  m.def("_dwconv_bn_relu_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor scale, "
-        "Tensor shift, int stride, int padding, bool relu) -> (Tensor, Tensor, Tensor, Tensor)");
   // act(depthwise_conv2d(x, weight, stride, padding, dilation) * scale[c] + shift[c]): the
   // depthwise conv of MobileNets and EfficientNets with its BatchNorm (folded: scale, shift; a
   // conv bias folds into shift) and activation. K 1..9, stride 1 or 2, padding [top, bottom,

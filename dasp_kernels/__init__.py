@@ -1,7 +1,7 @@
 """Fused kernels for the Depthwise Attention Spatial Path (DASP) of BiSeNet.
 
     import dasp_kernels
-    y = dasp_kernels.dwconv_bn_relu(x, w, scale, shift, stride=2, padding=3)
+    y = dasp_kernels.dwconv_bn_act(x, w, scale, shift, stride=2, padding=3, act="relu")
     z = dasp_kernels.ppm_add(x, w_pw, residual)
     dasp_kernels.available_backends()   # e.g. ['reference', 'cpu']
     dasp_kernels.cpu_isa()              # the CPU kernels' build: 'avx512', 'avx2' or 'default'

@@ -6,9 +6,6 @@ The C++ kernels (csrc/checks.h) say the same things in the same words: shapes ar
 """
 import torch
 
-MAX_K = 7
-
-
 def shape_str(shape):
     return "[" + ", ".join(str(int(s)) if not isinstance(s, torch.SymInt) else str(s) for s in shape) + "]"
 
@@ -41,34 +38,6 @@ def _rank4(op, check, name, t):
     check(t.dim() == 4,
           lambda: f"{op}: expected {name} to be 4-D (N, C, H, W), got {t.dim()}-D of shape "
                   f"{shape_str(t.shape)}")
-
-
-def dwconv_out_size(size, k, stride, padding):
-    return (size + 2 * padding - k) // stride + 1
-
-
-def check_dwconv_bn_relu(x, weight, scale, shift, stride, padding, check):
-    op = "dwconv_bn_relu"
-    _rank4(op, check, "x", x)
-    _floating(op, check, x)
-    _same_device_dtype(op, check, x, [("weight", weight), ("scale", scale), ("shift", shift)])
-    c = x.shape[1]
-    check(weight.dim() == 4 and weight.shape[0] == c and weight.shape[1] == 1
-          and weight.shape[2] == weight.shape[3],
-          lambda: f"{op}: expected weight of shape [C, 1, K, K] with C = {c}, got "
-                  f"{shape_str(weight.shape)}")
-    k = weight.shape[2]
-    check(1 <= k <= MAX_K, lambda: f"{op}: expected kernel size 1 <= K <= {MAX_K}, got K = {k}")
-    for name, t in (("scale", scale), ("shift", shift)):
-        check(t.dim() == 1 and t.shape[0] == c,
-              lambda: f"{op}: expected {name} of shape [{c}], got {shape_str(t.shape)}")
-    check(stride in (1, 2), lambda: f"{op}: expected stride 1 or 2, got {stride}")
-    check(0 <= padding <= k - 1,
-          lambda: f"{op}: expected 0 <= padding <= K - 1 = {k - 1}, got {padding}")
-    h, w = x.shape[2], x.shape[3]
-    check(h + 2 * padding >= k and w + 2 * padding >= k,
-          lambda: f"{op}: expected H + 2 * padding >= K and W + 2 * padding >= K, got H = {h}, "
-                  f"W = {w}, padding = {padding}, K = {k}")
 
 
 # dwconv_bn_act's activations, as the op's `act` argument names them: act(z) with z the

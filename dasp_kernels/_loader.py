@@ -18,7 +18,7 @@ def has_cpu_extension() -> bool:
 
 # Asked once here: dynamo cannot trace the dispatcher query inside a compiled function.
 _BUILT_WITH_CUDA = _C is not None and torch._C._dispatch_has_kernel_for_dispatch_key(
-    "dasp_kernels::dwconv_bn_relu", "CUDA")
+    "dasp_kernels::dwconv_bn_act", "CUDA")
 
 
 def cpu_isa():

@@ -14,27 +14,6 @@ def _empty_like_format(x, shape):
     return x.new_empty(shape).contiguous(memory_format=_checks.output_memory_format(x))
 
 
-def _dw_out_shape(x, weight, stride, padding):
-    k = weight.shape[2]
-    return (x.shape[0], x.shape[1], _checks.dwconv_out_size(x.shape[2], k, stride, padding),
-            _checks.dwconv_out_size(x.shape[3], k, stride, padding))
-
-
-def _dwconv_fake(x, weight, scale, shift, stride, padding, relu):
-    _checks.check_dwconv_bn_relu(x, weight, scale, shift, stride, padding, torch._check)
-    return _empty_like_format(x, _dw_out_shape(x, weight, stride, padding))
-
-
-def _dwconv_backward_fake(grad_out, x, weight, scale, shift, stride, padding, relu):
-    _checks.check_dwconv_bn_relu(x, weight, scale, shift, stride, padding, torch._check)
-    torch._check(list(grad_out.shape) == list(_dw_out_shape(x, weight, stride, padding)),
-                 lambda: f"_dwconv_bn_relu_backward: expected grad_out of shape "
-                         f"{_checks.shape_str(_dw_out_shape(x, weight, stride, padding))}, got "
-                         f"{_checks.shape_str(grad_out.shape)}")
-    return (_empty_like_format(x, x.shape), torch.empty_like(weight, memory_format=torch.contiguous_format),
-            torch.empty_like(scale), torch.empty_like(shift))
-
-
 def _dw_act_fake(x, weight, scale, shift, stride, padding, dilation, act, alpha, beta):
     _checks.check_dwconv_bn_act(x, weight, scale, shift, stride, padding, dilation, act,
                                 torch._check)
@@ -123,19 +102,6 @@ def _path_backward(ctx, grad):
     return grad, grads
 
 
-def _dwconv_setup(ctx, inputs, output):
-    x, weight, scale, shift, stride, padding, relu = inputs
-    ctx.save_for_backward(x, weight, scale, shift)
-    ctx.conf = (stride, padding, relu)
-
-
-def _dwconv_backward(ctx, grad):
-    x, weight, scale, shift = ctx.saved_tensors
-    gx, gw, gscale, gshift = torch.ops.dasp_kernels._dwconv_bn_relu_backward(
-        grad, x, weight, scale, shift, *ctx.conf)
-    return gx, gw, gscale, gshift, None, None, None
-
-
 def _ppm_setup(ctx, inputs, output):
     x, weight, residual = inputs
     ctx.save_for_backward(x, weight)
@@ -150,16 +116,12 @@ def _ppm_backward(ctx, grad):
 def register():
     if not has_cpu_extension():
         return
-    torch.library.register_fake(f"{LIB}::dwconv_bn_relu")(_dwconv_fake)
-    torch.library.register_fake(f"{LIB}::_dwconv_bn_relu_backward")(_dwconv_backward_fake)
     torch.library.register_fake(f"{LIB}::dwconv_bn_act")(_dw_act_fake)
     torch.library.register_fake(f"{LIB}::_dwconv_bn_act_backward")(_dw_act_backward_fake)
     torch.library.register_autograd(f"{LIB}::dwconv_bn_act", _dw_act_backward,
                                     setup_context=_dw_act_setup)
     torch.library.register_fake(f"{LIB}::ppm_add")(_ppm_fake)
     torch.library.register_fake(f"{LIB}::_ppm_add_backward")(_ppm_backward_fake)
-    torch.library.register_autograd(f"{LIB}::dwconv_bn_relu", _dwconv_backward,
-                                    setup_context=_dwconv_setup)
     torch.library.register_autograd(f"{LIB}::ppm_add", _ppm_backward, setup_context=_ppm_setup)
     torch.library.register_fake(f"{LIB}::dasp_stage")(_stage_fake)
     torch.library.register_fake(f"{LIB}::_dasp_stage_backward")(_stage_backward_fake)

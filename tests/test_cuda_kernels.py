@@ -10,6 +10,7 @@ GPU-only: opcheck, gradcheck, autograd registration, error messages, streams, la
 test_cuda_kernels_compiled_in runs wherever the extension was built with the CUDA sources.
 """
 import os
+import re
 import sys
 
 import pytest
@@ -19,9 +20,9 @@ import torch.nn.functional as F
 from dasp_kernels import _checks, _loader
 from dasp_kernels import reference as ref
 
-OPS = ("dwconv_bn_relu", "_dwconv_bn_relu_backward", "ppm_add", "_ppm_add_backward", "dasp_stage",
-       "_dasp_stage_backward")
-CUDA_SOURCES = ("dwconv_bn_relu.cu", "ppm_add.cu", "dasp_stage.cu")
+OPS = ("dwconv_bn_act", "_dwconv_bn_act_backward",
+       "ppm_add", "_ppm_add_backward", "dasp_stage", "_dasp_stage_backward")
+CUDA_SOURCES = ("dwconv_bn_act.cu", "ppm_add.cu", "dasp_stage.cu")
 
 
 def _cuda_skip_reason():
@@ -78,6 +79,17 @@ def tgt(request):
 # ------------------------------------------------------------------------------------------------
 # helpers
 
+def dw_relu(ops, x, w, sc, sh, stride, padding, relu):
+    """The DASP stage's depthwise form of dwconv_bn_act: symmetric padding, ReLU or none."""
+    return ops.dwconv_bn_act(x, w, sc, sh, stride, [padding] * 4, 1, "relu" if relu else "none",
+                             0.0, 0.0)
+
+
+def dw_relu_backward(ops, g, x, w, sc, sh, stride, padding, relu):
+    return ops._dwconv_bn_act_backward(g, x, w, sc, sh, stride, [padding] * 4, 1,
+                                       "relu" if relu else "none", 0.0, 0.0)
+
+
 LAYOUTS = ("contiguous", "channels_last", "sliced", "channels_last_sliced")
 
 
@@ -117,7 +129,7 @@ def masked_grad(g, pre, margin):
 HALF_TOL = {torch.float16: 2e-2, torch.bfloat16: 6e-2}
 
 # ------------------------------------------------------------------------------------------------
-# dwconv_bn_relu
+# dwconv_bn_act in the DASP stage's form (symmetric padding, ReLU or none)
 
 DW_SHAPES = [(2, 3, 9, 11), (1, 5, 7, 7), (3, 4, 16, 13), (1, 2, 37, 70), (2, 33, 8, 7)]
 DW_CASES = [(k, s, p) for k in range(1, 8) for s in (1, 2) for p in sorted({0, k // 2, k - 1})]
@@ -145,7 +157,7 @@ def test_dwconv_forward_backward(tgt, k, s, p, layout):
     shape = DW_SHAPES[(i + LAYOUTS.index(layout)) % len(DW_SHAPES)]
     x = make_x(shape, layout, tgt.device)
     w, sc, sh = dw_params(shape[1], k, tgt.device)
-    y = tgt.ops.dwconv_bn_relu(x, w, sc, sh, s, p, relu)
+    y = dw_relu(tgt.ops, x, w, sc, sh, s, p, relu)
     y64 = ref.dwconv_bn_relu(x.double(), w.double(), sc.double(), sh.double(), s, p, False)
     yr = torch.relu(y64) if relu else y64
     assert y.shape == yr.shape and y.dtype == x.dtype
@@ -155,7 +167,7 @@ def test_dwconv_forward_backward(tgt, k, s, p, layout):
     g = torch.randn(yr.shape, device=tgt.device)
     if relu:
         g = masked_grad(g, y64, 1e-3)
-    grads = tgt.ops._dwconv_bn_relu_backward(g, x, w, sc, sh, s, p, relu)
+    grads = dw_relu_backward(tgt.ops, g, x, w, sc, sh, s, p, relu)
     expected = dw_reference_grads(x, w, sc, sh, s, p, relu, g)
     check_format(grads[0], x)
     for got, exp, like in zip(grads, expected, (x, w, sc, sh)):
@@ -171,7 +183,7 @@ def test_dwconv_dtypes(tgt, dtype, layout, k, s, p):
     shape = (2, 6, 13, 10)
     x = make_x(shape, layout, tgt.device, dtype)
     w, sc, sh = dw_params(shape[1], k, tgt.device, dtype)
-    y = tgt.ops.dwconv_bn_relu(x, w, sc, sh, s, p, True)
+    y = dw_relu(tgt.ops, x, w, sc, sh, s, p, True)
     assert y.dtype == dtype
     check_format(y, x)
     # The half types against the float32 reference on the same (rounded) inputs.
@@ -179,7 +191,7 @@ def test_dwconv_dtypes(tgt, dtype, layout, k, s, p):
     tol = HALF_TOL.get(dtype, 1e-12)
     close(y, torch.relu(y32), tol)
     g = masked_grad(torch.randn(y.shape, device=tgt.device), y32, 0.05).to(dtype)
-    grads = tgt.ops._dwconv_bn_relu_backward(g, x, w, sc, sh, s, p, True)
+    grads = dw_relu_backward(tgt.ops, g, x, w, sc, sh, s, p, True)
     expected = dw_reference_grads(x, w, sc, sh, s, p, True, g)
     for got, exp in zip(grads, expected):
         assert got.dtype == dtype
@@ -191,8 +203,8 @@ def test_dwconv_deterministic(tgt):
     x = make_x((2, 8, 40, 37), "channels_last", tgt.device)
     w, sc, sh = dw_params(8, 5, tgt.device)
     g = torch.randn(2, 8, 20, 19, device=tgt.device)
-    a = tgt.ops._dwconv_bn_relu_backward(g, x, w, sc, sh, 2, 2, True)
-    b = tgt.ops._dwconv_bn_relu_backward(g, x, w, sc, sh, 2, 2, True)
+    a = dw_relu_backward(tgt.ops, g, x, w, sc, sh, 2, 2, True)
+    b = dw_relu_backward(tgt.ops, g, x, w, sc, sh, 2, 2, True)
     for u, v in zip(a, b):
         assert torch.equal(u, v)
 
@@ -201,8 +213,155 @@ def test_dwconv_all_padding_rows(tgt):
     # H = 1 with padding K - 1: most taps fall in the padding; a whole output row sees only padding.
     x = make_x((2, 3, 1, 6), "contiguous", tgt.device)
     w, sc, sh = dw_params(3, 5, tgt.device)
-    y = tgt.ops.dwconv_bn_relu(x, w, sc, sh, 1, 4, False)
+    y = dw_relu(tgt.ops, x, w, sc, sh, 1, 4, False)
     close(y, ref.dwconv_bn_relu(x, w, sc, sh, 1, 4, False), 1e-5)
+
+
+# ------------------------------------------------------------------------------------------------
+# dwconv_bn_act
+
+# alpha, beta per activation: hardtanh's min and max, leaky_relu's slope; the others ignore them.
+ACT_ARGS = {"hardtanh": (-0.5, 0.75), "leaky_relu": (0.1, 0.0)}
+# Points where an activation's derivative jumps: a gradient there depends on rounding.
+ACT_KINKS = {"relu": (0.0,), "leaky_relu": (0.0,), "hardtanh": ACT_ARGS["hardtanh"],
+             "hardswish": (-3.0, 3.0)}
+DWA_SHAPES = [(2, 3, 19, 21), (1, 5, 17, 18), (2, 33, 18, 17), (1, 2, 23, 40), (3, 4, 20, 19)]
+# Every K of the tiled kernels' odd sizes, both strides, dilation 1 (tiled kernels) and 2, 3 (the
+# direct kernel; the same index arithmetic in the backward).
+DWA_CASES = [(k, s, d) for k in (1, 3, 5, 7, 9) for s in (1, 2) for d in (1, 2, 3)
+             if not (k == 1 and d > 1)] + [(2, 2, 1), (4, 1, 2), (8, 2, 1), (6, 1, 3)]
+
+
+def dwa_padding(i, k, d):
+    """Four different sides where K allows: [top, bottom, left, right], each 0..d*(K-1)."""
+    span = d * (k - 1)
+    return [(i * 5 + j * 3) % (span + 1) for j in range(4)]
+
+
+def dwa_reference(x, w, sc, sh, conf, g):
+    """Output and (x, w, scale, shift) gradients of autograd through the reference, in float64."""
+    ins = [t.detach().double().requires_grad_() for t in (x, w, sc, sh)]
+    y = ref.dwconv_bn_act(*ins, *conf)
+    return y.detach(), torch.autograd.grad(y, ins, g.double())
+
+
+def dwa_pre_activation(x, w, sc, sh, conf):
+    stride, padding, dilation = conf[:3]
+    return ref.dwconv_bn_act(x.double(), w.double(), sc.double(), sh.double(), stride, padding,
+                             dilation, "none")
+
+
+def kink_masked_grad(g, pre, act, margin):
+    """Zero grad_out where the pre-activation is within `margin` of a kink of `act`."""
+    keep = torch.ones_like(pre, dtype=torch.bool)
+    for p in ACT_KINKS.get(act, ()):
+        keep &= (pre - p).abs() > margin
+    return g * keep.to(g.dtype)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("k,s,d", DWA_CASES)
+def test_dwconv_act_forward_backward(tgt, k, s, d, layout):
+    # float64: the kernels' sums agree with the reference to ~1e-15, so no kink needs masking and
+    # every activation's backward is checked everywhere.
+    i = DWA_CASES.index((k, s, d)) * len(LAYOUTS) + LAYOUTS.index(layout)
+    act = _checks.ACTIVATIONS[i % len(_checks.ACTIVATIONS)]
+    alpha, beta = ACT_ARGS.get(act, (0.0, 0.0))
+    pad = dwa_padding(i, k, d)
+    n, c, h, w = DWA_SHAPES[i % len(DWA_SHAPES)]
+    span = d * (k - 1)  # the map must hold one window: H + top + bottom > span
+    shape = (n, c, max(h, span + 1 - pad[0] - pad[1]), max(w, span + 2 - pad[2] - pad[3]))
+    conf = (s, pad, d, act, alpha, beta)
+    x = make_x(shape, layout, tgt.device, torch.float64)
+    w, sc, sh = dw_params(shape[1], k, tgt.device, torch.float64)
+    y = tgt.ops.dwconv_bn_act(x, w, sc, sh, *conf)
+    g = torch.randn(y.shape, device=tgt.device, dtype=torch.float64)
+    yr, expected = dwa_reference(x, w, sc, sh, conf, g)
+    assert y.shape == yr.shape and y.dtype == x.dtype
+    check_format(y, x)
+    close(y, yr, 1e-12)
+    grads = tgt.ops._dwconv_bn_act_backward(g, x, w, sc, sh, *conf)
+    check_format(grads[0], x)
+    for got, exp, like in zip(grads, expected, (x, w, sc, sh)):
+        assert got.shape == like.shape and got.dtype == like.dtype
+        close(got, exp, 1e-10)
+    assert all(t.is_contiguous() for t in grads[1:])
+
+
+@pytest.mark.parametrize("act", _checks.ACTIVATIONS)
+def test_dwconv_act_float32(tgt, act):
+    # float32 in, float64 reference: the activation formulas in single precision.
+    i = _checks.ACTIVATIONS.index(act)
+    layout = ("contiguous", "channels_last")[i % 2]
+    k, s, d = ((3, 2, 1), (5, 1, 2), (9, 1, 1), (7, 2, 1))[i % 4]
+    alpha, beta = ACT_ARGS.get(act, (0.0, 0.0))
+    conf = (s, dwa_padding(i, k, d), d, act, alpha, beta)
+    x = make_x((2, 6, 19, 17), layout, tgt.device) * 3  # reach hardswish's and gelu's tails
+    w, sc, sh = dw_params(6, k, tgt.device)
+    y = tgt.ops.dwconv_bn_act(x, w, sc, sh, *conf)
+    pre = dwa_pre_activation(x, w, sc, sh, conf)
+    g = kink_masked_grad(torch.randn(y.shape, device=tgt.device), pre, act, 1e-3)
+    yr, expected = dwa_reference(x, w, sc, sh, conf, g)
+    close(y, yr, 1e-5)
+    grads = tgt.ops._dwconv_bn_act_backward(g, x, w, sc, sh, *conf)
+    for got, exp in zip(grads, expected):
+        assert got.dtype == torch.float32
+        close(got / exp.abs().max().clamp_min(1), exp / exp.abs().max().clamp_min(1), 2e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("k,s,d,act", [(3, 2, 1, "hardswish"), (9, 1, 2, "gelu")])
+def test_dwconv_act_half_dtypes(tgt, dtype, layout, k, s, d, act):
+    conf = (s, dwa_padding(1, k, d), d, act, 0.0, 0.0)
+    x = make_x((2, 6, 20, 19), layout, tgt.device, dtype)
+    w, sc, sh = dw_params(6, k, tgt.device, dtype)
+    y = tgt.ops.dwconv_bn_act(x, w, sc, sh, *conf)
+    assert y.dtype == dtype
+    check_format(y, x)
+    pre = dwa_pre_activation(x, w, sc, sh, conf)
+    g = kink_masked_grad(torch.randn(y.shape, device=tgt.device), pre, act, 0.05).to(dtype)
+    yr, expected = dwa_reference(x, w, sc, sh, conf, g)
+    tol = HALF_TOL[dtype]
+    close(y, yr, tol)
+    grads = tgt.ops._dwconv_bn_act_backward(g, x, w, sc, sh, *conf)
+    for got, exp in zip(grads, expected):
+        assert got.dtype == dtype
+        close(got / exp.abs().max().clamp_min(1), exp / exp.abs().max().clamp_min(1), tol)
+
+
+def test_dwconv_act_nan_and_edges(tgt):
+    # NaN propagates through every activation as in torch; hardtanh's edges and relu's 0 pass no
+    # gradient (autograd's rule), which a product with a 0/1 mask would turn into NaN for inf.
+    x = make_x((1, 2, 6, 7), "contiguous", tgt.device, torch.float64)
+    x[0, 0, 2, 3] = float("nan")
+    w = torch.zeros(2, 1, 1, 1, device=tgt.device, dtype=torch.float64) + 1
+    sc = torch.ones(2, device=tgt.device, dtype=torch.float64)
+    sh = torch.zeros(2, device=tgt.device, dtype=torch.float64)
+    x[0, 1, 0, :3] = torch.tensor([-0.5, 0.75, 0.0])
+    for act in _checks.ACTIVATIONS:
+        alpha, beta = ACT_ARGS.get(act, (0.0, 0.0))
+        conf = (1, [0, 0, 0, 0], 1, act, alpha, beta)
+        y = tgt.ops.dwconv_bn_act(x, w, sc, sh, *conf)
+        close(y, ref.dwconv_bn_act(x, w, sc, sh, *conf), 1e-12)
+        g = torch.ones_like(y)
+        g[0, 1, 0, :3] = float("inf")
+        gx = tgt.ops._dwconv_bn_act_backward(g, x, w, sc, sh, *conf)[0]
+        _, (ex, *_) = dwa_reference(x, w, sc, sh, conf, g)
+        if act in ("hardswish", "hardtanh"):  # ATen's answer at NaN depends on the position
+            gx[0, 0, 2, 3] = ex[0, 0, 2, 3] = 0
+        close(gx, ex, 1e-12)
+
+
+def test_dwconv_act_deterministic(tgt):
+    x = make_x((2, 8, 40, 37), "channels_last", tgt.device)
+    w, sc, sh = dw_params(8, 5, tgt.device)
+    conf = (2, [1, 3, 4, 2], 2, "silu", 0.0, 0.0)
+    g = torch.randn(2, 8, 18, 18, device=tgt.device)
+    a = tgt.ops._dwconv_bn_act_backward(g, x, w, sc, sh, *conf)
+    b = tgt.ops._dwconv_bn_act_backward(g, x, w, sc, sh, *conf)
+    for u, v in zip(a, b):
+        assert torch.equal(u, v)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -364,10 +523,16 @@ def test_dasp_stage_deterministic(tgt):
 def test_empty_batch(tgt, layout):
     x = make_x((0, 3, 9, 8), layout, tgt.device)
     w, sc, sh = dw_params(3, 3, tgt.device)
-    y = tgt.ops.dwconv_bn_relu(x, w, sc, sh, 2, 1, True)
+    y = dw_relu(tgt.ops, x, w, sc, sh, 2, 1, True)
     assert y.shape == (0, 3, 5, 4)
     check_format(y, x)
-    grads = tgt.ops._dwconv_bn_relu_backward(y, x, w, sc, sh, 2, 1, True)
+    grads = dw_relu_backward(tgt.ops, y, x, w, sc, sh, 2, 1, True)
+    assert grads[0].shape == x.shape and all(bool((t == 0).all()) for t in grads[1:])
+    conf = (2, [0, 1, 2, 1], 2, "gelu", 0.0, 0.0)
+    y = tgt.ops.dwconv_bn_act(x, w, sc, sh, *conf)
+    assert y.shape == (0, 3, 3, 4)
+    check_format(y, x)
+    grads = tgt.ops._dwconv_bn_act_backward(y, x, w, sc, sh, *conf)
     assert grads[0].shape == x.shape and all(bool((t == 0).all()) for t in grads[1:])
 
     xp, weight, residual = ppm_inputs((0, 3, 5, 9, 8), layout, tgt.device)
@@ -394,10 +559,17 @@ CUDA = torch.device("cuda")
 def test_autograd_through_ops_matches_backward_ops():
     x = make_x((2, 5, 11, 9), "channels_last", CUDA).requires_grad_()
     w, sc, sh = [t.requires_grad_() for t in dw_params(5, 3, CUDA)]
-    y = torch.ops.dasp_kernels.dwconv_bn_relu(x, w, sc, sh, 2, 1, True)
+    y = dw_relu(torch.ops.dasp_kernels, x, w, sc, sh, 2, 1, True)
     g = torch.randn_like(y)
     got = torch.autograd.grad(y, [x, w, sc, sh], g)
-    direct = torch.ops.dasp_kernels._dwconv_bn_relu_backward(g, x, w, sc, sh, 2, 1, True)
+    direct = dw_relu_backward(torch.ops.dasp_kernels, g, x, w, sc, sh, 2, 1, True)
+    for a, b in zip(got, direct):
+        assert torch.equal(a, b)
+    conf = (2, [1, 0, 2, 1], 2, "silu", 0.0, 0.0)
+    y = torch.ops.dasp_kernels.dwconv_bn_act(x, w, sc, sh, *conf)
+    g = torch.randn_like(y)
+    got = torch.autograd.grad(y, [x, w, sc, sh], g)
+    direct = torch.ops.dasp_kernels._dwconv_bn_act_backward(g, x, w, sc, sh, *conf)
     for a, b in zip(got, direct):
         assert torch.equal(a, b)
     args = [t.requires_grad_() for t in stage_inputs((2, 8, 16, 11, 10), 5, "contiguous", CUDA)]
@@ -418,9 +590,10 @@ def _opcheck_samples():
     for layout in ("contiguous", "channels_last"):
         x = make_x((2, 3, 9, 8), layout, CUDA)
         w, sc, sh = dw_params(3, 3, CUDA)
-        samples.append(("dwconv_bn_relu", (x, w, sc, sh, 2, 1, True)))
-        samples.append(("_dwconv_bn_relu_backward",
-                        (torch.randn(2, 3, 5, 4, device=CUDA), x, w, sc, sh, 2, 1, True)))
+        conf = (2, [1, 0, 2, 1], 2, "hardtanh", -0.5, 0.5)
+        samples.append(("dwconv_bn_act", (x, w, sc, sh, *conf)))
+        samples.append(("_dwconv_bn_act_backward",
+                        (torch.randn(2, 3, 3, 4, device=CUDA), x, w, sc, sh, *conf)))
         xp, weight, residual = ppm_inputs((2, 3, 5, 9, 8), layout, CUDA)
         samples.append(("ppm_add", (xp, weight, residual)))
         samples.append(("_ppm_add_backward", (torch.randn_like(residual), xp, weight)))
@@ -449,7 +622,18 @@ def test_gradcheck_dwconv(layout, k, s, p):
     x = make_x((2, 3, 6, 5), layout, CUDA, torch.float64).requires_grad_()
     params = [t.requires_grad_() for t in dw_params(3, k, CUDA, torch.float64)]
     assert torch.autograd.gradcheck(
-        lambda *a: torch.ops.dasp_kernels.dwconv_bn_relu(*a, s, p, True), (x, *params))
+        lambda *a: dw_relu(torch.ops.dasp_kernels, *a, s, p, True), (x, *params))
+
+
+@gpu_test
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("k,s,d,act", [(3, 2, 2, "gelu_tanh"), (5, 1, 1, "silu"), (1, 2, 1, "gelu")])
+def test_gradcheck_dwconv_act(layout, k, s, d, act):
+    x = make_x((2, 3, 7, 6), layout, CUDA, torch.float64).requires_grad_()
+    params = [t.requires_grad_() for t in dw_params(3, k, CUDA, torch.float64)]
+    pad = dwa_padding(3, k, d)
+    assert torch.autograd.gradcheck(
+        lambda *a: torch.ops.dasp_kernels.dwconv_bn_act(*a, s, pad, d, act, 0.0, 0.0), (x, *params))
 
 
 @gpu_test
@@ -475,6 +659,9 @@ def test_public_api_picks_cuda():
     w, sc, sh = dw_params(3, 3, CUDA)
     y = dasp_kernels.dwconv_bn_relu(x, w, sc, sh, stride=2, padding=1, backend="cuda")
     close(y, ref.dwconv_bn_relu(x, w, sc, sh, 2, 1, True), 1e-5)
+    y = dasp_kernels.dwconv_bn_act(x, w, sc, sh, stride=2, padding="same", act="hardswish",
+                                   backend="cuda")
+    close(y, ref.dwconv_bn_act(x, w, sc, sh, 2, [0, 1, 0, 1], 1, "hardswish"), 1e-5)
 
 
 @gpu_test
@@ -482,27 +669,42 @@ def test_error_messages():
     ops = torch.ops.dasp_kernels
     x = make_x((2, 3, 9, 8), "contiguous", CUDA)
     w, sc, sh = dw_params(3, 3, CUDA)
-    with pytest.raises(RuntimeError, match=r"dwconv_bn_relu: expected weight of shape \[C, 1, K, K\] "
+    with pytest.raises(RuntimeError, match=r"dwconv_bn_act: expected weight of shape \[C, 1, K, K\] "
                                            r"with C = 3, got \[3, 1, 3, 2\]"):
-        ops.dwconv_bn_relu(x, w[..., :2], sc, sh, 1, 0, True)
-    with pytest.raises(RuntimeError, match=r"dwconv_bn_relu: expected kernel size 1 <= K <= 7, got K = 8"):
-        ops.dwconv_bn_relu(x, torch.randn(3, 1, 8, 8, device=CUDA), sc, sh, 1, 0, True)
-    with pytest.raises(RuntimeError, match=r"dwconv_bn_relu: expected stride 1 or 2, got 3"):
-        ops.dwconv_bn_relu(x, w, sc, sh, 3, 0, True)
-    with pytest.raises(RuntimeError, match=r"dwconv_bn_relu: expected 0 <= padding <= K - 1 = 2, got 3"):
-        ops.dwconv_bn_relu(x, w, sc, sh, 1, 3, True)
-    with pytest.raises(RuntimeError, match=r"dwconv_bn_relu: expected weight on the device of x "
+        dw_relu(ops, x, w[..., :2], sc, sh, 1, 0, True)
+    with pytest.raises(RuntimeError, match=r"dwconv_bn_act: expected stride 1 or 2, got 3"):
+        dw_relu(ops, x, w, sc, sh, 3, 0, True)
+    with pytest.raises(RuntimeError, match=re.escape(
+            "dwconv_bn_act: expected padding [top, bottom, left, right], each 0 <= p <= dilation * "
+            "(K - 1) = 2, got [3, 3, 3, 3]")):
+        dw_relu(ops, x, w, sc, sh, 1, 3, True)
+    with pytest.raises(RuntimeError, match=r"dwconv_bn_act: expected weight on the device of x "
                                            r"\(cuda:0\), got cpu"):
-        ops.dwconv_bn_relu(x, w.cpu(), sc, sh, 1, 0, True)
-    with pytest.raises(RuntimeError, match=r"dwconv_bn_relu: expected scale to have the dtype of x "
+        dw_relu(ops, x, w.cpu(), sc, sh, 1, 0, True)
+    with pytest.raises(RuntimeError, match=r"dwconv_bn_act: expected scale to have the dtype of x "
                                            r"\(float32\), got float64"):
-        ops.dwconv_bn_relu(x, w, sc.double(), sh, 1, 0, True)
-    with pytest.raises(RuntimeError, match=r"dwconv_bn_relu: expected x of dtype float32, float64, "
+        dw_relu(ops, x, w, sc.double(), sh, 1, 0, True)
+    with pytest.raises(RuntimeError, match=r"dwconv_bn_act: expected x of dtype float32, float64, "
                                            r"float16 or bfloat16, got int32"):
-        ops.dwconv_bn_relu(x.int(), w.int(), sc.int(), sh.int(), 1, 0, True)
-    with pytest.raises(RuntimeError, match=r"_dwconv_bn_relu_backward: expected grad_out of shape "
+        dw_relu(ops, x.int(), w.int(), sc.int(), sh.int(), 1, 0, True)
+    with pytest.raises(RuntimeError, match=r"_dwconv_bn_act_backward: expected grad_out of shape "
                                            r"\[2, 3, 9, 8\], got \[2, 3, 9, 7\]"):
-        ops._dwconv_bn_relu_backward(torch.randn(2, 3, 9, 7, device=CUDA), x, w, sc, sh, 1, 1, True)
+        dw_relu_backward(ops, torch.randn(2, 3, 9, 7, device=CUDA), x, w, sc, sh, 1, 1, True)
+    with pytest.raises(RuntimeError, match=r"dwconv_bn_act: expected act in none, relu, hardtanh, "
+                                           r"hardswish, silu, gelu, gelu_tanh, leaky_relu, got 'elu'"):
+        ops.dwconv_bn_act(x, w, sc, sh, 1, [1, 1, 1, 1], 1, "elu", 0.0, 0.0)
+    with pytest.raises(RuntimeError, match=r"dwconv_bn_act: expected kernel size 1 <= K <= 9, "
+                                           r"got K = 10"):
+        ops.dwconv_bn_act(x, torch.randn(3, 1, 10, 10, device=CUDA), sc, sh, 1, [0] * 4, 1,
+                          "relu", 0.0, 0.0)
+    with pytest.raises(RuntimeError, match=r"dwconv_bn_act: expected padding \[top, bottom, left, "
+                                           r"right\], each 0 <= p <= dilation \* \(K - 1\) = 2, "
+                                           r"got \[0, 3, 0, 0\]"):
+        ops.dwconv_bn_act(x, w, sc, sh, 1, [0, 3, 0, 0], 1, "relu", 0.0, 0.0)
+    with pytest.raises(RuntimeError, match=r"_dwconv_bn_act_backward: expected grad_out of shape "
+                                           r"\[2, 3, 9, 8\], got \[2, 3, 9, 7\]"):
+        ops._dwconv_bn_act_backward(torch.randn(2, 3, 9, 7, device=CUDA), x, w, sc, sh, 1,
+                                    [1, 1, 1, 1], 1, "relu", 0.0, 0.0)
     xp, weight, residual = ppm_inputs((2, 3, 5, 7, 9), "contiguous", CUDA)
     with pytest.raises(RuntimeError, match=r"ppm_add: expected residual of shape \[N, Cout, ceil\(H/2\), "
                                            r"ceil\(W/2\)\] = \[2, 5, 4, 5\], got \[2, 5, 4, 4\]"):
@@ -536,7 +738,7 @@ def test_current_stream_is_used():
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        y = torch.ops.dasp_kernels.dwconv_bn_relu(x, w, sc, sh, 2, 3, True)
+        y = dw_relu(torch.ops.dasp_kernels, x, w, sc, sh, 2, 3, True)
         out = torch.ops.dasp_kernels.dasp_stage(*stage_inputs((2, 16, 32, 33, 31), 3, "contiguous", CUDA))
         # the kernels were queued on `stream`: the default stream sees them only after syncing
     torch.cuda.current_stream().wait_stream(stream)
@@ -550,7 +752,7 @@ def test_second_device():
     dev = torch.device("cuda", 1)
     x = make_x((2, 3, 9, 8), "contiguous", dev)
     w, sc, sh = dw_params(3, 3, dev)
-    y = torch.ops.dasp_kernels.dwconv_bn_relu(x, w, sc, sh, 2, 1, True)
+    y = dw_relu(torch.ops.dasp_kernels, x, w, sc, sh, 2, 1, True)
     assert y.device == dev
     close(y, ref.dwconv_bn_relu(x, w, sc, sh, 2, 1, True), 1e-5)
 
@@ -569,7 +771,7 @@ def test_more_than_2_31_elements(layout):
         x = x.contiguous(memory_format=torch.channels_last)
     x.normal_()
     w, sc, sh = dw_params(2, 3, CUDA, torch.float16)
-    y = torch.ops.dasp_kernels.dwconv_bn_relu(x, w, sc, sh, 1, 1, False)
+    y = dw_relu(torch.ops.dasp_kernels, x, w, sc, sh, 1, 1, False)
     tail = ref.dwconv_bn_relu(x[:, :, -4:].float(), w.float(), sc.float(), sh.float(), 1, 1, False)
     close(y[:, :, -2:], tail[:, :, -2:], 2e-2)
     del y

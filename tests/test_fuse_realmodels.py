@@ -109,12 +109,11 @@ def test_fused_model_compiles_without_breaks_or_layout_copies(monkeypatch):
     if dasp_kernels.backend_status()["cpu"] is not None:
         pytest.skip("the C++ extension did not load")
     monkeypatch.setenv("TORCHINDUCTOR_COMPILE_THREADS", "1")
-    monkeypatch.setattr(torch._inductor.config, "freezing", True)
     torch._dynamo.reset()
     model = _perturbed(torchvision.models.mobilenet_v3_large())
     compiled = torch.compile(dasp_kernels.fuse(model), fullgraph=True)
     x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
+    with torch.no_grad(), torch._inductor.config.patch(freezing=True):
         out, code = run_and_get_code(compiled, x)
         torch.testing.assert_close(out, model(x), rtol=1e-4, atol=1e-4)
     src = "\n".join(code)

@@ -5,6 +5,7 @@ when the kernels are decorated). The interpreter pays per executed op, so shapes
 every launch is one or two programs.
 """
 import os
+import re
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
                 allow_module_level=True)
 
 import dasp_kernels  # noqa: E402
-from dasp_kernels import reference  # noqa: E402
+from dasp_kernels import _checks, reference  # noqa: E402
 from dasp_kernels.triton import _common  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -79,7 +80,13 @@ def check_against_reference(ours, ref, inputs, dtype, grads=True, what=""):
     return y
 
 
-# ---------------------------------------------------------------- dwconv_bn_relu
+# ---------------------------------------------------------------- dwconv_bn_act, the DASP form
+
+def dw_relu(x, weight, scale, shift, stride, padding, relu):
+    """dwconv_bn_act_triton as the DASP stages call it: symmetric padding, ReLU or none."""
+    return OPS.dwconv_bn_act_triton(x, weight, scale, shift, stride, [padding] * 4, 1,
+                                    "relu" if relu else "none", 0.0, 0.0)
+
 
 # (C, H, W, K, stride, padding, memory layout): every K in 1..7, even K too, every padding class.
 DW_CASES = [
@@ -118,7 +125,7 @@ def test_dwconv_without_relu_and_odd_weight_strides():
     x, weight, scale, shift = dw_inputs(3, 9, 11, 5, "contiguous")
     weight = weight.transpose(2, 3)  # a non-contiguous [C, 1, K, K]
     check_against_reference(
-        lambda *a: OPS.dwconv_bn_relu_triton(*a, 2, 2, False),
+        lambda *a: dw_relu(*a, 2, 2, False),
         lambda *a: reference.dwconv_bn_relu(*a, 2, 2, False),
         (x, weight, scale, shift), torch.float32, what="no relu")
 
@@ -126,18 +133,112 @@ def test_dwconv_without_relu_and_odd_weight_strides():
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
 def test_dwconv_dtypes(dtype):
     inputs = dw_inputs(16, 9, 11, 3, "channels_last", dtype)
-    check_against_reference(lambda *a: OPS.dwconv_bn_relu_triton(*a, 2, 1, True),
+    check_against_reference(lambda *a: dw_relu(*a, 2, 1, True),
                             lambda *a: reference.dwconv_bn_relu(*a, 2, 1, True),
                             inputs, dtype, what=str(dtype))
 
 
 def test_dwconv_gradcheck_float64():
     x, weight, scale, shift = leaves(*dw_inputs(2, 5, 4, 3, "contiguous", torch.float64, n=1))
-    assert torch.autograd.gradcheck(lambda *a: OPS.dwconv_bn_relu_triton(*a, 2, 1, True),
+    assert torch.autograd.gradcheck(lambda *a: dw_relu(*a, 2, 1, True),
                                     (x, weight, scale, shift), fast_mode=True)
     x, weight, scale, shift = leaves(*dw_inputs(1, 4, 5, 2, "contiguous", torch.float64, n=1))
-    assert torch.autograd.gradcheck(lambda *a: OPS.dwconv_bn_relu_triton(*a, 1, 1, False),
+    assert torch.autograd.gradcheck(lambda *a: dw_relu(*a, 1, 1, False),
                                     (x, weight, scale, shift), fast_mode=True)
+
+
+# ---------------------------------------------------------------- dwconv_bn_act
+
+# alpha, beta per activation: hardtanh's min and max, leaky_relu's slope; the others ignore them.
+ACT_ARGS = {"hardtanh": (-0.5, 0.75), "leaky_relu": (0.1, 0.0)}
+# (C, H, W, K, stride, dilation, padding [top, bottom, left, right], act, layout): every
+# activation, K 1..9, dilation 1..3, four different sides, each layout. float64, so that no
+# pre-activation is close enough to a kink for rounding to pick the other side.
+DWA_CASES = [
+    (3, 9, 11, 1, 2, 1, [0, 0, 0, 0], "none", "contiguous"),
+    (16, 9, 11, 3, 1, 2, [2, 0, 1, 4], "relu", "channels_last"),
+    (3, 10, 9, 5, 2, 1, [0, 3, 4, 1], "hardtanh", "strided"),
+    (2, 12, 13, 7, 1, 1, [6, 0, 3, 2], "hardswish", "contiguous"),
+    (16, 9, 10, 9, 2, 1, [8, 8, 4, 0], "silu", "channels_last"),
+    (3, 11, 12, 3, 2, 3, [6, 5, 0, 3], "gelu", "strided"),
+    (1, 8, 9, 4, 1, 2, [1, 2, 6, 0], "gelu_tanh", "contiguous"),
+    (5, 16, 15, 9, 1, 2, [16, 3, 0, 9], "leaky_relu", "channels_last"),
+    (2, 5, 4, 5, 1, 1, [4, 4, 4, 4], "gelu", "contiguous"),  # smaller than the kernel
+]
+
+
+def dwa_op(stride, padding, dilation, act, backend=None):
+    alpha, beta = ACT_ARGS.get(act, (0.0, 0.0))
+    if backend is not None:
+        return lambda *a: dasp_kernels.dwconv_bn_act(*a, stride=stride, padding=padding,
+                                                     dilation=dilation, act=act, alpha=alpha,
+                                                     beta=beta, backend=backend)
+    return lambda *a: OPS.dwconv_bn_act_triton(*a, stride, padding, dilation, act, alpha, beta)
+
+
+def dwa_ref(stride, padding, dilation, act):
+    alpha, beta = ACT_ARGS.get(act, (0.0, 0.0))
+    return lambda *a: reference.dwconv_bn_act(*a, stride, padding, dilation, act, alpha, beta)
+
+
+@pytest.mark.parametrize("c,h,w,k,stride,dilation,padding,act,kind", DWA_CASES)
+def test_dwconv_act_matches_reference(c, h, w, k, stride, dilation, padding, act, kind):
+    inputs = dw_inputs(c, h, w, k, kind, torch.float64)
+    y = check_against_reference(
+        dwa_op(stride, padding, dilation, act, backend="triton"),
+        dwa_ref(stride, padding, dilation, act), inputs, torch.float64,
+        what=f"dwconv_bn_act K={k} s={stride} d={dilation} p={padding} {act} {kind}")
+    cl = kind == "channels_last" and c > 1
+    assert y.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+
+
+@pytest.mark.parametrize("act", ["silu", "gelu", "gelu_tanh", "hardswish"])
+def test_dwconv_act_float32(act):
+    # The activations' float32 formulas; x * 3 reaches the tails of hardswish and the gelus.
+    # Smooth in float32 where the kinks of hardswish (+-3) are rarely hit within rounding.
+    x, weight, scale, shift = dw_inputs(6, 9, 10, 3, "channels_last")
+    check_against_reference(dwa_op(2, [1, 0, 0, 1], 2, act), dwa_ref(2, [1, 0, 0, 1], 2, act),
+                            (x * 3, weight, scale, shift), torch.float32, what=act)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_dwconv_act_half_dtypes(dtype):
+    inputs = dw_inputs(16, 9, 11, 5, "channels_last", dtype)
+    check_against_reference(dwa_op(1, [2, 1, 0, 3], 2, "gelu"), dwa_ref(1, [2, 1, 0, 3], 2, "gelu"),
+                            inputs, dtype, what=str(dtype))
+
+
+def test_dwconv_act_nan_and_inf_gradients_follow_autograd():
+    # NaN propagates as in torch; relu's 0 and hardtanh's edges pass no gradient, even an inf one.
+    x = randn(1, 2, 6, 7, dtype=torch.float64)
+    x[0, 0, 2, 3] = float("nan")
+    x[0, 1, 0, :3] = torch.tensor([-0.5, 0.75, 0.0], dtype=torch.float64)
+    weight = torch.ones(2, 1, 1, 1, dtype=torch.float64, device=DEV)
+    scale = torch.ones(2, dtype=torch.float64, device=DEV)
+    shift = torch.zeros(2, dtype=torch.float64, device=DEV)
+    for act in _checks.ACTIVATIONS:
+        alpha, beta = ACT_ARGS.get(act, (0.0, 0.0))
+        conf = (1, [0, 0, 0, 0], 1, act, alpha, beta)
+        y = OPS.dwconv_bn_act_triton(x, weight, scale, shift, *conf)
+        torch.testing.assert_close(y, reference.dwconv_bn_act(x, weight, scale, shift, *conf),
+                                   rtol=1e-12, atol=1e-12, equal_nan=True)
+        g = torch.ones_like(y)
+        g[0, 1, 0, :3] = float("inf")
+        gx = OPS._dwconv_bn_act_backward_triton(g, x, weight, scale, shift, *conf)[0]
+        xr = x.clone().requires_grad_()
+        reference.dwconv_bn_act(xr, weight, scale, shift, *conf).backward(g)
+        if act in ("hardswish", "hardtanh"):  # ATen's answer at NaN depends on the position
+            gx[0, 0, 2, 3] = xr.grad[0, 0, 2, 3] = 0
+        torch.testing.assert_close(gx, xr.grad, rtol=1e-12, atol=1e-12, equal_nan=True,
+                                   msg=lambda m: f"{act}: {m}")
+
+
+def test_dwconv_act_gradcheck_float64():
+    for act, stride, padding, dilation in (("gelu_tanh", 2, [1, 0, 2, 1], 2),
+                                           ("silu", 1, [0, 1, 1, 0], 1)):
+        x, weight, scale, shift = leaves(*dw_inputs(2, 6, 5, 3, "contiguous", torch.float64, n=1))
+        assert torch.autograd.gradcheck(dwa_op(stride, padding, dilation, act),
+                                        (x, weight, scale, shift), fast_mode=True)
 
 
 # ---------------------------------------------------------------- ppm_add
@@ -261,7 +362,8 @@ def test_dasp_stage_gradcheck_float64():
 def test_int64_offsets_give_the_same_results(monkeypatch):
     """The IDX64 variant (taken for tensors past 2**30 elements) computes exactly the same."""
     cases = [
-        (lambda *a: OPS.dwconv_bn_relu_triton(*a, 2, 3, True), dw_inputs(3, 9, 11, 7, "strided")),
+        (lambda *a: dw_relu(*a, 2, 3, True), dw_inputs(3, 9, 11, 7, "strided")),
+        (dwa_op(2, [3, 1, 0, 4], 2, "gelu"), dw_inputs(3, 9, 11, 3, "channels_last")),
         (OPS.ppm_add_triton, ppm_inputs(16, 5, 8, 7, "channels_last")),
         (OPS.dasp_stage_triton, stage_inputs(16, 16, 3, 5, 6, "contiguous")),
     ]
@@ -282,11 +384,11 @@ def _opcheck_cases():
     dw = dw_inputs(3, 5, 6, 2, "channels_last", n=1)
     ppm = ppm_inputs(3, 4, 5, 6, "contiguous", n=1)
     stage = stage_inputs(3, 4, 1, 5, 6, "contiguous", n=1)
-    g_dw = randn(1, 3, 3, 4).contiguous(memory_format=torch.channels_last)
     g = randn(1, 4, 3, 3)
     return {
-        "dwconv_bn_relu_triton": (leaves(*dw) + [2, 1, True]),
-        "_dwconv_bn_relu_backward_triton": ([g_dw, *dw, 2, 1, True]),
+        "dwconv_bn_act_triton": (leaves(*dw) + [2, [1, 0, 0, 1], 2, "hardtanh", -0.5, 0.5]),
+        "_dwconv_bn_act_backward_triton": ([randn(1, 3, 2, 3).contiguous(
+            memory_format=torch.channels_last), *dw, 2, [1, 0, 0, 1], 2, "silu", 0.0, 0.0]),
         "ppm_add_triton": leaves(*ppm),
         "_ppm_add_backward_triton": [g, *ppm[:2]],
         "dasp_stage_triton": leaves(*stage),
@@ -301,8 +403,14 @@ def test_opcheck(name):
 
 def test_empty_batch():
     x, w, s, b = leaves(*dw_inputs(3, 9, 11, 3, "contiguous", n=0))
-    y = OPS.dwconv_bn_relu_triton(x, w, s, b, 2, 1, True)
+    y = dw_relu(x, w, s, b, 2, 1, True)
     assert y.shape == (0, 3, 5, 6)
+    y.sum().backward()
+    assert x.grad.shape == x.shape and not w.grad.any() and not s.grad.any() and not b.grad.any()
+
+    x, w, s, b = leaves(*dw_inputs(3, 9, 11, 3, "channels_last", n=0))
+    y = OPS.dwconv_bn_act_triton(x, w, s, b, 2, [1, 0, 2, 1], 2, "gelu", 0.0, 0.0)
+    assert y.shape == (0, 3, 3, 5)
     y.sum().backward()
     assert x.grad.shape == x.shape and not w.grad.any() and not s.grad.any() and not b.grad.any()
 
@@ -325,8 +433,11 @@ def test_meta_tensors_give_shapes_and_strides():
     assert y.device.type == "meta" and y.shape == (2, 4, 5, 6)
     assert y.is_contiguous(memory_format=torch.channels_last)
     x, w, s, b = (t.to("meta") for t in dw_inputs(3, 9, 11, 3, "contiguous"))
-    gx, gw, gs, gb = OPS._dwconv_bn_relu_backward_triton(torch.empty(2, 3, 9, 11, device="meta"),
-                                                         x, w, s, b, 1, 1, True)
+    y = OPS.dwconv_bn_act_triton(x, w, s, b, 2, [1, 0, 2, 1], 2, "silu", 0.0, 0.0)
+    assert y.device.type == "meta" and y.shape == (2, 3, 3, 5)
+    gx, gw, gs, gb = OPS._dwconv_bn_act_backward_triton(torch.empty(2, 3, 3, 5, device="meta"),
+                                                        x, w, s, b, 2, [1, 0, 2, 1], 2, "silu",
+                                                        0.0, 0.0)
     assert gx.shape == x.shape and gw.shape == w.shape and gs.shape == gb.shape == (3,)
 
 
@@ -334,24 +445,43 @@ def test_meta_tensors_give_shapes_and_strides():
 
 def test_direct_op_calls_validate_like_the_wrappers():
     x, w, s, b = dw_inputs(3, 9, 11, 3, "contiguous")
-    with pytest.raises(ValueError, match=r"dwconv_bn_relu: expected stride 1 or 2, got 3"):
+    # The old wrapper is dwconv_bn_act with act "relu" (functional.py), and says so.
+    with pytest.raises(ValueError, match=r"dwconv_bn_act: expected stride 1 or 2, got 3"):
         dasp_kernels.dwconv_bn_relu(x, w, s, b, stride=3, backend="triton")
-    with pytest.raises(RuntimeError, match=r"dwconv_bn_relu: expected stride 1 or 2, got 3"):
-        OPS.dwconv_bn_relu_triton(x, w, s, b, 3, 0, True)
-    with pytest.raises(RuntimeError, match=r"expected 0 <= padding <= K - 1 = 2, got 3"):
-        OPS.dwconv_bn_relu_triton(x, w, s, b, 1, 3, True)
+    with pytest.raises(RuntimeError, match=r"dwconv_bn_act: expected stride 1 or 2, got 3"):
+        dw_relu(x, w, s, b, 3, 0, True)
+    with pytest.raises(RuntimeError, match=re.escape(
+            "expected padding [top, bottom, left, right], each 0 <= p <= dilation * (K - 1) = 2, "
+            "got [3, 3, 3, 3]")):
+        dw_relu(x, w, s, b, 1, 3, True)
     with pytest.raises(RuntimeError, match=r"expected weight of shape \[C, 1, K, K\] with C = 3, "
                                            r"got \[4, 1, 3, 3\]"):
-        OPS.dwconv_bn_relu_triton(x, randn(4, 1, 3, 3), s, b, 1, 1, True)
+        dw_relu(x, randn(4, 1, 3, 3), s, b, 1, 1, True)
     with pytest.raises(RuntimeError, match=r"expected scale to have the dtype of x \(float32\), "
                                            r"got float64"):
-        OPS.dwconv_bn_relu_triton(x, w, s.double(), b, 1, 1, True)
+        dw_relu(x, w, s.double(), b, 1, 1, True)
     with pytest.raises(RuntimeError, match=r"expected x of dtype float32, float64, float16 or "
                                            r"bfloat16, got int64"):
-        OPS.dwconv_bn_relu_triton(x.long(), w.long(), s.long(), b.long(), 1, 1, True)
-    with pytest.raises(RuntimeError, match=r"_dwconv_bn_relu_backward: expected grad_out of shape "
+        dw_relu(x.long(), w.long(), s.long(), b.long(), 1, 1, True)
+    with pytest.raises(RuntimeError, match=r"_dwconv_bn_act_backward: expected grad_out of shape "
                                            r"\[2, 3, 9, 11\], got \[2, 3, 9, 10\]"):
-        OPS._dwconv_bn_relu_backward_triton(randn(2, 3, 9, 10), x, w, s, b, 1, 1, True)
+        OPS._dwconv_bn_act_backward_triton(randn(2, 3, 9, 10), x, w, s, b, 1, [1] * 4, 1, "relu",
+                                           0.0, 0.0)
+
+    act_args = (1, [1, 1, 1, 1], 1, "relu", 0.0, 0.0)
+    with pytest.raises(RuntimeError, match=r"dwconv_bn_act: expected act in none, relu, hardtanh, "
+                                           r"hardswish, silu, gelu, gelu_tanh, leaky_relu, got "
+                                           r"'tanh'"):
+        OPS.dwconv_bn_act_triton(x, w, s, b, 1, [1, 1, 1, 1], 1, "tanh", 0.0, 0.0)
+    with pytest.raises(RuntimeError, match=r"dwconv_bn_act: expected padding \[top, bottom, left, "
+                                           r"right\], each 0 <= p <= dilation \* \(K - 1\) = 4, "
+                                           r"got \[1, 5, 0, 0\]"):
+        OPS.dwconv_bn_act_triton(x, w, s, b, 1, [1, 5, 0, 0], 2, "relu", 0.0, 0.0)
+    with pytest.raises(RuntimeError, match=r"dwconv_bn_act: expected dilation >= 1, got 0"):
+        OPS.dwconv_bn_act_triton(x, w, s, b, 1, [0, 0, 0, 0], 0, "relu", 0.0, 0.0)
+    with pytest.raises(RuntimeError, match=r"_dwconv_bn_act_backward: expected grad_out of shape "
+                                           r"\[2, 3, 9, 11\], got \[2, 3, 9, 10\]"):
+        OPS._dwconv_bn_act_backward_triton(randn(2, 3, 9, 10), x, w, s, b, *act_args)
 
     x, w, r = ppm_inputs(3, 4, 9, 11, "contiguous")
     with pytest.raises(RuntimeError, match=r"ppm_add: expected residual of shape \[N, Cout, "
@@ -375,10 +505,10 @@ def test_direct_op_calls_validate_like_the_wrappers():
 def test_cpu_tensors_without_the_interpreter_say_so(monkeypatch):
     monkeypatch.setattr(_common, "INTERPRET", False)
     x, w, s, b = dw_inputs(3, 9, 11, 3, "contiguous")
-    with pytest.raises(RuntimeError, match=r"dwconv_bn_relu: got cpu tensors, but the Triton "
+    with pytest.raises(RuntimeError, match=r"dwconv_bn_act: got cpu tensors, but the Triton "
                                            r"kernels run on the CPU only under the interpreter: "
                                            r"set TRITON_INTERPRET=1"):
-        OPS.dwconv_bn_relu_triton(x, w, s, b, 1, 1, True)
+        dw_relu(x, w, s, b, 1, 1, True)
 
 
 # ---------------------------------------------------------------- torch.compile
@@ -391,7 +521,7 @@ def test_compile_fullgraph_through_the_functional_api():
         return dasp_kernels.dwconv_bn_relu(x, w, s, b, stride=2, padding=1, backend="triton") * 2
 
     def direct(x, w, s, b):
-        return OPS.dwconv_bn_relu_triton(x, w, s, b, 2, 1, True) * 2
+        return dw_relu(x, w, s, b, 2, 1, True) * 2
 
     def run(f):
         torch._dynamo.reset()

@@ -24,20 +24,22 @@ SMEM_LIMIT = 227 * 1024  # the most dynamic shared memory one block can have on 
 def _cases():
     """(label, launch) pairs covering every kernel, its dtype classes and code paths."""
     from dasp_kernels.triton.dasp_stage import stage_forward
-    from dasp_kernels.triton.dwconv_bn_relu import dw_backward, dw_forward
+    from dasp_kernels.triton.dwconv_bn_act import dw_backward, dw_forward
     from dasp_kernels.triton.ppm_add import ppm_backward, ppm_forward
 
     def t(*shape, dtype=torch.float32, cl=False):
         x = torch.empty(shape, dtype=dtype, device="meta")
         return x.contiguous(memory_format=torch.channels_last) if cl else x
 
-    def dw(dtype, cl, k, backward):
+    def dw(dtype, cl, k, backward, act="relu", dilation=1):
         x, w = t(2, 64, 64, 64, dtype=dtype, cl=cl), t(64, 1, k, k, dtype=dtype)
         s = t(64, dtype=dtype)
+        span = dilation * (k - 1)
+        pad = [span // 2, span - span // 2, span // 2, span - span // 2]  # "same", asymmetric
+        conf = (2, pad, dilation, act, -0.5, 0.5)
         if backward:
-            return lambda: dw_backward(t(2, 64, 32, 32, dtype=dtype, cl=cl), x, w, s, s, 2, k // 2,
-                                       True)
-        return lambda: dw_forward(x, w, s, s, 2, k // 2, True)
+            return lambda: dw_backward(t(2, 64, 32, 32, dtype=dtype, cl=cl), x, w, s, s, *conf)
+        return lambda: dw_forward(x, w, s, s, *conf)
 
     def ppm(dtype, cin, backward):
         x, w = t(2, cin, 64, 64, dtype=dtype), t(64, cin, 1, 1, dtype=dtype)
@@ -55,6 +57,21 @@ def _cases():
         ("dw fwd bf16 K3", dw(torch.bfloat16, False, 3, False)),
         ("dw bwd fp16 channels_last K3", dw(torch.float16, True, 3, True)),
         ("dw bwd fp64 K5", dw(torch.float64, False, 5, True)),
+        # Every activation's formulas (erf, exp, the where chains) in the dtypes they meet.
+        ("dw fwd fp32 K9 gelu", dw(torch.float32, True, 9, False, "gelu")),
+        ("dw fwd fp64 K3 gelu_tanh dil 2", dw(torch.float64, False, 3, False, "gelu_tanh", 2)),
+        ("dw fwd bf16 K5 silu", dw(torch.bfloat16, True, 5, False, "silu")),
+        ("dw fwd fp16 K4 hardswish", dw(torch.float16, False, 4, False, "hardswish")),
+        ("dw fwd fp32 K3 hardtanh dil 3", dw(torch.float32, True, 3, False, "hardtanh", 3)),
+        ("dw fwd fp32 K3 leaky_relu", dw(torch.float32, False, 3, False, "leaky_relu")),
+        ("dw fwd fp32 K3 none", dw(torch.float32, False, 3, False, "none")),
+        ("dw bwd fp32 K9 gelu dil 2", dw(torch.float32, True, 9, True, "gelu", 2)),
+        ("dw bwd fp64 K3 gelu_tanh", dw(torch.float64, False, 3, True, "gelu_tanh")),
+        ("dw bwd bf16 K7 silu", dw(torch.bfloat16, True, 7, True, "silu")),
+        ("dw bwd fp16 K3 hardswish", dw(torch.float16, False, 3, True, "hardswish")),
+        ("dw bwd fp32 K5 hardtanh", dw(torch.float32, False, 5, True, "hardtanh")),
+        ("dw bwd fp32 K3 leaky_relu dil 4", dw(torch.float32, True, 3, True, "leaky_relu", 4)),
+        ("dw bwd fp32 K3 none", dw(torch.float32, True, 3, True, "none")),
         ("ppm fwd fp32 Cin 64", ppm(torch.float32, 64, False)),
         ("ppm bwd fp16 Cin 3", ppm(torch.float16, 3, True)),
         ("ppm bwd bf16 Cin 64", ppm(torch.bfloat16, 64, True)),
@@ -72,7 +89,7 @@ def compile_all():
     from triton.compiler import ASTSource, make_backend
     from triton.runtime.jit import JITFunction, create_function_from_signature
 
-    from dasp_kernels.triton import _common, dasp_stage, dwconv_bn_relu, ppm_add
+    from dasp_kernels.triton import _common, dasp_stage, dwconv_bn_act, ppm_add
 
     assert not _common.INTERPRET, "run without TRITON_INTERPRET"
     target = GPUTarget("cuda", 90, 32)
@@ -86,7 +103,7 @@ def compile_all():
         def __getitem__(self, grid):
             return lambda *args, **kwargs: launches.append((self.kernel, args, kwargs))
 
-    for module in (dwconv_bn_relu, ppm_add, dasp_stage):
+    for module in (dwconv_bn_act, ppm_add, dasp_stage):
         module.wrap_triton = Record
         module.should_launch = lambda *tensors: True  # meta tensors: record, never run
     results, seen = [], set()

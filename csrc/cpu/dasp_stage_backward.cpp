@@ -1,6 +1,6 @@
-// CPU backward of dasp_stage. Recomputes the depthwise branch with the library's dwconv_bn_relu
+// CPU backward of dasp_stage. Recomputes the depthwise branch with the library's dwconv_bn_act
 // kernel, runs the two 1x1 convolutions as matrix products, takes the pointwise BN + ReLU
-// backward in one pass, and leaves the depthwise and PPM backward to the _dwconv_bn_relu_backward
+// backward in one pass, and leaves the depthwise and PPM backward to the _dwconv_bn_act_backward
 // and _ppm_add_backward kernels.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <tuple>
 #include <vector>
 
@@ -108,19 +109,22 @@ Grads8 dasp_stage_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x,
   }
   // The library ops below are called as kernels, not as differentiable ops.
   at::AutoDispatchBelowADInplaceOrView below_autograd;
-  static auto dw_fwd = library_op("dasp_kernels::dwconv_bn_relu")
+  static auto dw_fwd = library_op("dasp_kernels::dwconv_bn_act")
                            .typed<at::Tensor(const at::Tensor&, const at::Tensor&,
                                              const at::Tensor&, const at::Tensor&, int64_t,
-                                             int64_t, bool)>();
-  static auto dw_bwd = library_op("dasp_kernels::_dwconv_bn_relu_backward")
+                                             at::IntArrayRef, int64_t, c10::string_view, double,
+                                             double)>();
+  static auto dw_bwd = library_op("dasp_kernels::_dwconv_bn_act_backward")
                            .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
                                const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                               const at::Tensor&, const at::Tensor&, int64_t, int64_t, bool)>();
+                               const at::Tensor&, const at::Tensor&, int64_t, at::IntArrayRef,
+                               int64_t, c10::string_view, double, double)>();
+  const std::array<int64_t, 4> pad = {p, p, p, p};  // the stage's depthwise: K / 2 on each side
   static auto ppm_bwd = library_op("dasp_kernels::_ppm_add_backward")
                             .typed<std::tuple<at::Tensor, at::Tensor>(
                                 const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
 
-  const at::Tensor y1 = dw_fwd.call(x, dw_weight, dw_scale, dw_shift, 2, p, true);
+  const at::Tensor y1 = dw_fwd.call(x, dw_weight, dw_scale, dw_shift, 2, pad, 1, "relu", 0.0, 0.0);
   const at::Tensor w2 = pw_weight.reshape({cout, cin});
   // 1x1 convolution as a matrix product: rows of pixels (channels last) or per-image planes.
   at::Tensor y_mat, z, g;
@@ -150,7 +154,7 @@ Grads8 dasp_stage_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x,
     g_y1 = at::matmul(w2.t(), gz).view({n, cin, ho, wo});
   }
   auto [g_x, g_dw_w, g_dw_scale, g_dw_shift] =
-      dw_bwd.call(g_y1, x, dw_weight, dw_scale, dw_shift, 2, p, true);
+      dw_bwd.call(g_y1, x, dw_weight, dw_scale, dw_shift, 2, pad, 1, "relu", 0.0, 0.0);
   auto [g_x_ppm, g_ppm_w] = ppm_bwd.call(grad_out, x, ppm_weight);
   g_x = g_x.contiguous(fmt);
   g_x.add_(g_x_ppm);

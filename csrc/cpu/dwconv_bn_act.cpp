@@ -1,6 +1,5 @@
 // CPU dwconv_bn_act and its backward: checks, layout, threading. The arithmetic lives in
-// dwconv_bn_relu_kernel.h (compiled per instruction set, see cpu_kernels.h). The older op
-// dwconv_bn_relu is dwconv_bn_act with act relu or none, padding p on every side and no dilation.
+// dwconv_bn_relu_kernel.h (compiled per instruction set, see cpu_kernels.h).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -268,32 +267,10 @@ Grads dwconv_bn_act_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x
                   act_conf(stride, padding, dilation, a, alpha, beta));
 }
 
-DwConf relu_conf(int64_t stride, int64_t padding, bool relu) {
-  return {stride, {padding, padding, padding, padding}, 1, relu ? Act::relu : Act::none, 0, 0};
-}
-
-at::Tensor dwconv_bn_relu_cpu(const at::Tensor& x, const at::Tensor& weight,
-                              const at::Tensor& scale, const at::Tensor& shift, int64_t stride,
-                              int64_t padding, bool relu) {
-  check_dwconv_bn_relu(x, weight, scale, shift, stride, padding);
-  return forward("dwconv_bn_relu", x, weight, scale, shift, relu_conf(stride, padding, relu));
-}
-
-Grads dwconv_bn_relu_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x,
-                                  const at::Tensor& weight, const at::Tensor& scale,
-                                  const at::Tensor& shift, int64_t stride, int64_t padding,
-                                  bool relu) {
-  check_dwconv_bn_relu(x, weight, scale, shift, stride, padding);
-  return backward("dwconv_bn_relu", "_dwconv_bn_relu_backward", grad_out, x, weight, scale, shift,
-                  relu_conf(stride, padding, relu));
-}
-
 }  // namespace
 }  // namespace dasp_kernels
 
 TORCH_LIBRARY_IMPL(dasp_kernels, CPU, m) {
   m.impl("dwconv_bn_act", &dasp_kernels::dwconv_bn_act_cpu);
   m.impl("_dwconv_bn_act_backward", &dasp_kernels::dwconv_bn_act_backward_cpu);
-  m.impl("dwconv_bn_relu", &dasp_kernels::dwconv_bn_relu_cpu);
-  m.impl("_dwconv_bn_relu_backward", &dasp_kernels::dwconv_bn_relu_backward_cpu);
 }

@@ -119,6 +119,23 @@ __device__ __forceinline__ void for_each_tap(int64_t ih0, int64_t iw0, int64_t H
   }
 }
 
+// for_each_tap with the taps `dil` apart: tap (kh, kw) reads (ih0 + kh * dil, iw0 + kw * dil).
+template <int K, typename F>
+__device__ __forceinline__ void for_each_tap_dilated(int64_t ih0, int64_t iw0, int dil, int64_t H,
+                                                     int64_t W, F&& f) {
+#pragma unroll
+  for (int kh = 0; kh < K; ++kh) {
+    const int64_t ih = ih0 + (int64_t)kh * dil;
+    if (ih < 0 || ih >= H) continue;
+#pragma unroll
+    for (int kw = 0; kw < K; ++kw) {
+      const int64_t iw = iw0 + (int64_t)kw * dil;
+      if (iw < 0 || iw >= W) continue;
+      f(kh, kw, ih, iw);
+    }
+  }
+}
+
 // Max of the 2x2, stride-2, ceil-mode pooling window of output (oh, ow) in one (n, c) plane whose
 // element (h, w) is at base[h * hs + w * ws]; *arg gets the flat h * W + w of the chosen element.
 // Same scan and rule as PyTorch's max_pool2d (row by row; `v > max || isnan(v)`), so ties pick the
@@ -146,12 +163,14 @@ __device__ __forceinline__ acc_type<scalar_t> pool2x2(const scalar_t* __restrict
 }
 
 // Host entry points shared between the .cu files (the first three are the registered kernels).
-at::Tensor dwconv_bn_relu_cuda(const at::Tensor& x, const at::Tensor& weight,
-                               const at::Tensor& scale, const at::Tensor& shift, int64_t stride,
-                               int64_t padding, bool relu);
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_bn_relu_backward_cuda(
+at::Tensor dwconv_bn_act_cuda(const at::Tensor& x, const at::Tensor& weight,
+                              const at::Tensor& scale, const at::Tensor& shift, int64_t stride,
+                              at::IntArrayRef padding, int64_t dilation, c10::string_view act,
+                              double alpha, double beta);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_bn_act_backward_cuda(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
-    const at::Tensor& scale, const at::Tensor& shift, int64_t stride, int64_t padding, bool relu);
+    const at::Tensor& scale, const at::Tensor& shift, int64_t stride, at::IntArrayRef padding,
+    int64_t dilation, c10::string_view act, double alpha, double beta);
 std::tuple<at::Tensor, at::Tensor> ppm_add_backward_cuda(const at::Tensor& grad_out,
                                                          const at::Tensor& x,
                                                          const at::Tensor& weight);

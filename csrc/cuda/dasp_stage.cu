@@ -5,10 +5,12 @@
 // depthwise and pooled values are computed straight into shared memory and consumed there, so no
 // intermediate map is written to global memory.
 // Backward: composed on the device. Everything runs in float32 (float64 for float64 input): the
-// depthwise map is recomputed with the dwconv_bn_relu kernel, the pointwise parts are at::matmul
+// depthwise map is recomputed with the dwconv_bn_act kernel, the pointwise parts are at::matmul
 // and elementwise ops, and the ppm and depthwise gradients come from the backward kernels of
-// ppm_add and dwconv_bn_relu.
+// ppm_add and dwconv_bn_act.
 #include <torch/library.h>
+
+#include <array>
 
 #include "common.cuh"
 #include "pool_pw_gemm.cuh"
@@ -113,7 +115,8 @@ dasp_stage_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x,
   std::tie(gx_ppm, g_ppm_w) = ppm_add_backward_cuda(g, xf, ppm_weight.to(acc));
 
   // Pointwise branch, recomputed: y1 = dw(x), z = pw_w @ y1, r = relu(z * pw_scale + pw_shift).
-  const at::Tensor y1 = dwconv_bn_relu_cuda(xf, dww, dwsc, dwsh, 2, k / 2, true);
+  const std::array<int64_t, 4> pad = {k / 2, k / 2, k / 2, k / 2};
+  const at::Tensor y1 = dwconv_bn_act_cuda(xf, dww, dwsc, dwsh, 2, pad, 1, "relu", 0.0, 0.0);
   const at::Tensor z = channel_mix(pw2d, y1, cl);
   const at::Tensor g_pre = g * (z * pwsc + pwsh > 0);
   const at::Tensor g_pw_shift = g_pre.sum({0, 2, 3});
@@ -124,7 +127,7 @@ dasp_stage_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x,
 
   at::Tensor gx_dw, g_dw_w, g_dw_scale, g_dw_shift;
   std::tie(gx_dw, g_dw_w, g_dw_scale, g_dw_shift) =
-      dwconv_bn_relu_backward_cuda(gy1, xf, dww, dwsc, dwsh, 2, k / 2, true);
+      dwconv_bn_act_backward_cuda(gy1, xf, dww, dwsc, dwsh, 2, pad, 1, "relu", 0.0, 0.0);
 
   const at::Tensor gx = (gx_ppm + gx_dw).to(dtype).contiguous(fmt);
   return {gx,

@@ -164,8 +164,10 @@ def pool2x2_tile(x_ptr, base, ih0, iw0, H, W, sxh, sxw, mask, ACC: tl.constexpr)
 
 @triton.jit
 def dw_tile(x_ptr, w_ptr, xbase, wbase, oh, ow, mask, wmask, H, W, sxh, sxw, swh, sww,
-            K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, ACC: tl.constexpr):
-    """Depthwise KxK correlation at output pixels (oh, ow), in the ACC dtype.
+            K: tl.constexpr, STRIDE: tl.constexpr, PAD_T: tl.constexpr, PAD_L: tl.constexpr,
+            DIL: tl.constexpr, ACC: tl.constexpr):
+    """Depthwise KxK correlation at output pixels (oh, ow), in the ACC dtype: tap (kh, kw) of
+    output (oh, ow) reads x[oh * STRIDE - PAD_T + kh * DIL, ow * STRIDE - PAD_L + kw * DIL].
 
     Tiles are [channels, pixels]: `xbase` the offsets of (n, c) in x and `mask` the valid
     elements, both [C, P]; `oh`, `ow` [1, P]; `wbase` the offsets of c in the weight and `wmask`,
@@ -173,10 +175,10 @@ def dw_tile(x_ptr, w_ptr, xbase, wbase, oh, ow, mask, wmask, H, W, sxh, sxw, swh
     """
     acc = tl.zeros(mask.shape, dtype=ACC)
     for kh in tl.static_range(K):
-        ih = oh * STRIDE - PAD + kh
+        ih = oh * STRIDE - PAD_T + kh * DIL
         mh = mask & (ih >= 0) & (ih < H)
         for kw in tl.static_range(K):
-            iw = ow * STRIDE - PAD + kw
+            iw = ow * STRIDE - PAD_L + kw * DIL
             m = mh & (iw >= 0) & (iw < W)
             xv = tl.load(x_ptr + xbase + ih * sxh + iw * sxw, mask=m, other=0.0)
             wv = tl.load(w_ptr + wbase + kh * swh + kw * sww, mask=wmask, other=0.0)

@@ -17,7 +17,7 @@ from dasp_kernels.triton._common import (acc_dtype, check_device, dot16, index64
                                          dw_tile, keep_opaque_when_interpreted, on_interpreter,
                                          out_like, pixel_tile, pool2x2_tile, pow2,
                                          should_launch)
-from dasp_kernels.triton.dwconv_bn_relu import dw_backward, dw_forward
+from dasp_kernels.triton.dwconv_bn_act import dw_backward, dw_forward
 from dasp_kernels.triton.ppm_add import ppm_backward
 
 OP = "dasp_stage"
@@ -46,7 +46,7 @@ def _stage_fwd_kernel(x_ptr, dww_ptr, dws_ptr, dwb_ptr, pww_ptr, pws_ptr, pwb_pt
         mask = mci[:, None] & mq[None, :]
         xbase = cin * sxc + n * sxn
         d = dw_tile(x_ptr, dww_ptr, xbase, cin * sdc, oh, ow, mask, mci[:, None], H, W,
-                    sxh, sxw, sdh, sdw, K, 2, K // 2, ACC)
+                    sxh, sxw, sdh, sdw, K, 2, K // 2, K // 2, 1, ACC)
         ds = tl.load(dws_ptr + ci, mask=mci, other=0.0).to(ACC)[:, None]
         db = tl.load(dwb_ptr + ci, mask=mci, other=0.0).to(ACC)[:, None]
         d = d * ds + db
@@ -121,7 +121,7 @@ def stage_backward(grad_out, x, dw_weight, dw_scale, dw_shift, pw_weight, pw_sca
     k = dw_weight.shape[2]
     acc = acc_dtype(x.dtype)
     # The depthwise output in x's dtype, as the unfused stage stores it; the rest in acc.
-    d = dw_forward(x, dw_weight, dw_scale, dw_shift, 2, k // 2, True).to(acc)
+    d = dw_forward(x, dw_weight, dw_scale, dw_shift, 2, [k // 2] * 4, 1, "relu").to(acc)
     g = grad_out.to(acc)
     wpw = pw_weight.reshape(cout, cin).to(acc)
     ps = pw_scale.to(acc).view(1, cout, 1, 1)
@@ -133,7 +133,7 @@ def stage_backward(grad_out, x, dw_weight, dw_scale, dw_shift, pw_weight, pw_sca
     grad_pw_weight = torch.einsum("nohw,nchw->oc", g_z, d).reshape(cout, cin, 1, 1)
     g_d = torch.einsum("oc,nohw->nchw", wpw, g_z)
     gx_dw, grad_dw_weight, grad_dw_scale, grad_dw_shift = dw_backward(
-        g_d, x, dw_weight, dw_scale, dw_shift, 2, k // 2, True, gx_dtype=acc)
+        g_d, x, dw_weight, dw_scale, dw_shift, 2, [k // 2] * 4, 1, "relu", gx_dtype=acc)
     gx_pp, grad_ppm_weight = ppm_backward(grad_out, x, ppm_weight, gx_dtype=acc)
     grad_x = (gx_dw + gx_pp).to(x.dtype)
     dt = x.dtype

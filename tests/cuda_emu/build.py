@@ -3,7 +3,7 @@
     python tests/cuda_emu/build.py      # builds, then prints the ops it registered
 
 The result registers the ops of csrc/ops.cpp under the namespace `dasp_emu` for the CPU dispatch
-key (torch.ops.dasp_emu.dwconv_bn_relu(...) on CPU tensors runs the CUDA kernel source), without
+key (torch.ops.dasp_emu.dwconv_bn_act(...) on CPU tensors runs the CUDA kernel source), without
 touching the real `dasp_kernels` library. Used by the `emu` target of tests/test_cuda_kernels.py (run with DASP_CUDA_EMU=1).
 """
 import os
@@ -70,6 +70,32 @@ def write_sources(out_dir):
     return [path] + sources
 
 
+_AUTOGRAD_DONE = False
+
+
+def register_autograd():
+    """Gradients through torch.ops.dasp_emu.dwconv_bn_act, as dasp_kernels/ops.py gives the real
+    op: its backward is the emulated _dwconv_bn_act_backward, so tests that differentiate the op
+    (tests/ops) run the emulated backward kernels too."""
+    global _AUTOGRAD_DONE
+    if _AUTOGRAD_DONE:
+        return
+    import torch
+
+    def setup_context(ctx, inputs, output):
+        x, weight, scale, shift, *conf = inputs
+        ctx.save_for_backward(x, weight, scale, shift)
+        ctx.conf = conf  # stride, padding, dilation, act, alpha, beta
+
+    def backward(ctx, grad):
+        grads = torch.ops.dasp_emu._dwconv_bn_act_backward(grad, *ctx.saved_tensors, *ctx.conf)
+        return (*grads, None, None, None, None, None, None)
+
+    torch.library.register_autograd("dasp_emu::dwconv_bn_act", backward,
+                                    setup_context=setup_context)
+    _AUTOGRAD_DONE = True
+
+
 def build(out_dir=None, verbose=False):
     from torch.utils.cpp_extension import load
 
@@ -78,6 +104,7 @@ def build(out_dir=None, verbose=False):
     sources = write_sources(os.path.join(out_dir, "src"))
     load(name="dasp_cuda_emu", sources=sources, build_directory=out_dir,
          extra_cflags=["-O1", "-std=c++20", "-g0", "-w"], is_python_module=False, verbose=verbose)
+    register_autograd()
 
 
 if __name__ == "__main__":
