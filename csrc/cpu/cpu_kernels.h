@@ -37,6 +37,8 @@ struct DwShape {
   // NCHW forward by blocks of this many channels through a channels-last tile
   // (fwd_nchw_blocked; tasks (n, block, band)); 0: plane by plane (fwd_nchw).
   int64_t cblock;
+  // NHWC forward: channels per group, a multiple of two vectors (fwd_nhwc); 0: all channels.
+  int64_t cgroup;
 };
 
 template <typename T>

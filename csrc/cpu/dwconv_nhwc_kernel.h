@@ -114,45 +114,51 @@ inline void add_new_rows(RowsAhead& ra, const char* xn, int64_t row_bytes, int64
   for (int ky = first; ky < ky1; ++ky) ra.add(xn + (oy * p.S - p.pad_t + p.D * ky) * row_bytes);
 }
 
+// Tasks (n, band). A band runs in groups of p.cgroup channels (0: all at once), group by group:
+// the input rows that a group's output rows read then stay in L1 from one pixel block and one
+// output row to the next, where whole pixel rows of many channels would not.
 template <typename T>
 void fwd_nhwc(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) {
   constexpr int V = Vec<T>::size();
   const int64_t C = p.C, H = p.H, W = p.W, Ho = p.Ho, Wo = p.Wo, K = p.K, S = p.S, pad = p.pad_l;
+  const int64_t G = p.cgroup > 0 ? p.cgroup : C;
   const ActV<T> act(p);
   for (int64_t task = t0; task < t1; ++task) {
     const int64_t n = task / p.bands, band = task % p.bands;
     const T* xn = a.x + n * H * W * C;
     T* yn = a.y + n * Ho * Wo * C;
     const int64_t oyA = band * Ho / p.bands, oyB = (band + 1) * Ho / p.bands;
-    for (int64_t oy = oyA; oy < oyB; ++oy) {
-      int ky0, ky1;
-      ky_range(oy, p, ky0, ky1);
-      const int64_t iy0 = oy * S - p.pad_t;
-      T* yrow = yn + oy * Wo * C;
-      const int64_t pix_bytes = C * static_cast<int64_t>(sizeof(T));
-      RowsAhead ra;
-      ra.reset(W * pix_bytes);
-      add_new_rows(ra, reinterpret_cast<const char*>(xn), W * pix_bytes, oy, oyA, ky0, ky1, p);
-      nhwc_row_pixels(p, [&](int64_t ox, auto px_tag, int kx0, int kx1) {
-        constexpr int PX = decltype(px_tag)::value;
-        ra.upto(((ox + PX + kPixelsAhead) * S - pad + p.D * (K - 1) + 1) * pix_bytes);
-        channel_chunks<T>(C, [&](int64_t c, auto cv_tag, auto part_tag, int64_t cl) {
-          constexpr int CV = decltype(cv_tag)::value;
-          constexpr bool PART = decltype(part_tag)::value;
-          Vec<T> acc[PX][CV];
-          nhwc_taps<T, PX, CV, PART>(xn, a.w, p, iy0, ky0, ky1, kx0, kx1, ox, c, cl, acc);
-          for (int v = 0; v < CV; ++v) {
-            const bool part = PART && v == CV - 1;
-            const int64_t cc = c + v * V;
-            const Vec<T> sc = part ? Vec<T>::loadu(a.scale + cc, cl) : Vec<T>::loadu(a.scale + cc);
-            const Vec<T> sh = part ? Vec<T>::loadu(a.shift + cc, cl) : Vec<T>::loadu(a.shift + cc);
-            for (int px = 0; px < PX; ++px)
-              put(bn_act(acc[px][v], sc, sh, act), yrow + (ox + px) * C + cc, part ? cl : V,
-                  p.stream);
-          }
+    for (int64_t g0 = 0; g0 < C; g0 += G)
+      for (int64_t oy = oyA; oy < oyB; ++oy) {
+        int ky0, ky1;
+        ky_range(oy, p, ky0, ky1);
+        const int64_t iy0 = oy * S - p.pad_t;
+        T* yrow = yn + oy * Wo * C;
+        // Whole pixel rows prefetched ahead: only when a group is all the channels.
+        const int64_t pix_bytes = C * static_cast<int64_t>(sizeof(T));
+        RowsAhead ra;
+        ra.reset(G == C ? W * pix_bytes : 0);
+        add_new_rows(ra, reinterpret_cast<const char*>(xn), W * pix_bytes, oy, oyA, ky0, ky1, p);
+        nhwc_row_pixels(p, [&](int64_t ox, auto px_tag, int kx0, int kx1) {
+          constexpr int PX = decltype(px_tag)::value;
+          ra.upto(((ox + PX + kPixelsAhead) * S - pad + p.D * (K - 1) + 1) * pix_bytes);
+          channel_chunks<T>(imin(G, C - g0), [&](int64_t cg, auto cv_tag, auto part_tag,
+                                                 int64_t cl) {
+            constexpr int CV = decltype(cv_tag)::value;
+            constexpr bool PART = decltype(part_tag)::value;
+            const int64_t c = g0 + cg;
+            Vec<T> acc[PX][CV];
+            nhwc_taps<T, PX, CV, PART>(xn, a.w, p, iy0, ky0, ky1, kx0, kx1, ox, c, cl, acc);
+            for (int v = 0; v < CV; ++v) {
+              const bool part = PART && v == CV - 1;
+              const int64_t cc = c + v * V, m = part ? cl : V;
+              const Vec<T> sc = load_n(a.scale + cc, m), sh = load_n(a.shift + cc, m);
+              for (int px = 0; px < PX; ++px)
+                put(bn_act(acc[px][v], sc, sh, act), yrow + (ox + px) * C + cc, m, p.stream);
+            }
+          });
         });
-      });
-    }
+      }
   }
   stream_fence();
 }
@@ -198,6 +204,7 @@ void fwd_nchw_blocked(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t 
     q.bands = 1;
     q.stream = false;
     q.cblock = 0;
+    q.cgroup = 0;
     DwArgs<T> b{};
     b.x = xs;
     b.w = wt;
