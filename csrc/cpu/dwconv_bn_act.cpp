@@ -7,7 +7,6 @@
 
 #include <algorithm>
 #include <array>
-#include <cstdlib>
 #include <tuple>
 #include <vector>
 
@@ -99,9 +98,7 @@ Geometry geometry(const at::Tensor& x, const at::Tensor& weight, const DwConf& c
 void use_blocks(Geometry& g, int64_t vec, int64_t elem_bytes) {
   auto& p = g.p;
   if (g.nhwc) return;
-  bool blocks = p.Wo <= 4 * vec;
-  if (const char* e = std::getenv("DASP_DW_BLOCKED")) blocks = e[0] == '1';  // tuning only
-  if (!blocks) return;
+  if (p.Wo > 4 * vec) return;
   p.cblock = 2 * vec;
   const int64_t units = p.N * ((p.C + p.cblock - 1) / p.cblock);
   const int64_t tile = (p.H * p.W + p.Ho * p.Wo) * p.cblock * elem_bytes;
@@ -118,8 +115,7 @@ constexpr int64_t kGroupBytes = 512;
 void use_groups(Geometry& g, int64_t vec, int64_t elem_bytes) {
   auto& p = g.p;
   if (!g.nhwc || g.planes) return;
-  int64_t group = std::max<int64_t>(2 * vec, kGroupBytes / elem_bytes);
-  if (const char* e = std::getenv("DASP_DW_GROUP")) group = std::atoll(e);  // tuning only
+  const int64_t group = std::max<int64_t>(2 * vec, kGroupBytes / elem_bytes);
   p.cgroup = group >= p.C ? 0 : group;
 }
 
