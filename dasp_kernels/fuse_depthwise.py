@@ -231,7 +231,8 @@ class FusedDWConv2d(nn.Conv2d):
 def _in_weight_dtype(fn, x, weight):
     """fn(x) where x has the dtype of the weights; a reduced-precision input (bf16 or fp16, as a
     layer after an autocast convolution gets) is computed in the weights' dtype and the result
-    cast back, because the kernels take one dtype for all their tensors and have no bf16 path yet."""
+    cast back, because the kernels take one dtype for all their tensors and have no bf16 path
+    yet."""
     if x.dtype not in (torch.bfloat16, torch.float16) or weight.dtype == x.dtype:
         return fn(x)
     return fn(x.to(weight.dtype)).to(x.dtype)

@@ -125,23 +125,32 @@ OPS = {
 }
 
 
+def autograd_of(name, backward_ops):
+    """(backward, setup_context) of op `name` (OPS) whose backward calls
+    backward_ops._<name>_backward: a torch.ops namespace, or for the Triton ops an object naming
+    their _<name>_backward_triton so (dasp_kernels/triton)."""
+    _, _, setup, backward = OPS[name]
+
+    def setup_with_ops(ctx, inputs, output):
+        ctx.ops = backward_ops
+        setup(ctx, inputs, output)
+
+    return backward, setup_with_ops
+
+
 def register(ns=LIB):
     """Fakes and autograd of every op of OPS that namespace `ns` defines."""
     if ns == LIB and not has_cpu_extension():
         return
     ops = getattr(torch.ops, ns)
-    for name, (fake, backward_fake, setup, backward) in OPS.items():
+    for name, (fake, backward_fake, _, _) in OPS.items():
         if not hasattr(ops, name):
             continue  # e.g. the emulator has no dasp_spatial_path (CUDA runs it stage by stage)
-
-        def setup_in_ns(ctx, inputs, output, setup=setup):
-            ctx.ops = ops  # the backward ops of the same namespace
-            setup(ctx, inputs, output)
-
         torch.library.register_fake(f"{ns}::{name}")(fake)
         if backward_fake is not None:
             torch.library.register_fake(f"{ns}::_{name}_backward")(backward_fake)
-        torch.library.register_autograd(f"{ns}::{name}", backward, setup_context=setup_in_ns)
+        backward, setup = autograd_of(name, ops)
+        torch.library.register_autograd(f"{ns}::{name}", backward, setup_context=setup)
 
 
 register()

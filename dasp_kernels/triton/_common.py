@@ -64,6 +64,23 @@ def keep_opaque_when_interpreted(op):
     op.register_torch_dispatch(FunctionalTensorMode, opaque)
 
 
+class _TritonBackwards:
+    """The Triton ops' backward ops under the names the autograd of dasp_kernels/ops.py calls:
+    _<op>_backward is torch.ops.dasp_kernels._<op>_backward_triton."""
+
+    def __getattr__(self, name):
+        return getattr(torch.ops.dasp_kernels, name + "_triton")
+
+
+def register_autograd(op, name):
+    """Autograd of the Triton op `op`: the C++ op `name`'s (dasp_kernels/ops.py, one description
+    for both), calling the Triton backward op."""
+    from dasp_kernels import ops
+
+    backward, setup = ops.autograd_of(name, _TritonBackwards())
+    op.register_autograd(backward, setup_context=setup)
+
+
 def on_interpreter(x):
     return x.device.type == "cpu"
 

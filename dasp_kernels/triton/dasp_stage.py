@@ -13,9 +13,9 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from dasp_kernels import _checks
-from dasp_kernels.triton._common import (acc_dtype, check_device, dot16, index64,
-                                         dw_tile, keep_opaque_when_interpreted, on_interpreter,
-                                         out_like, pixel_tile, pool2x2_tile, pow2,
+from dasp_kernels.triton._common import (acc_dtype, check_device, dot16, dw_tile, index64,
+                                         keep_opaque_when_interpreted, on_interpreter, out_like,
+                                         pixel_tile, pool2x2_tile, pow2, register_autograd,
                                          should_launch)
 from dasp_kernels.triton.dwconv_bn_act import dw_backward, dw_forward
 from dasp_kernels.triton.ppm_add import ppm_backward
@@ -175,14 +175,6 @@ def _dasp_stage_backward_triton(
                           pw_shift, ppm_weight)
 
 
-def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
-
-
-def _backward(ctx, grad):
-    return torch.ops.dasp_kernels._dasp_stage_backward_triton(grad, *ctx.saved_tensors)
-
-
-dasp_stage_triton.register_autograd(_backward, setup_context=_setup_context)
+register_autograd(dasp_stage_triton, "dasp_stage")
 keep_opaque_when_interpreted(dasp_stage_triton)
 keep_opaque_when_interpreted(_dasp_stage_backward_triton)

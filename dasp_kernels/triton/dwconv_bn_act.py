@@ -18,9 +18,10 @@ from torch.library import triton_op, wrap_triton
 from dasp_kernels import _checks
 from dasp_kernels.triton._activation import (ACT_CODES, act_backward, act_forward, act_scalar,
                                              split_scalar)
-from dasp_kernels.triton._common import (acc_dtype, check_device, dw_tile, index64, pixel_tile,
+from dasp_kernels.triton._common import (acc_dtype, check_device, dw_tile, index64,
                                          keep_opaque_when_interpreted, num_programs_target,
-                                         on_interpreter, out_like, pow2, should_launch)
+                                         on_interpreter, out_like, pixel_tile, pow2,
+                                         register_autograd, should_launch)
 
 OP = "dwconv_bn_act"
 
@@ -277,19 +278,6 @@ def _dwconv_bn_act_backward_triton(
                        beta)
 
 
-def _setup_context(ctx, inputs, output):
-    x, weight, scale, shift, *conf = inputs
-    ctx.save_for_backward(x, weight, scale, shift)
-    ctx.conf = conf  # stride, padding, dilation, act, alpha, beta
-
-
-def _backward(ctx, grad):
-    x, weight, scale, shift = ctx.saved_tensors
-    grads = torch.ops.dasp_kernels._dwconv_bn_act_backward_triton(grad, x, weight, scale, shift,
-                                                                  *ctx.conf)
-    return (*grads, None, None, None, None, None, None)
-
-
-dwconv_bn_act_triton.register_autograd(_backward, setup_context=_setup_context)
+register_autograd(dwconv_bn_act_triton, "dwconv_bn_act")
 keep_opaque_when_interpreted(dwconv_bn_act_triton)
 keep_opaque_when_interpreted(_dwconv_bn_act_backward_triton)

@@ -14,8 +14,8 @@ from torch.library import triton_op, wrap_triton
 from dasp_kernels import _checks
 from dasp_kernels.triton._common import (acc_dtype, check_device, dot16, index64,
                                          keep_opaque_when_interpreted, num_programs_target,
-                                         on_interpreter, out_like, pixel_tile, pool2x2_tile,
-                                         pow2, should_launch)
+                                         on_interpreter, out_like, pixel_tile, pool2x2_tile, pow2,
+                                         register_autograd, should_launch)
 
 OP = "ppm_add"
 
@@ -219,18 +219,6 @@ def _ppm_add_backward_triton(grad_out: torch.Tensor, x: torch.Tensor,
     return ppm_backward(grad_out, x, weight)
 
 
-def _setup_context(ctx, inputs, output):
-    x, weight, residual = inputs
-    ctx.save_for_backward(x, weight)
-
-
-def _backward(ctx, grad):
-    x, weight = ctx.saved_tensors
-    gx, gw = torch.ops.dasp_kernels._ppm_add_backward_triton(grad, x, weight)
-    # grad_residual is grad itself: returned here, not by the op, which must not alias inputs.
-    return gx, gw, grad
-
-
-ppm_add_triton.register_autograd(_backward, setup_context=_setup_context)
+register_autograd(ppm_add_triton, "ppm_add")
 keep_opaque_when_interpreted(ppm_add_triton)
 keep_opaque_when_interpreted(_ppm_add_backward_triton)
