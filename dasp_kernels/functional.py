@@ -25,11 +25,11 @@ def _padding4(padding, x, k, stride, dilation):
                 *same_padding(x.shape[3], k, stride, dilation)]
     if isinstance(padding, int):
         return [padding] * 4
-    padding = [int(p) for p in padding]
-    if len(padding) == 2:
-        return [padding[0], padding[0], padding[1], padding[1]]
-    if len(padding) == 4:
-        return padding
+    if isinstance(padding, (tuple, list)) and all(isinstance(p, int) for p in padding):
+        if len(padding) == 2:
+            return [padding[0], padding[0], padding[1], padding[1]]
+        if len(padding) == 4:
+            return list(padding)
     raise ValueError(f"dwconv_bn_act: expected padding as an int, (pad_h, pad_w), "
                      f"(top, bottom, left, right) or 'same', got {padding!r}")
 
@@ -49,6 +49,8 @@ def dwconv_bn_act(x, weight, scale, shift, *, bias=None, stride=1, padding=0, di
     k = weight.shape[2] if weight.dim() == 4 else 0
     pad = _padding4(padding, x, k, stride, dilation)
     if bias is not None:
+        _checks._same_device_dtype("dwconv_bn_act", _checks.raise_value_error, x,
+                                   [("bias", bias)])
         if not (bias.dim() == 1 and bias.shape[0] == x.shape[1]):
             raise ValueError(f"dwconv_bn_act: expected bias of shape [{x.shape[1]}], got "
                              f"{_checks.shape_str(bias.shape)}")

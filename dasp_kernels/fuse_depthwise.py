@@ -97,6 +97,14 @@ def conv_problem(conv):
     return None
 
 
+def folded(conv, bn):
+    """(scale, shift) of an eval-mode `bn` after `conv`, the conv's bias folded into shift."""
+    scale, shift = fold_bn(bn)
+    if conv.bias is not None:
+        shift = shift + conv.bias * scale
+    return scale, shift
+
+
 def _is_same_conv(conv):
     """timm's Conv2dSame: TensorFlow "same" padding computed from each input's size."""
     return _qualname(conv) == ("timm.layers.conv2d_same", "Conv2dSame")
@@ -195,10 +203,7 @@ class FusedDWConv2d(nn.Conv2d):
         key = (bn.eps, *((id(t), t.data_ptr(), t._version) for t in tensors))
         cache = self.__dict__.get("_fold_cache")
         if cache is None or cache[0] != key:
-            scale, shift = fold_bn(bn)
-            if self.bias is not None:
-                shift = shift + scale * self.bias
-            cache = self.__dict__["_fold_cache"] = (key, scale, shift)
+            cache = self.__dict__["_fold_cache"] = (key, *folded(self, bn))
         k, d, s = self.kernel_size[0], self.dilation[0], self.stride[0]
         return torch.ops.dasp_kernels.dwconv_bn_act(
             x, self.weight, cache[1], cache[2], s, functional._padding4(pad, x, k, s, d), d,
@@ -215,16 +220,15 @@ class FusedDWConv2d(nn.Conv2d):
             shift = self.bias if self.bias is not None else torch.zeros_like(ones)
             return functional.dwconv_bn_act(x, self.weight, ones, shift, stride=s, padding=pad,
                                             dilation=d, act="none", backend=backend)
-        scale, shift = fold_bn(bn)
+        scale, shift = folded(self, bn)
         act, alpha, beta = self.act_spec
         if torch.onnx.is_in_onnx_export():  # standard ops: Pad, Conv, the activation
             p = functional._padding4(pad, x, k, s, d)
             w = self.weight * scale.view(-1, 1, 1, 1)
-            b = shift if self.bias is None else shift + scale * self.bias
-            y = F.conv2d(F.pad(x, (p[2], p[3], p[0], p[1])), w, b, s, 0, d, self.groups)
+            y = F.conv2d(F.pad(x, (p[2], p[3], p[0], p[1])), w, shift, s, 0, d, self.groups)
             return reference.activation(y, act, alpha, beta)
-        return functional.dwconv_bn_act(x, self.weight, scale, shift, bias=self.bias, stride=s,
-                                        padding=pad, dilation=d, act=act, alpha=alpha, beta=beta,
+        return functional.dwconv_bn_act(x, self.weight, scale, shift, stride=s, padding=pad,
+                                        dilation=d, act=act, alpha=alpha, beta=beta,
                                         backend=backend)
 
 

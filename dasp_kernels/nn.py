@@ -15,18 +15,11 @@ import torch.nn.functional as F
 
 from dasp_kernels import functional, fuse_depthwise
 from dasp_kernels.fuse_depthwise import FusedDWConv2d, _in_weight_dtype, conv_problem
-from dasp_kernels.reference import fold_bn
+from dasp_kernels.fuse_depthwise import folded as _folded
 
 
 def _is_relu(m):
     return type(m) is nn.ReLU
-
-
-def _folded(conv, bn):
-    scale, shift = fold_bn(bn)
-    if conv.bias is not None:
-        shift = shift + conv.bias * scale
-    return scale, shift
 
 
 def _onnx_exporting():

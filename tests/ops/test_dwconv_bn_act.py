@@ -146,3 +146,21 @@ def test_same_padding_matches_timm_conv2d_same():
 @pytest.mark.parametrize("isa", ["avx2", "default"])
 def test_narrower_isa_builds(isa):
     narrower_build_check(OP, isa)
+
+
+def test_wrapper_only_arguments_say_what_is_wrong():
+    """padding forms and bias exist only in the wrapper: its own clear errors."""
+    x, (w, sc, sh) = cases.make_inputs(cases.dw_case(1, 3, 8, 8, 3), torch.Generator())
+    with pytest.raises(ValueError, match=re.escape(
+            "dwconv_bn_act: expected padding as an int, (pad_h, pad_w), (top, bottom, left, "
+            "right) or 'same', got 'valid'")):
+        dasp_kernels.dwconv_bn_act(x, w, sc, sh, padding="valid", backend="reference")
+    with pytest.raises(ValueError, match=re.escape("got (1, 1, 1)")):
+        dasp_kernels.dwconv_bn_act(x, w, sc, sh, padding=(1, 1, 1), backend="reference")
+    with pytest.raises(ValueError, match=re.escape(
+            "dwconv_bn_act: expected bias to have the dtype of x (float64), got float32")):
+        dasp_kernels.dwconv_bn_act(x, w, sc, sh, bias=torch.zeros(3), backend="reference")
+    with pytest.raises(ValueError, match=re.escape(
+            "dwconv_bn_act: expected bias of shape [3], got [4]")):
+        dasp_kernels.dwconv_bn_act(x, w, sc, sh, bias=torch.zeros(4, dtype=torch.float64),
+                                   backend="reference")
