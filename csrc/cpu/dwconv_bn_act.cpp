@@ -1,5 +1,6 @@
 // CPU dwconv_bn_act and its backward: checks, layout, threading. The arithmetic lives in
-// dwconv_bn_relu_kernel.h (compiled per instruction set, see cpu_kernels.h).
+// dwconv_bn_relu_kernel.h (the depthwise kernels, named after the op they were written for;
+// compiled per instruction set, see cpu_kernels.h).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -143,10 +144,10 @@ cpu::DwArgs<T> input_args(const at::Tensor& xc, const at::Tensor& w, const at::T
   return a;
 }
 
-// The forward, its inputs checked by the caller (op: the op's name for the dtype check).
-at::Tensor forward(const char* op, const at::Tensor& x, const at::Tensor& weight,
-                   const at::Tensor& scale, const at::Tensor& shift, const DwConf& cf) {
-  check_backend_dtype(op, "cpu", x, {at::kFloat, at::kDouble});
+// The forward, its inputs checked by the caller.
+at::Tensor forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
+                   const at::Tensor& shift, const DwConf& cf) {
+  check_backend_dtype("dwconv_bn_act", "cpu", x, {at::kFloat, at::kDouble});
   Geometry g = geometry(x, weight, cf, /*forward=*/true);
   g.p.stream = cpu::stream_output(g.p.N * g.p.C * g.p.Ho * g.p.Wo * x.element_size());
   const auto& p = g.p;
@@ -172,12 +173,11 @@ at::Tensor forward(const char* op, const at::Tensor& x, const at::Tensor& weight
 
 using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
-// The backward, its inputs checked by the caller (fwd_op: the forward's name for the dtype check,
-// op: the backward's for grad_out's).
-Grads backward(const char* fwd_op, const char* op, const at::Tensor& grad_out, const at::Tensor& x,
-               const at::Tensor& weight, const at::Tensor& scale, const at::Tensor& shift,
-               const DwConf& cf) {
-  check_backend_dtype(fwd_op, "cpu", x, {at::kFloat, at::kDouble});
+// The backward, its inputs checked by the caller but for grad_out.
+Grads backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
+               const at::Tensor& scale, const at::Tensor& shift, const DwConf& cf) {
+  const char* op = "_dwconv_bn_act_backward";
+  check_backend_dtype("dwconv_bn_act", "cpu", x, {at::kFloat, at::kDouble});
   Geometry g = geometry(x, weight, cf, /*forward=*/false);
   g.p.stream = cpu::stream_output(x.numel() * x.element_size());
   const auto& p = g.p;
@@ -249,7 +249,7 @@ at::Tensor dwconv_bn_act_cpu(const at::Tensor& x, const at::Tensor& weight,
                              at::IntArrayRef padding, int64_t dilation, c10::string_view act,
                              double alpha, double beta) {
   const Act a = check_dwconv_bn_act(x, weight, scale, shift, stride, padding, dilation, act);
-  return forward("dwconv_bn_act", x, weight, scale, shift,
+  return forward(x, weight, scale, shift,
                  act_conf(stride, padding, dilation, a, alpha, beta));
 }
 
@@ -259,7 +259,7 @@ Grads dwconv_bn_act_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x
                                  int64_t dilation, c10::string_view act, double alpha,
                                  double beta) {
   const Act a = check_dwconv_bn_act(x, weight, scale, shift, stride, padding, dilation, act);
-  return backward("dwconv_bn_act", "_dwconv_bn_act_backward", grad_out, x, weight, scale, shift,
+  return backward(grad_out, x, weight, scale, shift,
                   act_conf(stride, padding, dilation, a, alpha, beta));
 }
 

@@ -442,7 +442,7 @@ struct Conf {
   }
 };
 
-// The forward on checked arguments (dwconv_bn_act and dwconv_bn_relu check them in their words).
+// The forward on checked arguments.
 at::Tensor forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
                    const at::Tensor& shift, const Conf& conf) {
   TORCH_CHECK(conf.dil <= INT32_MAX / kDwMaxK, "dwconv_bn_act: dilation too large for the CUDA "
@@ -473,8 +473,9 @@ at::Tensor forward(const at::Tensor& x, const at::Tensor& weight, const at::Tens
 
 // The backward on checked arguments; `op` names the backward op in the grad_out message.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
-    const char* op, const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
     const at::Tensor& scale, const at::Tensor& shift, const Conf& conf) {
+  const char* op = "_dwconv_bn_act_backward";
   check_like_x(op, x, "grad_out", grad_out);
   const int64_t k = weight.size(2);
   const std::vector<int64_t> out_shape = conf.out_shape(x, k);
@@ -534,7 +535,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_bn_act_backwar
     int64_t dilation, c10::string_view act, double alpha, double beta) {
   const Act a = check_dwconv_bn_act(x, weight, scale, shift, stride, padding, dilation, act);
   check_cuda_dtype("dwconv_bn_act", x);
-  return backward("_dwconv_bn_act_backward", grad_out, x, weight, scale, shift,
+  return backward(grad_out, x, weight, scale, shift,
                   act_conf(stride, padding, dilation, a, alpha, beta));
 }
 
