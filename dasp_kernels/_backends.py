@@ -26,27 +26,30 @@ def _triton_installed():
     return _TRITON_INSTALLED
 
 
+def _why_not(backend):
+    """None if `backend` can run on this install and machine now, else the reason it cannot."""
+    if backend == "reference":
+        return None
+    if not _loader.has_cpu_extension() and backend in ("cpu", "cuda"):
+        return f"the C++ extension dasp_kernels._C did not load ({_loader.load_error})"
+    if backend == "cpu":
+        return None
+    if backend == "cuda":
+        if not _loader.built_with_cuda():
+            return "the extension was built without CUDA sources (no toolkit at build time)"
+        if not torch.cuda.is_available():
+            return "no CUDA device is visible (torch.cuda.is_available() is False)"
+        return None
+    if not _triton_installed():
+        return "triton is not installed"
+    if not (torch.cuda.is_available() or triton_interpret()):
+        return "no CUDA device, and TRITON_INTERPRET=1 is not set for the CPU interpreter"
+    return None
+
+
 def backend_status():
     """{backend: None if usable, else the reason it is not} for this install and machine."""
-    cuda_gpu = torch.cuda.is_available()
-    status = {"reference": None}
-    status["cpu"] = None if _loader.has_cpu_extension() else (
-        f"the C++ extension dasp_kernels._C did not load ({_loader.load_error})")
-    if not _loader.has_cpu_extension():
-        status["cuda"] = status["cpu"]
-    elif not _loader.built_with_cuda():
-        status["cuda"] = "the extension was built without CUDA sources (no toolkit at build time)"
-    elif not cuda_gpu:
-        status["cuda"] = "no CUDA device is visible (torch.cuda.is_available() is False)"
-    else:
-        status["cuda"] = None
-    if not _triton_installed():
-        status["triton"] = "triton is not installed"
-    elif not (cuda_gpu or triton_interpret()):
-        status["triton"] = "no CUDA device, and TRITON_INTERPRET=1 is not set for the CPU interpreter"
-    else:
-        status["triton"] = None
-    return status
+    return {b: _why_not(b) for b in BACKENDS}
 
 
 def available_backends():
@@ -56,18 +59,19 @@ def available_backends():
 
 def pick(backend, x, op):
     """Resolve `backend` for input x, raising a ValueError that says why one cannot be used."""
-    status = backend_status()
+    # Only the backends this call could use are asked about (each call pays for what it asks).
     if backend == "auto":
         order = ("cuda", "triton") if x.device.type == "cuda" else ("cpu",)
         for b in order:
-            if status[b] is None:
+            if _why_not(b) is None:
                 return b
         return "reference"
     if backend not in BACKENDS:
         raise ValueError(f"{op}: expected backend 'auto', 'reference', 'cpu', 'cuda' or 'triton', "
                          f"got {backend!r}")
-    if status[backend] is not None:
-        raise ValueError(f"{op}: backend {backend!r} is not available: {status[backend]}")
+    why = _why_not(backend)
+    if why is not None:
+        raise ValueError(f"{op}: backend {backend!r} is not available: {why}")
     if backend == "cpu" and x.device.type != "cpu":
         raise ValueError(f"{op}: backend 'cpu' expects tensors on cpu, got {x.device}")
     if backend == "cuda" and x.device.type != "cuda":

@@ -1,0 +1,117 @@
+"""Every depthwise layer fuse() fuses in a real model, alone at its own input shape: ours against
+what the unfused model runs in its place (issue 18).
+
+    python -m benchmarks.bench_dwconv_layers --workload tv/mobilenet_v3_large \
+        --size 1x3x512x1024 [--threads 2] [--time 0.3]
+
+Per layer, median us of:
+- `ours cl` / `ours nchw`: the fused layer (FusedDWConv2d, as the fused model calls it) on a
+  channels_last / NCHW input;
+- `compile cl`: conv -> BatchNorm -> activation compiled by inductor with freezing, as
+  `torch.compile` of the unfused model runs it (oneDNN, BN folded, activation fused as a post-op);
+- `eager nchw`: conv, BatchNorm and activation one after the other, as the eager model runs them.
+Inputs are the layer's real input in the model (captured with a hook), outputs are checked
+against `eager nchw` before timing, and the providers of a layer are timed interleaved. The last
+line sums each column: the part of the model's time these layers take in each form.
+"""
+import argparse
+import os
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import dasp_kernels
+from benchmarks import harness, suite
+from dasp_kernels import functional, reference
+from dasp_kernels.fuse_depthwise import FusedDWConv2d
+
+
+class ConvNormAct(nn.Module):
+    """The unfused form of a fused layer: its conv, its norm's statistics, its activation."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.conv = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size,
+                              layer.stride, 0, layer.dilation, layer.groups,
+                              layer.bias is not None)
+        self.conv.load_state_dict(nn.Conv2d.state_dict(layer))
+        bn = layer._dasp[0]
+        self.bn = nn.BatchNorm2d(bn.num_features, bn.eps).eval()
+        self.bn.load_state_dict({k: v for k, v in bn.state_dict().items()
+                                 if k in self.bn.state_dict()})
+        self.pad = layer._dasp[2]
+        self.act = layer.act_spec
+
+    def forward(self, x):
+        k, s, d = self.conv.kernel_size[0], self.conv.stride[0], self.conv.dilation[0]
+        top, bottom, left, right = functional._padding4(self.pad, x, k, s, d)
+        y = self.conv(F.pad(x, (left, right, top, bottom)))
+        return reference.activation(self.bn(y), *self.act)
+
+
+def layer_inputs(fused, x):
+    """[(name, layer, its input)] of every FusedDWConv2d in the fused model, in call order."""
+    seen = []
+    hooks = [m.register_forward_pre_hook(lambda m, a, name=n: seen.append((name, m, a[0])))
+             for n, m in fused.named_modules() if isinstance(m, FusedDWConv2d)]
+    with torch.no_grad():
+        fused(x)
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+def providers(layer, x):
+    unfused = ConvNormAct(layer).eval()
+    xc = x.contiguous(memory_format=torch.channels_last)
+    torch._dynamo.reset()
+    compiled = torch.compile(ConvNormAct(layer).eval().to(memory_format=torch.channels_last),
+                             dynamic=False)
+    fns = {"ours cl": lambda: layer(xc), "compile cl": lambda: compiled(xc),
+           "ours nchw": lambda: layer(x), "eager nchw": lambda: unfused(x)}
+    ref = unfused(x)
+    for name, fn in fns.items():
+        ok, diff = harness.check_output(fn(), ref)
+        if not ok:
+            raise SystemExit(f"{name} differs from eager by {diff}")
+    return fns
+
+
+def describe(layer, x):
+    act = layer.act_spec[0]
+    return (f"{x.shape[1]}x{x.shape[2]}x{x.shape[3]} K{layer.kernel_size[0]} "
+            f"s{layer.stride[0]} d{layer.dilation[0]} {act}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--workload", default="tv/mobilenet_v2")
+    ap.add_argument("--size", default="1x3x224x224")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--time", type=float, default=0.3, help="seconds per provider and layer")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch._inductor.config.freezing = True
+    case = suite.make_case(args.workload, suite.parse_size(args.size))
+    fused, x = dasp_kernels.fuse(case.module), case.inputs[0]
+    cols = ("ours cl", "compile cl", "ours nchw", "eager nchw")
+    print(f"{args.workload} {args.size}, threads {args.threads}, cpu_isa "
+          f"{dasp_kernels.cpu_isa()}, {harness.cpu_model()}, load {os.getloadavg()[0]:.2f}")
+    print(f"{'layer':34s} {'shape':30s}" + "".join(f"{c:>12s}" for c in cols) + "   (us, median)")
+    total = dict.fromkeys(cols, 0.0)
+    with torch.no_grad():
+        for name, layer, xin in layer_inputs(fused, x):
+            t = harness.measure_interleaved(providers(layer, xin), min_time_s=args.time,
+                                            max_reps=2000)
+            us = {c: t[c].median_ms * 1e3 for c in cols}
+            for c in cols:
+                total[c] += us[c]
+            print(f"{name[-34:]:34s} {describe(layer, xin):30s}"
+                  + "".join(f"{us[c]:12.1f}" for c in cols))
+    print(f"{'sum':34s} {'':30s}" + "".join(f"{total[c]:12.1f}" for c in cols))
+    print(f"load at the end {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
