@@ -21,7 +21,7 @@ from dasp_kernels import functional as F
 from dasp_kernels import reference
 
 from op_harness import BACKENDS, LAYOUTS, check_all, emu_ops, make_runner  # noqa: F401
-from stage_inputs import assert_close_to_ref, both_raise, expected_format, make_x, stage_params
+from inputs import assert_close_to_ref, both_raise, expected_format, make_x, stage_params
 
 from conftest import needs_cpu_ext
 
