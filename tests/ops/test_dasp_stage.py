@@ -115,7 +115,7 @@ def test_build_under_test():
 @pytest.mark.parametrize("isa", ["avx2", "default"])
 def test_narrower_builds_match_reference(isa):
     # The stage and path tests above again, in a fresh process started with ATEN_CPU_CAPABILITY
-    # lowered, which dasp_kernels follows (as test_cpu_kernels.py's test_narrower_builds_agree).
+    # lowered, which dasp_kernels follows (as tests/test_cpu_backend.py's test_narrower_builds_agree).
     if os.environ.get(ISA_UNDER_TEST):
         pytest.skip("already in a narrower build's process")
     here = torch.backends.cpu.get_cpu_capability()
