@@ -33,7 +33,8 @@ def skip_half_on_cpu(tgt, dtype):
 
 ALL_LAYOUTS = ("contiguous", "channels_last", "sliced", "channels_last_sliced")
 RELU_FORM_SHAPES = [(2, 3, 9, 11), (1, 5, 7, 7), (3, 4, 16, 13), (1, 2, 37, 70), (2, 33, 8, 7)]
-RELU_FORM_CASES = [(k, s, p) for k in range(1, 8) for s in (1, 2) for p in sorted({0, k // 2, k - 1})]
+RELU_FORM_CASES = [(k, s, p) for k in range(1, 8) for s in (1, 2)
+                   for p in sorted({0, k // 2, k - 1})]
 
 
 # alpha, beta per activation: hardtanh's min and max, leaky_relu's slope; the others ignore them.
@@ -108,13 +109,14 @@ WIDE = 2 * (128 + 16 + 5) - 1
 
 # (shape, K, stride, padding, dilation, act, layouts, fast_mode): the relu form's K 1, 3, 4; every
 # padding shape; the smooth activations. The Triton interpreter runs the small ones, fast mode.
+BOTH = ("contiguous", "channels_last")
 GRADCHECK_GEOMETRIES = [
-    ((2, 3, 6, 5), 3, 2, [1] * 4, 1, "relu", ("contiguous", "channels_last"), False),
-    ((2, 3, 6, 5), 4, 1, [3] * 4, 1, "relu", ("contiguous", "channels_last"), False),
-    ((2, 3, 6, 5), 1, 2, [0] * 4, 1, "relu", ("contiguous", "channels_last"), False),
-    ((2, 3, 7, 6), 3, 2, act_padding(3, 3, 2), 2, "gelu_tanh", ("contiguous", "channels_last"), False),
-    ((2, 3, 7, 6), 5, 1, act_padding(3, 5, 1), 1, "silu", ("contiguous", "channels_last"), False),
-    ((2, 3, 7, 6), 1, 2, act_padding(3, 1, 1), 1, "gelu", ("contiguous", "channels_last"), False),
+    ((2, 3, 6, 5), 3, 2, [1] * 4, 1, "relu", BOTH, False),
+    ((2, 3, 6, 5), 4, 1, [3] * 4, 1, "relu", BOTH, False),
+    ((2, 3, 6, 5), 1, 2, [0] * 4, 1, "relu", BOTH, False),
+    ((2, 3, 7, 6), 3, 2, act_padding(3, 3, 2), 2, "gelu_tanh", BOTH, False),
+    ((2, 3, 7, 6), 5, 1, act_padding(3, 5, 1), 1, "silu", BOTH, False),
+    ((2, 3, 7, 6), 1, 2, act_padding(3, 1, 1), 1, "gelu", BOTH, False),
     ((1, 2, 5, 4), 3, 2, [1] * 4, 1, "relu", ("contiguous",), True),
     ((1, 1, 4, 5), 2, 1, [1] * 4, 1, "none", ("contiguous",), True),
     ((1, 2, 6, 5), 3, 2, [1, 0, 2, 1], 2, "gelu_tanh", ("contiguous",), True),

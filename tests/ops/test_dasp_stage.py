@@ -8,7 +8,6 @@ products of each 1x1 convolution in another order than oneDNN does (and fold the
 the weights), so the tolerance is 1e-5 relative plus 1e-6 * sqrt(Cin) times the output's
 magnitude.
 """
-import math
 import os
 import re
 import subprocess

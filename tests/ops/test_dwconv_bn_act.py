@@ -12,12 +12,17 @@ import torch
 
 import dasp_kernels
 from dasp_kernels import _backends, _checks, cases, reference
-from inputs import LAYOUT_NAMES, dw_inputs, make_x, place  # noqa: F401
+from inputs import dw_inputs, make_x, place
 from op_harness import BACKENDS, HALF_TOL, LAYOUTS, backends, check_all, check_format, close
-from op_harness import check_autograd, output_format_is  # noqa: F401
-from op_harness import close_scaled, close_to_ref, emu_ops, make_runner, make_target, masked_grad  # noqa: F401
+from op_harness import check_autograd, close_scaled, close_to_ref, make_runner, make_target
+from op_harness import masked_grad, output_format_is
+from op_harness import emu_ops  # noqa: F401  (the emulator's fixture)
 from op_harness import narrower_build_check
-from dwconv_helpers import *  # noqa: F401,F403
+from dwconv_helpers import ACT_ARGS, ACT_CASES, ACT_SHAPES, ALL_LAYOUTS, CPU, CPU_SHAPES, WIDE
+from dwconv_helpers import GRADCHECK_GEOMETRIES, RELU_FORM_CASES, RELU_FORM_SHAPES
+from dwconv_helpers import TRITON_GRADCHECKS, act_masked_grad, act_padding, act_reference
+from dwconv_helpers import check_relu_form, check_relu_form_float64, cpu_only, direct_errors
+from dwconv_helpers import dw_relu, dw_relu_backward, relu_form_reference_grads, skip_half_on_cpu
 
 OP = "dwconv_bn_act"
 
@@ -605,9 +610,10 @@ def test_small_relu_form_cases(backend, c, h, w, k, stride, padding, layout):
 def test_no_relu_and_odd_weight_strides(backend):
     x, (w, sc, sh) = dw_inputs((2, 3, 9, 11), 5, device=wrapper_device(backend))
     w = w.transpose(2, 3)  # a non-contiguous [C, 1, K, K]
-    check_autograd(
-        lambda *a: dasp_kernels.dwconv_bn_relu(*a, stride=2, padding=2, relu=False, backend=backend),
-        lambda *a: reference.dwconv_bn_relu(*a, 2, 2, False), [x, w, sc, sh], torch.float32)
+    check_autograd(lambda *a: dasp_kernels.dwconv_bn_relu(*a, stride=2, padding=2, relu=False,
+                                                         backend=backend),
+                   lambda *a: reference.dwconv_bn_relu(*a, 2, 2, False), [x, w, sc, sh],
+                   torch.float32)
 
 
 @pytest.mark.parametrize("c,h,w,k,stride,dilation,padding,act,layout", SMALL_ACT_CASES)
