@@ -82,16 +82,13 @@ def test_large_outputs_streamed(layout):
 
 @cpu_only
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_gradcheck_and_opcheck(layout):
+def test_gradcheck_through_the_wrapper(layout):
+    """The registered op's gradcheck and opcheck: test_gradcheck_registered_op,
+    test_opcheck_registered_op."""
     x, wt, res = cpu_inputs(2, 2, 3, 5, 3, torch.float64)
     leaves = [cases.with_layout(x, layout).requires_grad_(), wt.requires_grad_(),
               res.requires_grad_()]
-    torch.autograd.gradcheck(ops.ppm_add, leaves)
-    torch.autograd.gradcheck(lambda *a: dasp_kernels.ppm_add(*a, backend="cpu"), leaves)
-    x, wt, res = cpu_inputs(2, 6, 5, 7, 8)
-    x = cases.with_layout(x, layout)
-    torch.library.opcheck(ops.ppm_add, (x.requires_grad_(), wt, res))
-    torch.library.opcheck(ops._ppm_add_backward, (torch.randn_like(res), x.detach(), wt))
+    assert torch.autograd.gradcheck(lambda *a: dasp_kernels.ppm_add(*a, backend="cpu"), leaves)
 
 
 def _ok():
