@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import dasp_kernels
-from dasp_kernels import reference
+from dasp_kernels import cases, reference
 from conftest import needs_cpu_ext
 
 pytestmark = needs_cpu_ext
@@ -36,13 +36,21 @@ def dw_backward(go, x, w, sc, sh, stride, padding, relu):
 NARROW_CHECK = r"""
 import sys
 import torch, dasp_kernels
-from dasp_kernels import reference
+from dasp_kernels import cases, reference
 assert dasp_kernels.cpu_isa() == sys.argv[1], (dasp_kernels.cpu_isa(), sys.argv[1])
 ops = torch.ops.dasp_kernels
 dw = lambda x, w, sc, sh, s, p, relu: ops.dwconv_bn_act(x, w, sc, sh, s, [p] * 4, 1, "relu", 0.0, 0.0)
 dw_backward = lambda g, x, w, sc, sh, s, p, relu: ops._dwconv_bn_act_backward(
     g, x, w, sc, sh, s, [p] * 4, 1, "relu", 0.0, 0.0)
 torch.manual_seed(0)
+gen = torch.Generator().manual_seed(0)
+
+
+def case_inputs(case, dtype, fmt):
+    x, params = cases.make_inputs(case, gen)
+    return [x.to(dtype).contiguous(memory_format=fmt), *[t.to(dtype) for t in params]]
+
+
 for dtype in (torch.float32, torch.float64):
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-9, atol=1e-9)
     for cl in (False, True):
@@ -51,9 +59,7 @@ for dtype in (torch.float32, torch.float64):
                                       ((1, 5, 6, 11), 4, 2, 0), ((1, 4, 1, 9), 5, 1, 2),
                                       ((1, 2, 9, WIDE), 7, 2, 3), ((1, 2, 7, WIDE), 3, 2, 1),
                                       ((1, 3, 9, WIDE), 7, 2, 3), ((1, 3, 4, WIDE), 3, 1, 1)]:
-            x = torch.randn(n, c, h, w, dtype=dtype).contiguous(memory_format=fmt)
-            wt = torch.randn(c, 1, k, k, dtype=dtype)
-            sc, sh = torch.rand(c, dtype=dtype) + 0.5, torch.randn(c, dtype=dtype)
+            x, wt, sc, sh = case_inputs(cases.dw_case(n, c, h, w, k), dtype, fmt)
             y = dw(x, wt, sc, sh, s, p, True)
             torch.testing.assert_close(y, reference.dwconv_bn_relu(x, wt, sc, sh, s, p, True), **tol)
             go = torch.randn_like(y)
@@ -62,10 +68,8 @@ for dtype in (torch.float32, torch.float64):
             for a, b in zip(dw_backward(go, x, wt, sc, sh, s, p, True), want):
                 torch.testing.assert_close(a, b, **tol)
         for n, cin, cout, h, w in [(2, 3, 5, 11, 9), (1, 20, 17, 18, 35)]:
-            x = torch.randn(n, cin, h, w, dtype=dtype).contiguous(memory_format=fmt)
+            x, wt, res = case_inputs(cases.ppm_case(n, cin, cout, h, w), dtype, fmt)
             x[0, 0, 0, :2] = float("nan")
-            wt = torch.randn(cout, cin, 1, 1, dtype=dtype)
-            res = torch.randn(n, cout, (h + 1) // 2, (w + 1) // 2, dtype=dtype)
             y = ops.ppm_add(x, wt, res)
             torch.testing.assert_close(y, reference.ppm_add(x, wt, res), equal_nan=True, **tol)
             go = torch.randn_like(y)
@@ -112,11 +116,12 @@ def test_cpu_isa_follows_aten():
 # Outputs (and grad_x) of 1 MiB and more come from a pool of storages nothing refers to any more.
 
 def _pooled_cases():
-    x = torch.randn(1, 8, 128, 160)  # 640 KiB in; ppm_add out 1x64x64x80 = 1.25 MiB
-    w = torch.randn(64, 8, 1, 1)
-    r = torch.randn(1, 64, 64, 80)
-    xd = torch.randn(1, 4, 256, 300)  # 1.2 MiB: dwconv stride 1 output and grad_x
-    wd, sc, sh = torch.randn(4, 1, 3, 3), torch.rand(4) + 0.5, torch.randn(4)
+    gen = torch.Generator().manual_seed(0)
+    # 640 KiB in; ppm_add out 1x64x64x80 = 1.25 MiB
+    x, (w, r) = cases.make_inputs(cases.ppm_case(1, 8, 64, 128, 160), gen)
+    # 1.2 MiB: dwconv stride 1 output and grad_x
+    xd, (wd, sc, sh) = cases.make_inputs(cases.dw_case(1, 4, 256, 300, 3), gen)
+    x, w, r, xd, wd, sc, sh = (t.float() for t in (x, w, r, xd, wd, sc, sh))
     ops = torch.ops.dasp_kernels
     return {
         "ppm_add": (lambda s: ops.ppm_add(x * s, w, r),

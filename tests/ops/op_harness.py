@@ -38,6 +38,12 @@ BACKENDS = [
 ]
 
 
+def device_of(backend):
+    """Where `backend`'s tensors live: cuda for the CUDA kernels, and for Triton on a GPU."""
+    gpu = backend == "cuda" or (backend == "triton" and torch.cuda.is_available())
+    return "cuda" if gpu else "cpu"
+
+
 def backends(*names):
     return [b for b in BACKENDS if b.values[0] in names]
 
@@ -58,8 +64,7 @@ class Runner:
 
     def __init__(self, op, backend, emu=None):
         self.op, self.backend, self.emu = op, backend, emu
-        self.device = "cuda" if backend == "cuda" or (
-            backend == "triton" and torch.cuda.is_available()) else "cpu"
+        self.device = device_of(backend)
         interpreted = backend in ("triton", "emu") and self.device == "cpu"
         self.cases = cases.cases(op, "tiny" if interpreted else "quick")
         self.dtypes = [torch.float32] if backend == "triton" and interpreted else list(TOL)
@@ -104,8 +109,7 @@ def make_target(request, backend=None):
         return Target(b, request.getfixturevalue("emu_ops"), "", "cpu")
     if b == "triton":
         from dasp_kernels import triton  # noqa: F401  (registers the ops)
-        return Target(b, torch.ops.dasp_kernels, "_triton",
-                      "cuda" if torch.cuda.is_available() else "cpu")
+        return Target(b, torch.ops.dasp_kernels, "_triton", device_of(b))
     return Target(b, torch.ops.dasp_kernels, "", b)
 
 

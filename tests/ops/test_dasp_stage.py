@@ -22,7 +22,7 @@ from dasp_kernels import reference
 
 from op_harness import BACKENDS, HALF_TOL, LAYOUTS, backends, check_all, check_autograd
 from op_harness import check_format, close, close_scaled, emu_ops, make_runner  # noqa: F401
-from op_harness import make_target, masked_grad, output_format_is
+from op_harness import device_of, make_target, masked_grad, output_format_is
 from inputs import assert_close_to_ref, both_raise, expected_format, make_x, stage_inputs
 from inputs import stage_params
 
@@ -370,9 +370,7 @@ SMALL_CASES = [(3, 16, 7, 9, 11, "contiguous"), (16, 16, 3, 8, 7, "channels_last
 def test_small_cases_through_the_wrapper(backend, cin, cout, k, h, w, layout):
     """Against autograd through the reference (op_harness.check_autograd), sized for the Triton
     interpreter."""
-    dev = "cuda" if backend == "cuda" or (backend == "triton" and torch.cuda.is_available()) \
-        else "cpu"
-    args = stage_inputs((2, cin, cout, h, w), k, layout, device=dev)
+    args = stage_inputs((2, cin, cout, h, w), k, layout, device=device_of(backend))
     y = check_autograd(lambda *a: F.dasp_stage(*a, backend=backend), reference.dasp_stage, args,
                        torch.float32, what=f"{cin}->{cout} K={k} {layout}")
     output_format_is(y, args[0], layout)

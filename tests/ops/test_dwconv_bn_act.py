@@ -14,7 +14,8 @@ import dasp_kernels
 from dasp_kernels import _backends, _checks, cases, reference
 from inputs import dw_inputs, make_x, place
 from op_harness import BACKENDS, HALF_TOL, LAYOUTS, backends, check_all, check_format, close
-from op_harness import check_autograd, close_scaled, close_to_ref, make_runner, make_target
+from op_harness import check_autograd, close_scaled, close_to_ref, device_of, make_runner
+from op_harness import make_target
 from op_harness import masked_grad, output_format_is
 from op_harness import emu_ops  # noqa: F401  (the emulator's fixture)
 from op_harness import narrower_build_check
@@ -590,15 +591,10 @@ def act_wrapper(stride, padding, dilation, act, backend):
                                                  beta=beta, backend=backend)
 
 
-def wrapper_device(backend):
-    return "cuda" if backend == "cuda" or (backend == "triton" and torch.cuda.is_available()) \
-        else "cpu"
-
-
 @pytest.mark.parametrize("c,h,w,k,stride,padding,layout", SMALL_RELU_FORM_CASES)
 @pytest.mark.parametrize("backend", WRAPPER_BACKENDS)
 def test_small_relu_form_cases(backend, c, h, w, k, stride, padding, layout):
-    x, params = dw_inputs((2, c, h, w), k, layout, device=wrapper_device(backend))
+    x, params = dw_inputs((2, c, h, w), k, layout, device=device_of(backend))
     y = check_autograd(
         lambda *a: dasp_kernels.dwconv_bn_relu(*a, stride=stride, padding=padding, backend=backend),
         lambda *a: reference.dwconv_bn_relu(*a, stride, padding, True),
@@ -608,7 +604,7 @@ def test_small_relu_form_cases(backend, c, h, w, k, stride, padding, layout):
 
 @pytest.mark.parametrize("backend", WRAPPER_BACKENDS)
 def test_no_relu_and_odd_weight_strides(backend):
-    x, (w, sc, sh) = dw_inputs((2, 3, 9, 11), 5, device=wrapper_device(backend))
+    x, (w, sc, sh) = dw_inputs((2, 3, 9, 11), 5, device=device_of(backend))
     w = w.transpose(2, 3)  # a non-contiguous [C, 1, K, K]
     check_autograd(lambda *a: dasp_kernels.dwconv_bn_relu(*a, stride=2, padding=2, relu=False,
                                                          backend=backend),
@@ -619,7 +615,7 @@ def test_no_relu_and_odd_weight_strides(backend):
 @pytest.mark.parametrize("c,h,w,k,stride,dilation,padding,act,layout", SMALL_ACT_CASES)
 @pytest.mark.parametrize("backend", WRAPPER_BACKENDS)
 def test_small_act_cases(backend, c, h, w, k, stride, dilation, padding, act, layout):
-    x, params = dw_inputs((2, c, h, w), k, layout, torch.float64, wrapper_device(backend))
+    x, params = dw_inputs((2, c, h, w), k, layout, torch.float64, device_of(backend))
     y = check_autograd(act_wrapper(stride, padding, dilation, act, backend),
                        act_wrapper(stride, padding, dilation, act, "reference"),
                        [x, *params], torch.float64, what=f"K={k} s={stride} d={dilation} "
@@ -632,7 +628,7 @@ def test_small_act_cases(backend, c, h, w, k, stride, dilation, padding, act, la
 def test_small_act_float32(backend, act):
     # The activations' float32 formulas; x * 3 reaches the tails of hardswish and the gelus.
     # Smooth in float32 where the kinks of hardswish (+-3) are rarely hit within rounding.
-    x, (w, sc, sh) = dw_inputs((2, 6, 9, 10), 3, "channels_last", device=wrapper_device(backend))
+    x, (w, sc, sh) = dw_inputs((2, 6, 9, 10), 3, "channels_last", device=device_of(backend))
     check_autograd(act_wrapper(2, [1, 0, 0, 1], 2, act, backend),
                    act_wrapper(2, [1, 0, 0, 1], 2, act, "reference"),
                    [x * 3, w, sc, sh], torch.float32, what=act)

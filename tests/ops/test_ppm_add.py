@@ -12,7 +12,8 @@ from dasp_kernels import cases, reference
 from inputs import make_x, ppm_inputs
 from op_harness import BACKENDS, HALF_TOL, LAYOUTS, backends, check_all, check_autograd
 from op_harness import check_format, close, close_to_ref, emu_ops, make_runner  # noqa: F401
-from op_harness import make_target, narrower_build_check, output_format_is, skip_unless
+from op_harness import device_of, make_target, narrower_build_check, output_format_is
+from op_harness import skip_unless
 
 OP = "ppm_add"
 ops = torch.ops.dasp_kernels
@@ -321,17 +322,12 @@ SMALL_CASES = [(3, 16, 9, 11, "contiguous"), (16, 5, 8, 7, "channels_last"),
                (20, 40, 5, 6, "sliced"), (1, 1, 1, 1, "contiguous"), (3, 20, 7, 4, "channels_last")]
 
 
-def wrapper_device(backend):
-    return "cuda" if backend == "cuda" or (backend == "triton" and torch.cuda.is_available()) \
-        else "cpu"
-
-
 @pytest.mark.parametrize("cin,cout,h,w,layout", SMALL_CASES)
 @pytest.mark.parametrize("backend", backends("cpu", "triton", "cuda"))
 def test_small_cases_through_the_wrapper(backend, cin, cout, h, w, layout):
     """Against autograd through the reference (op_harness.check_autograd), sized for the Triton
     interpreter; the residual in the input's layout too."""
-    x, weight, residual = ppm_inputs((2, cin, cout, h, w), layout, device=wrapper_device(backend))
+    x, weight, residual = ppm_inputs((2, cin, cout, h, w), layout, device=device_of(backend))
     residual = make_x(*residual.shape, layout, device=residual.device, gen=lambda *s: residual)
     y = check_autograd(lambda *a: dasp_kernels.ppm_add(*a, backend=backend), reference.ppm_add,
                        [x, weight, residual], torch.float32, what=f"{cin}->{cout} {layout}")
