@@ -4,7 +4,7 @@
 
 The result registers the ops of csrc/ops.cpp under the namespace `dasp_emu` for the CPU dispatch
 key (torch.ops.dasp_emu.dwconv_bn_act(...) on CPU tensors runs the CUDA kernel source), without
-touching the real `dasp_kernels` library. Used by the `emu` target of tests/test_cuda_kernels.py (run with DASP_CUDA_EMU=1).
+touching the real `dasp_kernels` library. Used by the `emu` backend of tests/ops/op_harness.py (run with DASP_CUDA_EMU=1).
 """
 import os
 import re

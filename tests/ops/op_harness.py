@@ -32,10 +32,16 @@ def skip_unless(backend):
 BACKENDS = [
     pytest.param("cpu", marks=skip_unless("cpu")),
     pytest.param("triton", marks=skip_unless("triton")),
-    pytest.param("cuda", marks=skip_unless("cuda")),
+    pytest.param("cuda", marks=[pytest.mark.needs_cuda, skip_unless("cuda")]),
     pytest.param("emu", marks=[pytest.mark.slow, pytest.mark.skipif(
         not EMU, reason="emulated CUDA kernels: set DASP_CUDA_EMU=1 to build and run them")]),
 ]
+
+
+def device_of(backend):
+    """Where `backend`'s tensors live: cuda for the CUDA kernels, and for Triton on a GPU."""
+    gpu = backend == "cuda" or (backend == "triton" and torch.cuda.is_available())
+    return "cuda" if gpu else "cpu"
 
 
 def backends(*names):
@@ -58,8 +64,7 @@ class Runner:
 
     def __init__(self, op, backend, emu=None):
         self.op, self.backend, self.emu = op, backend, emu
-        self.device = "cuda" if backend == "cuda" or (
-            backend == "triton" and torch.cuda.is_available()) else "cpu"
+        self.device = device_of(backend)
         interpreted = backend in ("triton", "emu") and self.device == "cpu"
         self.cases = cases.cases(op, "tiny" if interpreted else "quick")
         self.dtypes = [torch.float32] if backend == "triton" and interpreted else list(TOL)
@@ -78,6 +83,115 @@ def make_runner(request, op, backend=None):
     """The Runner of `backend` (default: the one the test is parametrised with, request.param)."""
     b = backend or request.param
     return Runner(op, b, request.getfixturevalue("emu_ops") if b == "emu" else None)
+
+
+class Target:
+    """One backend's registered ops, called directly: `target.dwconv_bn_act(...)` is
+    torch.ops.dasp_kernels.dwconv_bn_act (cpu, cuda), torch.ops.dasp_kernels.dwconv_bn_act_triton
+    (triton) or torch.ops.dasp_emu.dwconv_bn_act (the CUDA sources on the emulator); `device` is
+    where its tensors live."""
+
+    def __init__(self, backend, namespace, suffix, device):
+        self.backend, self.namespace, self.suffix = backend, namespace, suffix
+        self.device = torch.device(device)
+
+    def __getattr__(self, name):
+        return getattr(self.namespace, name + self.suffix)
+
+    def __repr__(self):
+        return self.backend
+
+
+def make_target(request, backend=None):
+    """The Target of `backend` (default: the one the test is parametrised with, request.param)."""
+    b = backend or request.param
+    if b == "emu":
+        return Target(b, request.getfixturevalue("emu_ops"), "", "cpu")
+    if b == "triton":
+        from dasp_kernels import triton  # noqa: F401  (registers the ops)
+        return Target(b, torch.ops.dasp_kernels, "_triton", device_of(b))
+    return Target(b, torch.ops.dasp_kernels, "", b)
+
+
+HALF_TOL = {torch.float16: 2e-2, torch.bfloat16: 6e-2}
+
+
+def close(a, b, tol):
+    """|a - b| <= tol + tol * |b| elementwise, b cast to a's dtype, NaN equal."""
+    torch.testing.assert_close(a, b.to(a.dtype), rtol=tol, atol=tol, equal_nan=True)
+
+
+def close_scaled(a, b, tol):
+    """close() of both divided by max(1, max |b|): for reductions over many terms."""
+    s = b.abs().max().clamp_min(1)
+    close(a / s, b / s, tol)
+
+
+def close_to_ref(got, want, dtype, grad=False, msg=""):
+    """Float rounding, scaled to the magnitudes (NaN equal); gradients of the weights are sums
+    over the whole image: a longer sum, a larger allowance."""
+    finite = want[torch.isfinite(want)]
+    scale = max(1.0, finite.abs().max().item()) if finite.numel() else 1.0
+    tol = (dict(rtol=1e-9, atol=1e-9 * scale) if dtype == torch.float64
+           else dict(rtol=1e-5, atol=(1e-4 if grad else 1e-5) * scale))
+    torch.testing.assert_close(got, want, equal_nan=True, msg=lambda m: f"{msg}\n{m}", **tol)
+
+
+def check_format(out, x):
+    """out has the memory format the ops give for input x."""
+    from dasp_kernels import _checks
+
+    fmt = _checks.output_memory_format(x)
+    assert out.is_contiguous(memory_format=fmt), (out.shape, out.stride(), fmt)
+
+
+def masked_grad(g, pre, margin, kinks=(0.0,)):
+    """g zeroed where the pre-activation is within `margin` of a kink of the activation: there the
+    kernel's rounding may legitimately land on the other side than the reference's."""
+    keep = torch.ones_like(pre, dtype=torch.bool)
+    for p in kinks:
+        keep &= (pre - p).abs() > margin
+    return g * keep.to(g.dtype)
+
+
+# Tolerances of check_autograd (relative to the largest reference magnitude).
+AUTOGRAD_TOL = {torch.float32: 1e-5, torch.float64: 1e-12, torch.float16: 2e-3,
+                torch.bfloat16: 1.6e-2}
+
+
+def close_rel_max(actual, expected, tol, what=""):
+    """Elementwise |a - e| <= tol * (|e| + max|e|): relative, and not fooled by values near 0."""
+    assert actual.shape == expected.shape, what
+    actual, expected = actual.double(), expected.double()
+    scale = expected.abs().max().item() if expected.numel() else 0.0
+    torch.testing.assert_close(actual, expected, rtol=tol, atol=tol * max(scale, 1e-30),
+                               equal_nan=True, msg=lambda m: f"{what}: {m}")
+
+
+def check_autograd(ours, ref, inputs, dtype, grads=True, what=""):
+    """Forward and, with grads, every input gradient of ours(*inputs) against autograd through
+    ref in float64 (close_rel_max, AUTOGRAD_TOL). Returns ours' output."""
+    mine = [t.detach().clone().requires_grad_() for t in inputs]
+    theirs = [t.detach().double().requires_grad_() for t in inputs]
+    y = ours(*mine)
+    y_ref = ref(*theirs)
+    assert y.dtype == dtype
+    close_rel_max(y, y_ref, AUTOGRAD_TOL[dtype], f"{what} forward")
+    if not grads:
+        return y
+    g = torch.randn_like(y_ref)
+    y.backward(g.to(dtype))
+    y_ref.backward(g)
+    for i, (a, b) in enumerate(zip(mine, theirs)):
+        assert a.grad is not None and a.grad.dtype == dtype, f"{what} grad {i}"
+        close_rel_max(a.grad, b.grad, AUTOGRAD_TOL[dtype], f"{what} grad {i}")
+    return y
+
+
+def output_format_is(y, x, layout):
+    """y is channels-last exactly when x was made so with more than one channel."""
+    cl = layout == "channels_last" and x.shape[1] > 1
+    assert y.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
 
 
 def rel_err(out, ref):

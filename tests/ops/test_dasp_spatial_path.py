@@ -9,7 +9,7 @@ from dasp_kernels import functional as F
 from dasp_kernels import reference
 from op_harness import BACKENDS, LAYOUTS, check_all, emu_ops, make_runner  # noqa: F401
 from op_harness import narrower_build_check
-from stage_inputs import both_raise, expected_format, make_x, path_params, stage_params
+from inputs import both_raise, expected_format, make_x, path_params, stage_params
 
 from conftest import needs_cpu_ext
 
