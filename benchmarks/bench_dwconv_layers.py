@@ -12,10 +12,14 @@ Per layer, median us of:
 - `eager nchw`: conv, BatchNorm and activation one after the other, as the eager model runs them.
 Inputs are the layer's real input in the model (captured with a hook), outputs are checked
 against `eager nchw` before timing, and the providers of a layer are timed interleaved. The last
-line sums each column: the part of the model's time these layers take in each form.
+line sums each column: the part of the model's time these layers take in each form. `ours` is
+always our kernel (DASP_KERNELS_DW_IMPL=dasp is set here); a fused model picks per layer
+(dasp_kernels/dw_choice.py).
 """
 import argparse
 import os
+
+os.environ["DASP_KERNELS_DW_IMPL"] = "dasp"  # noqa: E402 (before dasp_kernels reads it)
 
 import torch
 import torch.nn as nn

@@ -16,11 +16,13 @@ Where a conv is followed by its norm: consecutive children of an nn.Sequential (
 Conv2dNormActivation, MobileNet/EfficientNet/ShuffleNet/MNASNet layers), and the known blocks of
 timm whose forward applies them in a row (TIMM_PAIRS).
 """
+import weakref
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dasp_kernels import _checks, _loader, functional, reference
+from dasp_kernels import _checks, _loader, dw_choice, functional, reference
 from dasp_kernels.reference import fold_bn
 
 # timm blocks (module, class) whose forward applies conv then norm directly: (conv, norm) names.
@@ -160,6 +162,12 @@ def is_fused_away(module):
     return type(module) in _PASS_THROUGH.values()
 
 
+# Per FusedDWConv2d: (key of the tensors folded, scale, shift, {input shape: the folded weight in
+# oneDNN's layout}). Outside the module, so that copies and pickles of it carry none of it (a
+# oneDNN-packed weight cannot be copied).
+_FOLD_CACHE = weakref.WeakKeyDictionary()
+
+
 class FusedDWConv2d(nn.Conv2d):
     """A depthwise nn.Conv2d that also does the BatchNorm2d (and activation) after it, which stay
     in the model as pass-throughs (see the module docstring). Same parameters as the conv."""
@@ -201,13 +209,26 @@ class FusedDWConv2d(nn.Conv2d):
         tensors = [t for t in (self.weight, self.bias, bn.weight, bn.bias, bn.running_mean,
                                bn.running_var) if t is not None]
         key = (bn.eps, *((id(t), t.data_ptr(), t._version) for t in tensors))
-        cache = self.__dict__.get("_fold_cache")
+        cache = _FOLD_CACHE.get(self)
         if cache is None or cache[0] != key:
-            cache = self.__dict__["_fold_cache"] = (key, *folded(self, bn))
+            cache = _FOLD_CACHE[self] = (key, *folded(self, bn), {})
         k, d, s = self.kernel_size[0], self.dilation[0], self.stride[0]
-        return torch.ops.dasp_kernels.dwconv_bn_act(
-            x, self.weight, cache[1], cache[2], s, functional._padding4(pad, x, k, s, d), d,
-            *self.act_spec)
+        p = functional._padding4(pad, x, k, s, d)
+        if dw_choice.use_onednn(x, k, s, p, d, *self.act_spec):
+            return dw_choice.onednn_conv_act(x, self._packed_weight(cache, x, p), cache[2], s, p,
+                                             d, *self.act_spec)
+        return torch.ops.dasp_kernels.dwconv_bn_act(x, self.weight, cache[1], cache[2], s, p, d,
+                                                    *self.act_spec)
+
+    def _packed_weight(self, cache, x, p):
+        """The folded weight in oneDNN's layout for this input size, made once per size."""
+        packed = cache[3]
+        if x.shape not in packed:
+            s, d = self.stride[0], self.dilation[0]
+            w = self.weight * cache[1].view(-1, 1, 1, 1)
+            packed[x.shape] = torch.ops.mkldnn._reorder_convolution_weight(
+                w, [p[0], p[2]], [s, s], [d, d], self.groups, list(x.shape))
+        return packed[x.shape]
 
     def _forward(self, x):
         y = self._inference_fast(x)
@@ -226,6 +247,13 @@ class FusedDWConv2d(nn.Conv2d):
             p = functional._padding4(pad, x, k, s, d)
             w = self.weight * scale.view(-1, 1, 1, 1)
             y = F.conv2d(F.pad(x, (p[2], p[3], p[0], p[1])), w, shift, s, 0, d, self.groups)
+            return reference.activation(y, act, alpha, beta)
+        p = functional._padding4(pad, x, k, s, d)
+        if dw_choice.use_onednn(x, k, s, p, d, act, alpha, beta):
+            # The conv on folded weights, then the activation: under torch.compile with freezing
+            # inductor makes this the one oneDNN call with a post-op that dw_choice measured.
+            w = self.weight * scale.view(-1, 1, 1, 1)
+            y = F.conv2d(x, w, shift, s, (p[0], p[2]), d, self.groups)
             return reference.activation(y, act, alpha, beta)
         return functional.dwconv_bn_act(x, self.weight, scale, shift, stride=s, padding=pad,
                                         dilation=d, act=act, alpha=alpha, beta=beta,

@@ -5,6 +5,10 @@ import torch
 
 import dasp_kernels
 
+# Fused depthwise layers run our kernel in the tests, whatever is faster on the machine at the
+# time (dasp_kernels/dw_choice.py): tests/test_dw_choice.py sets the other modes itself.
+os.environ["DASP_KERNELS_DW_IMPL"] = "dasp"
+
 # fp32 references must be true fp32 on a GPU too.
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
