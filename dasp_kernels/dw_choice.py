@@ -115,11 +115,15 @@ def _measure(key):
         c = shape[1]
         w = torch.randn(c, 1, k, k, generator=gen)
         scale, shift = torch.rand(c, generator=gen) + 0.5, torch.randn(c, generator=gen)
-        w_folded = w * scale.view(-1, 1, 1, 1)
+        # oneDNN's weight in its own layout for this input, as the fused layer and inductor's
+        # frozen graph hand it over.
+        w_packed = torch.ops.mkldnn._reorder_convolution_weight(
+            w * scale.view(-1, 1, 1, 1), [padding[0], padding[2]], [stride, stride],
+            [dilation, dilation], c, list(shape))
         fns = {
             "dasp": lambda: torch.ops.dasp_kernels.dwconv_bn_act(
                 x, w, scale, shift, stride, list(padding), dilation, act, alpha, beta),
-            "onednn": lambda: onednn_conv_act(x, w_folded, shift, stride, padding, dilation, act,
+            "onednn": lambda: onednn_conv_act(x, w_packed, shift, stride, padding, dilation, act,
                                               alpha, beta),
         }
         # Back to back, as the layers of a model run (no pause for the worker threads to
