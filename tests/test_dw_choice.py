@@ -8,6 +8,7 @@ import torch.nn as nn
 import dasp_kernels
 from dasp_kernels import dw_choice
 from conftest import needs_cpu_ext
+from test_fuse_depthwise import randomise_bn
 
 pytestmark = needs_cpu_ext
 
@@ -18,14 +19,7 @@ def _model():
         return [nn.Conv2d(c, c, k, s, k // 2, groups=c, bias=False), nn.BatchNorm2d(c), act]
     layers = (block(16, 3, 1, nn.ReLU6()) + block(16, 5, 2, nn.Hardswish())
               + block(16, 3, 1, nn.SiLU()) + block(16, 3, 2, nn.Identity()))
-    model = nn.Sequential(*layers).eval()
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 1.5)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.5, 0.5)
-    return model
+    return randomise_bn(nn.Sequential(*layers).eval())
 
 
 def _count_onednn_calls(monkeypatch):
