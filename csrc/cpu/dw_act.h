@@ -28,20 +28,40 @@ struct ActV {
   static constexpr T kBeta = T(0.7978845608028654);
   static constexpr T kKappa = T(0.044715);
 
-  V operator()(const V& z) const {
+  // act(z) for activation ID known at compile time: the forward kernels switch on id once per
+  // block of outputs and apply this inline (a call per vector cost more than the activation).
+  template <int ID>
+  V apply(const V& z) const {
     const V zero(T(0));
+    if constexpr (ID == kActRelu) {
+      return at::vec::maximum(z, zero);  // maximum() keeps NaN, like torch.relu
+    } else if constexpr (ID == kActHardtanh) {
+      return at::vec::minimum(at::vec::maximum(z, alpha), beta);
+    } else if constexpr (ID == kActHardswish) {
+      return z * at::vec::minimum(at::vec::maximum(z + V(T(3)), zero), V(T(6))) / V(T(6));
+    } else if constexpr (ID == kActSilu) {
+      return z / (V(T(1)) + z.neg().exp());
+    } else if constexpr (ID == kActGelu) {
+      return z * V(T(0.5)) * (V(T(1)) + (z * V(T(M_SQRT1_2))).erf());
+    } else if constexpr (ID == kActGeluTanh) {
+      const V inner = V(kBeta) * (z + V(kKappa) * z * z * z);
+      return V(T(0.5)) * z * (V(T(1)) + inner.tanh());
+    } else if constexpr (ID == kActLeaky) {
+      return V::blendv(z * alpha, z, z > zero);
+    } else {
+      return z;
+    }
+  }
+
+  V operator()(const V& z) const {
     switch (id) {
-      case kActRelu: return at::vec::maximum(z, zero);  // maximum() keeps NaN, like torch.relu
-      case kActHardtanh: return at::vec::minimum(at::vec::maximum(z, alpha), beta);
-      case kActHardswish:
-        return z * at::vec::minimum(at::vec::maximum(z + V(T(3)), zero), V(T(6))) / V(T(6));
-      case kActSilu: return z / (V(T(1)) + z.neg().exp());
-      case kActGelu: return z * V(T(0.5)) * (V(T(1)) + (z * V(T(M_SQRT1_2))).erf());
-      case kActGeluTanh: {
-        const V inner = V(kBeta) * (z + V(kKappa) * z * z * z);
-        return V(T(0.5)) * z * (V(T(1)) + inner.tanh());
-      }
-      case kActLeaky: return V::blendv(z * alpha, z, z > zero);
+      case kActRelu: return apply<kActRelu>(z);
+      case kActHardtanh: return apply<kActHardtanh>(z);
+      case kActHardswish: return apply<kActHardswish>(z);
+      case kActSilu: return apply<kActSilu>(z);
+      case kActGelu: return apply<kActGelu>(z);
+      case kActGeluTanh: return apply<kActGeluTanh>(z);
+      case kActLeaky: return apply<kActLeaky>(z);
       default: return z;
     }
   }
