@@ -14,9 +14,10 @@
 namespace dasp_kernels::cpu::DASP_ISA {
 namespace dw {
 
-// One call's activation: id (DwActId) and its parameters broadcast. The switch on id is taken per
-// vector; it is the same branch every time, so it predicts, and it keeps one instantiation of
-// each kernel for all eight activations.
+// One call's activation: id (DwActId) and its parameters broadcast. operator() switches on id per
+// vector (the same branch every time, so it predicts), keeping one instantiation of each kernel
+// for all eight activations; the channels-last forward switches once per block and inlines
+// apply<ID> instead.
 template <typename T>
 struct ActV {
   using V = at::vec::Vectorized<T>;
