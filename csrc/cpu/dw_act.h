@@ -14,9 +14,10 @@
 namespace dasp_kernels::cpu::DASP_ISA {
 namespace dw {
 
-// One call's activation: id (DwActId) and its parameters broadcast. The switch on id is taken per
-// vector; it is the same branch every time, so it predicts, and it keeps one instantiation of
-// each kernel for all eight activations.
+// One call's activation: id (DwActId) and its parameters broadcast. operator() switches on id per
+// vector (the same branch every time, so it predicts), keeping one instantiation of each kernel
+// for all eight activations; the channels-last forward switches once per block and inlines
+// apply<ID> instead.
 template <typename T>
 struct ActV {
   using V = at::vec::Vectorized<T>;
@@ -28,20 +29,40 @@ struct ActV {
   static constexpr T kBeta = T(0.7978845608028654);
   static constexpr T kKappa = T(0.044715);
 
-  V operator()(const V& z) const {
+  // act(z) for activation ID known at compile time: the forward kernels switch on id once per
+  // block of outputs and apply this inline (a call per vector cost more than the activation).
+  template <int ID>
+  V apply(const V& z) const {
     const V zero(T(0));
+    if constexpr (ID == kActRelu) {
+      return at::vec::maximum(z, zero);  // maximum() keeps NaN, like torch.relu
+    } else if constexpr (ID == kActHardtanh) {
+      return at::vec::minimum(at::vec::maximum(z, alpha), beta);
+    } else if constexpr (ID == kActHardswish) {
+      return z * at::vec::minimum(at::vec::maximum(z + V(T(3)), zero), V(T(6))) / V(T(6));
+    } else if constexpr (ID == kActSilu) {
+      return z / (V(T(1)) + z.neg().exp());
+    } else if constexpr (ID == kActGelu) {
+      return z * V(T(0.5)) * (V(T(1)) + (z * V(T(M_SQRT1_2))).erf());
+    } else if constexpr (ID == kActGeluTanh) {
+      const V inner = V(kBeta) * (z + V(kKappa) * z * z * z);
+      return V(T(0.5)) * z * (V(T(1)) + inner.tanh());
+    } else if constexpr (ID == kActLeaky) {
+      return V::blendv(z * alpha, z, z > zero);
+    } else {
+      return z;
+    }
+  }
+
+  V operator()(const V& z) const {
     switch (id) {
-      case kActRelu: return at::vec::maximum(z, zero);  // maximum() keeps NaN, like torch.relu
-      case kActHardtanh: return at::vec::minimum(at::vec::maximum(z, alpha), beta);
-      case kActHardswish:
-        return z * at::vec::minimum(at::vec::maximum(z + V(T(3)), zero), V(T(6))) / V(T(6));
-      case kActSilu: return z / (V(T(1)) + z.neg().exp());
-      case kActGelu: return z * V(T(0.5)) * (V(T(1)) + (z * V(T(M_SQRT1_2))).erf());
-      case kActGeluTanh: {
-        const V inner = V(kBeta) * (z + V(kKappa) * z * z * z);
-        return V(T(0.5)) * z * (V(T(1)) + inner.tanh());
-      }
-      case kActLeaky: return V::blendv(z * alpha, z, z > zero);
+      case kActRelu: return apply<kActRelu>(z);
+      case kActHardtanh: return apply<kActHardtanh>(z);
+      case kActHardswish: return apply<kActHardswish>(z);
+      case kActSilu: return apply<kActSilu>(z);
+      case kActGelu: return apply<kActGelu>(z);
+      case kActGeluTanh: return apply<kActGeluTanh>(z);
+      case kActLeaky: return apply<kActLeaky>(z);
       default: return z;
     }
   }

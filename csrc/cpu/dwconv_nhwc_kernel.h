@@ -118,7 +118,7 @@ inline void add_new_rows(RowsAhead& ra, const char* xn, int64_t row_bytes, int64
 // the input rows that a group's output rows read then stay in L1 from one pixel block and one
 // output row to the next, where whole pixel rows of many channels would not.
 template <typename T>
-void fwd_nhwc(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) {
+void fwd_nhwc_generic(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) {
   constexpr int V = Vec<T>::size();
   const int64_t C = p.C, H = p.H, W = p.W, Ho = p.Ho, Wo = p.Wo, K = p.K, S = p.S, pad = p.pad_l;
   const int64_t G = p.cgroup > 0 ? p.cgroup : C;
@@ -162,6 +162,10 @@ void fwd_nhwc(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) {
   }
   stream_fence();
 }
+
+// The forward's entry (dwconv_nhwc_fwd.h).
+template <typename T>
+void fwd_nhwc(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1);
 
 // NCHW input with small planes, by blocks of p.cblock channels: a task (n, channel block, band)
 // moves the input rows its band reads into a channels-last tile (at::vec::transpose_mxn), runs
