@@ -33,7 +33,8 @@ _POST_OPS = {
     "leaky_relu": ("leaky_relu", lambda a, b: [a], None),
 }
 
-_CHOSEN = {}  # layer key (see layer_key) + thread count -> "dasp" or "onednn"
+# layer key (see layer_key) + thread count -> ("dasp" or "onednn", our ms, oneDNN's ms)
+_CHOSEN = {}
 
 
 # The functions marked assume_constant_result run at trace time under torch.compile, their results
@@ -71,9 +72,11 @@ def onednn_conv_act(x, w_folded, shift, stride, padding, dilation, act, alpha, b
 
 
 def layer_key(x, k, stride, padding, dilation, act, alpha, beta):
-    """What the choice depends on, as constants (dynamo passes them to `choose` as such)."""
-    channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
-        memory_format=torch.channels_last)
+    """What the choice depends on, as constants (dynamo passes them to `choose` as such). Under
+    torch.compile the traced input is NCHW, but inductor runs a graph with convolutions in
+    channels_last and hands our op that layout (it is flexible_layout): measured so."""
+    channels_last = torch.compiler.is_compiling() or (
+        not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last))
     return (tuple(x.shape), channels_last, k, stride, tuple(padding), dilation, act,
             float(alpha), float(beta))
 
@@ -95,11 +98,12 @@ def choose(key):
     key = key + (torch.get_num_threads(),)
     if key not in _CHOSEN:
         _CHOSEN[key] = _measure(key)
-    return _CHOSEN[key]
+    return _CHOSEN[key][0]
 
 
 def chosen():
-    """{layer key: "dasp" or "onednn"} measured so far in this process."""
+    """{layer key: (the choice, our ms, oneDNN's ms)} measured so far in this process (20%
+    quantiles of the calls timed)."""
     return dict(_CHOSEN)
 
 
@@ -130,4 +134,5 @@ def _measure(key):
         # sleep); compared on the 20% quantile, which other work on the machine moves least.
         t = timing.measure_interleaved(fns, warmup=3, min_reps=10, max_reps=400,
                                        min_time_s=0.05, gap_s=0.0)
-    return "dasp" if t["dasp"].p20_ms <= t["onednn"].p20_ms else "onednn"
+    ours, onednn = t["dasp"].p20_ms, t["onednn"].p20_ms
+    return ("dasp" if ours <= onednn else "onednn"), ours, onednn

@@ -52,14 +52,14 @@ def test_the_choice_is_measured_once_per_layer_shape(monkeypatch):
     monkeypatch.setenv("DASP_KERNELS_DW_IMPL", "auto")
     measured = []
     monkeypatch.setattr(dw_choice, "_CHOSEN", {})
-    monkeypatch.setattr(dw_choice, "_measure", lambda key: measured.append(key) or "onednn")
+    monkeypatch.setattr(dw_choice, "_measure", lambda key: measured.append(key) or ("onednn", 2.0, 1.0))
     fused = dasp_kernels.fuse(_model())
     with torch.no_grad():
         for _ in range(3):
             fused(torch.randn(1, 16, 12, 12))
         fused(torch.randn(1, 16, 13, 12))
     assert len(measured) == 8 and len(set(measured)) == 8
-    assert set(dw_choice.chosen().values()) == {"onednn"}
+    assert {c for c, _, _ in dw_choice.chosen().values()} == {"onednn"}
 
 
 def test_measuring_picks_one_of_the_two():
@@ -96,6 +96,19 @@ def test_compiled_graph_holds_the_chosen_kernel(mode, monkeypatch):
         torch.testing.assert_close(out, model(x), rtol=1e-5, atol=1e-5)
     ours = "\n".join(code).count("torch.ops.dasp_kernels.dwconv_bn_act.default(")
     assert ours == (4 if mode == "dasp" else 0)
+
+
+def test_under_compile_the_choice_is_measured_in_channels_last(monkeypatch):
+    """The traced input is NCHW; inductor hands the op channels_last, so that is what counts."""
+    monkeypatch.setenv("DASP_KERNELS_DW_IMPL", "auto")
+    monkeypatch.setenv("TORCHINDUCTOR_COMPILE_THREADS", "1")
+    monkeypatch.setattr(dw_choice, "_CHOSEN", {})
+    torch._dynamo.reset()
+    compiled = torch.compile(dasp_kernels.fuse(_model()), fullgraph=True)
+    with torch.no_grad():
+        compiled(torch.randn(1, 16, 16, 16))
+    layouts = [key[1] for key in dw_choice.chosen()]
+    assert len(layouts) == 4 and all(layouts)
 
 
 def test_a_bad_mode_says_what_it_takes(monkeypatch):
