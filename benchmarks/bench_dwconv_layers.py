@@ -7,8 +7,9 @@ what the unfused model runs in its place (issue 18).
 Per layer, median us of:
 - `ours cl` / `ours nchw`: the fused layer (FusedDWConv2d, as the fused model calls it) on a
   channels_last / NCHW input;
-- `compile cl`: conv -> BatchNorm -> activation compiled by inductor with freezing, as
-  `torch.compile` of the unfused model runs it (oneDNN, BN folded, activation fused as a post-op);
+- `onednn cl`: what `torch.compile` with freezing runs for the unfused layer: oneDNN's
+  convolution, BN folded into its weight (packed in its own layout), the activation a post-op
+  (called directly, without a compiled graph's per-call overhead);
 - `eager nchw`: conv, BatchNorm and activation one after the other, as the eager model runs them.
 Inputs are the layer's real input in the model (captured with a hook), outputs are checked
 against `eager nchw` before timing, and the providers of a layer are timed interleaved. The last
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 
 import dasp_kernels
 from benchmarks import harness, suite
-from dasp_kernels import functional, reference
+from dasp_kernels import dw_choice, functional, fuse_depthwise, reference
 from dasp_kernels.fuse_depthwise import FusedDWConv2d
 
 
@@ -69,10 +70,15 @@ def layer_inputs(fused, x):
 def providers(layer, x):
     unfused = ConvNormAct(layer).eval()
     xc = x.contiguous(memory_format=torch.channels_last)
-    torch._dynamo.reset()
-    compiled = torch.compile(ConvNormAct(layer).eval().to(memory_format=torch.channels_last),
-                             dynamic=False)
-    fns = {"ours cl": lambda: layer(xc), "compile cl": lambda: compiled(xc),
+    k, s, d = layer.kernel_size[0], layer.stride[0], layer.dilation[0]
+    pad = functional._padding4(layer._dasp[2], x, k, s, d)
+    scale, shift = fuse_depthwise.folded(layer, layer._dasp[0])
+    w = torch.ops.mkldnn._reorder_convolution_weight(
+        layer.weight * scale.view(-1, 1, 1, 1), [pad[0], pad[2]], [s, s], [d, d], layer.groups,
+        list(x.shape))
+    fns = {"ours cl": lambda: layer(xc),
+           "onednn cl": lambda: dw_choice.onednn_conv_act(xc, w, shift, s, pad, d,
+                                                          *layer.act_spec),
            "ours nchw": lambda: layer(x), "eager nchw": lambda: unfused(x)}
     ref = unfused(x)
     for name, fn in fns.items():
@@ -96,10 +102,9 @@ def main():
     ap.add_argument("--time", type=float, default=0.3, help="seconds per provider and layer")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    torch._inductor.config.freezing = True
     case = suite.make_case(args.workload, suite.parse_size(args.size))
     fused, x = dasp_kernels.fuse(case.module), case.inputs[0]
-    cols = ("ours cl", "compile cl", "ours nchw", "eager nchw")
+    cols = ("ours cl", "onednn cl", "ours nchw", "eager nchw")
     print(f"{args.workload} {args.size}, threads {args.threads}, cpu_isa "
           f"{dasp_kernels.cpu_isa()}, {harness.cpu_model()}, load {os.getloadavg()[0]:.2f}")
     print(f"{'layer':34s} {'shape':30s}" + "".join(f"{c:>12s}" for c in cols) + "   (us, median)")
