@@ -51,7 +51,10 @@ class ConvNormAct(nn.Module):
     def forward(self, x):
         k, s, d = self.conv.kernel_size[0], self.conv.stride[0], self.conv.dilation[0]
         top, bottom, left, right = functional._padding4(self.pad, x, k, s, d)
-        y = self.conv(F.pad(x, (left, right, top, bottom)))
+        if top == bottom and left == right:  # the conv pads, as the model's own does
+            y = F.conv2d(x, self.conv.weight, self.conv.bias, s, (top, left), d, self.conv.groups)
+        else:  # timm's Conv2dSame pads first
+            y = self.conv(F.pad(x, (left, right, top, bottom)))
         return reference.activation(self.bn(y), *self.act)
 
 

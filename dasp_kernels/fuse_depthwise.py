@@ -243,12 +243,11 @@ class FusedDWConv2d(nn.Conv2d):
                                             dilation=d, act="none", backend=backend)
         scale, shift = folded(self, bn)
         act, alpha, beta = self.act_spec
+        p = functional._padding4(pad, x, k, s, d)
         if torch.onnx.is_in_onnx_export():  # standard ops: Pad, Conv, the activation
-            p = functional._padding4(pad, x, k, s, d)
             w = self.weight * scale.view(-1, 1, 1, 1)
             y = F.conv2d(F.pad(x, (p[2], p[3], p[0], p[1])), w, shift, s, 0, d, self.groups)
             return reference.activation(y, act, alpha, beta)
-        p = functional._padding4(pad, x, k, s, d)
         if dw_choice.use_onednn(x, k, s, p, d, act, alpha, beta):
             # The conv on folded weights, then the activation: under torch.compile with freezing
             # inductor makes this the one oneDNN call with a post-op that dw_choice measured.
