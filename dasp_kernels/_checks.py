@@ -66,15 +66,22 @@ def check_dwconv_bn_act(x, weight, scale, shift, stride, padding, dilation, act,
     _rank4(op, check, "x", x)
     _floating(op, check, x)
     _same_device_dtype(op, check, x, [("weight", weight), ("scale", scale), ("shift", shift)])
-    c = x.shape[1]
+    _check_depthwise(op, check, x, weight, scale, shift, stride, padding, dilation, act)
+
+
+def _check_depthwise(op, check, x, weight, scale, shift, stride, padding, dilation, act,
+                     prefix="", c_name="C", c=None):
+    """The depthwise stage's arguments, named `<prefix>weight` ..., on an input of x's H and W
+    and c channels (default x's), which errors call c_name."""
+    c = x.shape[1] if c is None else c
     check(weight.dim() == 4 and weight.shape[0] == c and weight.shape[1] == 1
           and weight.shape[2] == weight.shape[3],
-          lambda: f"{op}: expected weight of shape [C, 1, K, K] with C = {c}, got "
-                  f"{shape_str(weight.shape)}")
+          lambda: f"{op}: expected {prefix}weight of shape [{c_name}, 1, K, K] with {c_name} = "
+                  f"{c}, got {shape_str(weight.shape)}")
     k = weight.shape[2]
     check(1 <= k <= DW_MAX_K,
           lambda: f"{op}: expected kernel size 1 <= K <= {DW_MAX_K}, got K = {k}")
-    for name, t in (("scale", scale), ("shift", shift)):
+    for name, t in ((prefix + "scale", scale), (prefix + "shift", shift)):
         check(t.dim() == 1 and t.shape[0] == c,
               lambda: f"{op}: expected {name} of shape [{c}], got {shape_str(t.shape)}")
     check(stride in (1, 2), lambda: f"{op}: expected stride 1 or 2, got {stride}")
@@ -88,8 +95,63 @@ def check_dwconv_bn_act(x, weight, scale, shift, stride, padding, dilation, act,
           lambda: f"{op}: expected H + top + bottom > dilation * (K - 1) and W + left + right > "
                   f"dilation * (K - 1), got H = {h}, W = {w}, padding = {list(padding)}, "
                   f"dilation * (K - 1) = {span}")
+    _check_act(op, check, prefix + "act", act)
+
+
+def _check_act(op, check, name, act):
     check(act in ACTIVATIONS,
-          lambda: f"{op}: expected act in {', '.join(ACTIVATIONS)}, got {act!r}")
+          lambda: f"{op}: expected {name} in {', '.join(ACTIVATIONS)}, got {act!r}")
+
+
+def _check_pointwise(op, check, prefix, weight, scale, shift, cin, cin_name, cout_name):
+    """A 1x1 conv + scale/shift stage named `<prefix>weight` ... on cin input channels; returns its
+    output channels."""
+    check(weight.dim() == 4 and weight.shape[1] == cin and weight.shape[2] == 1
+          and weight.shape[3] == 1,
+          lambda: f"{op}: expected {prefix}weight of shape [{cout_name}, {cin_name}, 1, 1] with "
+                  f"{cin_name} = {cin}, got {shape_str(weight.shape)}")
+    cout = weight.shape[0]
+    for name, t in ((prefix + "scale", scale), (prefix + "shift", shift)):
+        check(t.dim() == 1 and t.shape[0] == cout,
+              lambda: f"{op}: expected {name} of shape [{cout}], got {shape_str(t.shape)}")
+    return cout
+
+
+def inverted_residual_out_shape(x, dw_weight, stride, padding, dilation, project_weight):
+    _, _, ho, wo = dwconv_bn_act_out_shape(x, dw_weight, stride, padding, dilation)
+    return (x.shape[0], project_weight.shape[0], ho, wo)
+
+
+def check_inverted_residual(x, expand_weight, expand_scale, expand_shift, expand_act, dw_weight,
+                            dw_scale, dw_shift, stride, padding, dilation, dw_act, project_weight,
+                            project_scale, project_shift, project_act, residual, check):
+    op = "inverted_residual"
+    _rank4(op, check, "x", x)
+    _floating(op, check, x)
+    expand = (expand_weight, expand_scale, expand_shift)
+    check(all(t is None for t in expand) or all(t is not None for t in expand),
+          lambda: f"{op}: expected expand_weight, expand_scale and expand_shift all given or all "
+                  f"None, got {', '.join('None' if t is None else 'a tensor' for t in expand)}")
+    named = [("expand_weight", expand_weight), ("expand_scale", expand_scale),
+             ("expand_shift", expand_shift), ("dw_weight", dw_weight), ("dw_scale", dw_scale),
+             ("dw_shift", dw_shift), ("project_weight", project_weight),
+             ("project_scale", project_scale), ("project_shift", project_shift)]
+    _same_device_dtype(op, check, x, [(n, t) for n, t in named if t is not None])
+    e = x.shape[1]
+    if expand_weight is not None:
+        e = _check_pointwise(op, check, "expand_", *expand, x.shape[1], "C", "E")
+    _check_act(op, check, "expand_act", expand_act)
+    _check_depthwise(op, check, x, dw_weight, dw_scale, dw_shift, stride, padding, dilation,
+                     dw_act, prefix="dw_", c_name="E", c=e)
+    _check_pointwise(op, check, "project_", project_weight, project_scale, project_shift, e, "E",
+                     "Co")
+    _check_act(op, check, "project_act", project_act)
+    if residual:
+        out = inverted_residual_out_shape(x, dw_weight, stride, padding, dilation,
+                                          project_weight)
+        check(list(out) == list(x.shape),
+              lambda: f"{op}: expected an output of x's shape {shape_str(x.shape)} with "
+                      f"residual=True, got {shape_str(out)}")
 
 
 def check_ppm_add(x, weight, residual, check):

@@ -47,6 +47,32 @@ def dwconv_bn_relu(x, weight, scale, shift, stride=1, padding=0, relu=True):
                          "relu" if relu else "none")
 
 
+def pointwise_bn_act(x, weight, scale, shift, act="none", alpha=0.0, beta=0.0):
+    """act(conv1x1(x, weight) * scale[c] + shift[c])."""
+    y = F.conv2d(x, weight) * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
+    return activation(y, act, alpha, beta)
+
+
+def inverted_residual(x, expand_weight, expand_scale, expand_shift, expand_act, expand_alpha,
+                      expand_beta, dw_weight, dw_scale, dw_shift, stride, padding, dilation,
+                      dw_act, dw_alpha, dw_beta, project_weight, project_scale, project_shift,
+                      project_act, project_alpha, project_beta, residual):
+    """MobileNetV2's block: 1x1 expansion (skipped when expand_weight is None), depthwise,
+    1x1 projection, each with its scale/shift and activation, then + x if residual.
+
+    The depthwise stage's zero padding is applied to the expanded tensor, as in the models.
+    """
+    y = x
+    if expand_weight is not None:
+        y = pointwise_bn_act(y, expand_weight, expand_scale, expand_shift, expand_act,
+                             expand_alpha, expand_beta)
+    y = dwconv_bn_act(y, dw_weight, dw_scale, dw_shift, stride, padding, dilation, dw_act,
+                      dw_alpha, dw_beta)
+    y = pointwise_bn_act(y, project_weight, project_scale, project_shift, project_act,
+                         project_alpha, project_beta)
+    return y + x if residual else y
+
+
 def ppm_add(x, weight, residual):
     """conv1x1(maxpool2d(x, 2, 2, ceil_mode=True), weight) + residual."""
     return F.conv2d(F.max_pool2d(x, 2, 2, ceil_mode=True), weight) + residual
