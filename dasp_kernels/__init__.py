@@ -17,12 +17,11 @@ from dasp_kernels._backends import available_backends, backend_status
 from dasp_kernels._loader import cpu_isa
 from dasp_kernels.arena import cpu_arena, cpu_arena_release, cpu_arena_stats
 from dasp_kernels.functional import (dasp_spatial_path, dasp_stage, dwconv_bn_act, dwconv_bn_relu,
-                                     ppm_add)
+                                     inverted_residual, ppm_add)
 from dasp_kernels.nn import fuse, fuse_report
 from dasp_kernels.reference import fold_bn
 
 __version__ = "0.1.0"
 __all__ = ["available_backends", "backend_status", "cpu_arena", "cpu_arena_release",
            "cpu_arena_stats", "cpu_isa", "dasp_spatial_path", "dasp_stage", "dwconv_bn_act",
-           "dwconv_bn_relu",
-           "fold_bn", "fuse", "fuse_report", "nn", "ppm_add"]
+           "dwconv_bn_relu", "fold_bn", "inverted_residual", "fuse", "fuse_report", "nn", "ppm_add"]

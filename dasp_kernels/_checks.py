@@ -154,6 +154,15 @@ def check_inverted_residual(x, expand_weight, expand_scale, expand_shift, expand
                       f"residual=True, got {shape_str(out)}")
 
 
+def check_inverted_residual_args(args, check):
+    """check_inverted_residual on the op's positional arguments (their alphas and betas need no
+    check)."""
+    (x, ew, es, esh, eact, _, _, dw, ds, dsh, stride, pad, dil, dact, _, _, pw, ps, psh, pact,
+     _, _, residual) = args
+    check_inverted_residual(x, ew, es, esh, eact, dw, ds, dsh, stride, pad, dil, dact, pw, ps,
+                            psh, pact, residual, check)
+
+
 def check_ppm_add(x, weight, residual, check):
     op = "ppm_add"
     _rank4(op, check, "x", x)

@@ -114,8 +114,51 @@ def dasp_spatial_path_cases(size="quick"):
     return quick + [path_case(1, 1024, 1024, [(64, 7), (64, 3), (128, 3)])]
 
 
+def ir_case(n, c, e, co, h, w, k=3, stride=1, padding=None, dilation=1,
+            acts=("hardtanh", "hardtanh", "none"), residual=None):
+    """An inverted_residual case: C -> E (no expansion when e is None: E = C) -> Co, depthwise K;
+    acts = (expand, depthwise, project) with ACT_ARGS' alpha and beta; residual by default when
+    the output has x's shape."""
+    if padding is None:
+        padding = dilation * (k // 2)
+    if residual is None:
+        residual = stride == 1 and c == co and padding == dilation * (k // 2) and k % 2 == 1
+    return {"op": "inverted_residual", "shape": (n, c, h, w), "e": e, "cout": co, "k": k,
+            "stride": stride, "padding": padding, "dilation": dilation, "acts": tuple(acts),
+            "residual": residual}
+
+
+def inverted_residual_cases(size="quick"):
+    """MobileNetV2's block (ReLU6, linear projection, residual), V3's (hardswish, relu), the block
+    without expansion, and the depthwise geometries the models use."""
+    tiny = [ir_case(2, 4, 12, 4, 7, 9), ir_case(1, 3, 8, 5, 6, 5, 3, 2),
+            ir_case(1, 6, None, 5, 5, 7, 5, 1, "same", 1, ("none", "relu", "none"))]
+    if size == "tiny":
+        return tiny
+    acts = [ir_case(1, 5, 10, 5, 6, 7, 3, 1, None, 1, (a, a, b))
+            for a, b in [("relu", "none"), ("hardswish", "relu"), ("silu", "leaky_relu"),
+                         ("gelu", "gelu_tanh"), ("none", "hardtanh")]]
+    geometry = [ir_case(2, 8, 24, 8, 9, 11, 5, 2, "same"),
+                ir_case(1, 8, 24, 8, 9, 11, 3, 1, 2, 2),
+                ir_case(1, 16, 96, 24, 13, 12, 3, 2),
+                ir_case(1, 7, 21, 7, 5, 5, 7, 1, 3, 1, ("relu", "relu", "none")),
+                ir_case(1, 24, 72, 40, 10, 10, 5, 2, (2, 1, 2, 1), 1,
+                        ("relu", "hardswish", "none")),
+                ir_case(2, 17, None, 17, 4, 3, 3, 1, 1, 1, ("none", "silu", "none")),
+                ir_case(1, 9, 20, 9, 1, 1), ir_case(0, 4, 12, 4, 5, 5)]
+    quick = tiny + acts + geometry
+    if size == "quick":
+        return quick
+    mobilenet = [ir_case(1, 24, 144, 24, 32, 64), ir_case(1, 32, 192, 64, 16, 32, 3, 2),
+                 ir_case(1, 160, 960, 160, 8, 16), ir_case(1, 40, 240, 40, 16, 16, 5, 1, 2, 1,
+                                                           ("hardswish",) * 2 + ("none",)),
+                 ir_case(1, 160, 960, 160, 8, 16, 5, 1, 4, 2, ("hardswish",) * 2 + ("none",))]
+    return quick + mobilenet
+
+
 CASES = {"dwconv_bn_act": dwconv_bn_act_cases, "ppm_add": ppm_add_cases,
-         "dasp_stage": dasp_stage_cases, "dasp_spatial_path": dasp_spatial_path_cases}
+         "dasp_stage": dasp_stage_cases, "dasp_spatial_path": dasp_spatial_path_cases,
+         "inverted_residual": inverted_residual_cases}
 
 
 def cases(op, size="quick"):
@@ -130,6 +173,35 @@ def _stage_params(c, co, k, gen):
             torch.rand(co, generator=gen, dtype=F64) + 0.5,
             torch.randn(co, generator=gen, dtype=F64) * 0.1,
             torch.randn(co, c, 1, 1, generator=gen, dtype=F64) / c ** 0.5]
+
+
+def _bn(c, gen):
+    return [torch.rand(c, generator=gen, dtype=F64) + 0.5,
+            torch.randn(c, generator=gen, dtype=F64) * 0.5]
+
+
+def _ir_params(c, e, co, k, gen):
+    """[expand_weight, expand_scale, expand_shift] (none when e is None), [dw_weight, dw_scale,
+    dw_shift], [project_weight, project_scale, project_shift]."""
+    expand = []
+    if e is not None:
+        expand = [torch.randn(e, c, 1, 1, generator=gen, dtype=F64) / c ** 0.5, *_bn(e, gen)]
+        c = e
+    return [*expand, torch.randn(c, 1, k, k, generator=gen, dtype=F64) / k, *_bn(c, gen),
+            torch.randn(co, c, 1, 1, generator=gen, dtype=F64) / c ** 0.5, *_bn(co, gen)]
+
+
+def ir_kwargs(case, params):
+    """functional.inverted_residual's keyword arguments of a case, given its tensors."""
+    kw = {}
+    if case["e"] is not None:
+        kw = dict(zip(("expand_weight", "expand_scale", "expand_shift"), params[:3]))
+        params = params[3:]
+    for stage, act in zip(("expand", "dw", "project"), case["acts"]):
+        kw[stage + "_act"] = act
+        kw[stage + "_alpha"], kw[stage + "_beta"] = ACT_ARGS[act]
+    return {**kw, "stride": case["stride"], "padding": case["padding"],
+            "dilation": case["dilation"], "residual": case["residual"]}, params
 
 
 def make_inputs(case, gen):
@@ -148,6 +220,8 @@ def make_inputs(case, gen):
                    torch.randn(n, co, (h + 1) // 2, (w + 1) // 2, generator=gen, dtype=F64)]
     if op == "dasp_stage":
         return x, _stage_params(c, case["cout"], case["k"], gen)
+    if op == "inverted_residual":
+        return x, _ir_params(c, case["e"], case["cout"], case["k"], gen)
     params = []
     for co, k in case["stages"]:
         params += _stage_params(c, co, k, gen)
@@ -165,6 +239,9 @@ def call(case, backend, x, params):
             backend=backend)
     if op == "dasp_spatial_path":
         return functional.dasp_spatial_path(x, params, backend=backend)
+    if op == "inverted_residual":
+        kw, params = ir_kwargs(case, params)
+        return functional.inverted_residual(x, *params, **kw, backend=backend)
     return getattr(functional, op)(x, *params, backend=backend)
 
 
@@ -177,6 +254,9 @@ def op_args(case, x, params):
                 case["beta"])
     if case["op"] == "dasp_spatial_path":
         return (x, list(params))
+    if case["op"] == "inverted_residual":
+        kw, params = ir_kwargs(case, params)
+        return functional.inverted_residual_op_args(x, *params, **kw)
     return (x, *params)
 
 

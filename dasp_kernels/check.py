@@ -23,7 +23,7 @@ from dasp_kernels import cases as op_cases
 
 # Error allowed, relative to the largest reference magnitude, per dtype.
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 1e-2, torch.bfloat16: 6e-2}
-OPS = ("dwconv_bn_act", "ppm_add", "dasp_stage", "dasp_spatial_path")
+OPS = ("dwconv_bn_act", "ppm_add", "dasp_stage", "dasp_spatial_path", "inverted_residual")
 
 
 def cases(quick, interpreter):
@@ -92,6 +92,10 @@ def targets():
                                               "small shapes and float32 only"))
     if not gpu:
         skipped.append(("cuda device", "torch.cuda.is_available() is False"))
+    for op, has in _backends.OP_BACKENDS.items():
+        for b in ("cpu", "cuda", "triton"):
+            if b not in has:
+                skipped.append((f"{op} on {b}", "no kernel for this op yet"))
     return todo, skipped
 
 
@@ -101,6 +105,8 @@ def run(quick=True, bench=False, call=_call, log=print):
     for backend, device, dtypes, interpreter in todo:
         for dtype in dtypes:
             for op in OPS:
+                if backend not in _backends.OP_BACKENDS.get(op, (backend,)):
+                    continue  # listed in not_tested
                 t0 = time.perf_counter()
                 mats = [c for c in cases(quick, interpreter) if c["op"] == op]
                 # Half precision on big maps only measures rounding: keep them to the small set.

@@ -16,7 +16,7 @@ def same_padding(size, k, stride, dilation):
     return total // 2, total - total // 2
 
 
-def _padding4(padding, x, k, stride, dilation):
+def _padding4(padding, x, k, stride, dilation, op="dwconv_bn_act"):
     """padding as [top, bottom, left, right] from an int, (pad_h, pad_w), 4 ints or "same"."""
     if padding == "same":
         if x.dim() != 4:
@@ -30,7 +30,7 @@ def _padding4(padding, x, k, stride, dilation):
             return [padding[0], padding[0], padding[1], padding[1]]
         if len(padding) == 4:
             return list(padding)
-    raise ValueError(f"dwconv_bn_act: expected padding as an int, (pad_h, pad_w), "
+    raise ValueError(f"{op}: expected padding as an int, (pad_h, pad_w), "
                      f"(top, bottom, left, right) or 'same', got {padding!r}")
 
 
@@ -129,3 +129,54 @@ def dasp_spatial_path(x, stage_params, *, backend="auto"):
     for i in range(0, len(stage_params), 7):
         x = dasp_stage(x, *stage_params[i:i + 7], backend=b)
     return x
+
+
+def inverted_residual_op_args(x, dw_weight, dw_scale, dw_shift, project_weight, project_scale,
+                              project_shift, *, expand_weight=None, expand_scale=None,
+                              expand_shift=None, expand_act="relu", expand_alpha=0.0,
+                              expand_beta=0.0, stride=1, padding=None, dilation=1, dw_act="relu",
+                              dw_alpha=0.0, dw_beta=0.0, project_act="none", project_alpha=0.0,
+                              project_beta=0.0, residual=False):
+    """The positional arguments of torch.ops.dasp_kernels.inverted_residual (the padding as
+    [top, bottom, left, right]) from inverted_residual's."""
+    k = dw_weight.shape[2] if dw_weight.dim() == 4 else 0
+    if padding is None:
+        padding = dilation * (k // 2)
+    pad = _padding4(padding, x, k, stride, dilation, "inverted_residual")
+    return (x, expand_weight, expand_scale, expand_shift, expand_act, float(expand_alpha),
+            float(expand_beta), dw_weight, dw_scale, dw_shift, stride, pad, dilation, dw_act,
+            float(dw_alpha), float(dw_beta), project_weight, project_scale, project_shift,
+            project_act, float(project_alpha), float(project_beta), bool(residual))
+
+
+def inverted_residual(x, dw_weight, dw_scale, dw_shift, project_weight, project_scale,
+                      project_shift, *, backend="auto", **kwargs):
+    """MobileNetV2's inverted-residual block in one op, the wide tensor never written to memory:
+
+        y = expand_act(conv1x1(x, expand_weight) * expand_scale + expand_shift)  (y = x without)
+        z = dw_act(depthwise(y, dw_weight, stride, padding, dilation) * dw_scale + dw_shift)
+        out = project_act(conv1x1(z, project_weight) * project_scale + project_shift) (+ x)
+
+    x: (N, C, H, W). Keywords: expand_weight (E, C, 1, 1), expand_scale, expand_shift (E,), or
+    all three None (the block without expansion, E = C); dw_weight (E, 1, K, K), 1 <= K <= 9,
+    dw_scale, dw_shift (E,); project_weight (Co, E, 1, 1), project_scale, project_shift (Co,)
+    (folded BatchNorms: dasp_kernels.fold_bn). stride 1 or 2, dilation >= 1, padding as
+    dwconv_bn_act takes it (default dilation * (K // 2) on every side; the zeros pad the expanded
+    tensor). Each <stage>_act with its <stage>_alpha, <stage>_beta is one of dwconv_bn_act's
+    activations (defaults: relu, relu, none). residual=True adds x (the output must have x's
+    shape). The output has x's memory format. Backends: cpu and reference.
+    """
+    args = inverted_residual_op_args(x, dw_weight, dw_scale, dw_shift, project_weight,
+                                     project_scale, project_shift, **kwargs)
+    return inverted_residual_of_op_args(args, backend)
+
+
+def inverted_residual_of_op_args(args, backend="auto"):
+    """inverted_residual on the op's positional arguments (inverted_residual_op_args)."""
+    x = args[0]
+    _checks.check_inverted_residual_args(args, _checks.raise_value_error)
+    b = _backends.pick(backend, x, "inverted_residual")
+    if b == "reference":
+        return reference.inverted_residual(*args)
+    return torch.ops.dasp_kernels.inverted_residual(*args)
+

@@ -120,46 +120,49 @@ def _conv_padding(conv):
     return tuple(conv.padding)
 
 
-_PASS_THROUGH = {}
+# (original class, kind): the subclass swapped in (swapped_class).
+_SWAPPED = {}
 
 
-def _pass_through_class(cls):
-    """The subclass of `cls` whose forward returns its input while the fused norm is in eval
-    mode (one per class, made on first use). Its instances pickle as `cls` plus a swap back (see
-    _new_pass_through): the subclass itself is made at run time, not importable."""
-    if cls not in _PASS_THROUGH:
-        def forward(self, x):
-            if not self._dasp_fused_bn[0].training:
-                return x
-            return cls.forward(self, x)
-
+def swapped_class(cls, kind, make_forward):
+    """The subclass of `cls` named `kind` + cls's name whose forward is make_forward(cls) (one
+    per (cls, kind), made on first use). Its instances pickle as `cls` plus a swap back (see
+    _new_swapped): the subclass itself is made at run time, not importable."""
+    if (cls, kind) not in _SWAPPED:
         def __reduce_ex__(self, protocol):
-            # The state goes separately (set after construction): it refers back to the module.
-            return _new_pass_through, (cls,), self.__dict__
+            # The state goes separately (set after construction): it may refer back to the module.
+            return _new_swapped, (cls, kind, make_forward), self.__dict__
 
-        _PASS_THROUGH[cls] = type(f"FusedAway{cls.__name__}", (cls,), {
-            "forward": forward, "__reduce_ex__": __reduce_ex__,
-            "__doc__": f"{cls.__name__} whose work a FusedDWConv2d does while the norm is in "
-                       "eval mode."})
-    return _PASS_THROUGH[cls]
+        _SWAPPED[cls, kind] = type(f"{kind}{cls.__name__}", (cls,), {
+            "forward": make_forward(cls), "__reduce_ex__": __reduce_ex__,
+            "__doc__": f"{cls.__name__} with the forward of dasp_kernels' {kind}."})
+    return _SWAPPED[cls, kind]
 
 
-def _new_pass_through(cls):
+def _new_swapped(cls, kind, make_forward):
     module = cls.__new__(cls)
-    module.__class__ = _pass_through_class(cls)
+    module.__class__ = swapped_class(cls, kind, make_forward)
     return module
+
+
+def _pass_through_forward(cls):
+    def forward(self, x):
+        if not self._dasp_fused_bn[0].training:
+            return x
+        return cls.forward(self, x)
+    return forward
 
 
 def _pass_through(module, bn):
     """`module` (the norm or the activation after a fused conv) made to return its input while
     `bn` is in eval mode, by swapping its class for a cached subclass: its parameters, buffers,
     children and state_dict keys stay."""
-    module.__class__ = _pass_through_class(type(module))
+    module.__class__ = swapped_class(type(module), "FusedAway", _pass_through_forward)
     module._dasp_fused_bn = (bn,)  # a tuple: not registered as a child (no second state key)
 
 
 def is_fused_away(module):
-    return type(module) in _PASS_THROUGH.values()
+    return hasattr(module, "_dasp_fused_bn")
 
 
 # Per FusedDWConv2d: (key of the tensors folded, scale, shift, {input shape: the folded weight in

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dasp_kernels import functional, fuse_depthwise
+from dasp_kernels import functional, fuse_blocks, fuse_depthwise
 from dasp_kernels.fuse_depthwise import FusedDWConv2d, _in_weight_dtype, conv_problem
 from dasp_kernels.fuse_depthwise import folded as _folded
 
@@ -229,6 +229,12 @@ def fuse_report(model):
             qual = f"{prefix}{name}"
             if isinstance(child, FUSED_TYPES):
                 rows.append((qual, f"fused: {type(child).__name__}"))
+            elif fuse_blocks.is_fused_block(child):
+                rows.append((qual, "fused: inverted_residual"))
+                visit(child, qual + ".")
+            elif fuse_blocks.why_block_left(child):
+                rows.append((qual, f"left as layers: {fuse_blocks.why_block_left(child)}"))
+                visit(child, qual + ".")
             elif isinstance(child, FusedDWConv2d):
                 rows.append((qual, f"fused: dwconv_bn_act ({child.act_spec[0]})"))
             elif (isinstance(child, nn.Conv2d) and child.groups > 1
@@ -263,7 +269,7 @@ def fuse(model, backend="auto"):
     torch.autocast) run in the weights' dtype and come back in theirs.
     """
     model = copy.deepcopy(model)
-    counts = {"dasp_stage": 0, "dwconv_bn_relu": 0, "dwconv_bn_act": 0}
+    counts = {"dasp_stage": 0, "dwconv_bn_relu": 0, "dwconv_bn_act": 0, "inverted_residual": 0}
 
     def replacement(child):
         if _is_dasp_path(child):
@@ -287,6 +293,8 @@ def fuse(model, backend="auto"):
             if fused is not None:
                 parent._modules[name] = fused.train(child.training)  # new modules start in train
             else:
+                if fuse_blocks.fuse_block(child, backend):  # before its children change
+                    counts["inverted_residual"] += 1
                 visit(child)
                 fuse_depthwise.fuse_in_place(child, backend, counts)
 

@@ -116,12 +116,48 @@ def _ppm_backward(ctx, grad):
     return gx, gw, grad
 
 
+def _ir_fake(*args):
+    _checks.check_inverted_residual_args(args, torch._check)
+    x, dw_weight, stride, padding, dilation, project_weight = (args[i] for i in (0, 7, 10, 11, 12,
+                                                                                 16))
+    return _empty_like_format(x, _checks.inverted_residual_out_shape(
+        x, dw_weight, stride, padding, dilation, project_weight))
+
+
+# inverted_residual's tensor arguments (the others are its configuration).
+_IR_TENSORS = (0, 1, 2, 3, 7, 8, 9, 16, 17, 18)
+
+
+def _ir_setup(ctx, inputs, output):
+    ctx.save_for_backward(*(inputs[i] for i in _IR_TENSORS))
+    ctx.args = list(inputs)
+
+
+def _ir_backward(ctx, grad):
+    # No backward kernel yet: recompute the block in plain PyTorch and differentiate that (the
+    # wide tensors live only for this call).
+    from dasp_kernels import reference
+
+    args = ctx.args
+    for i, t in zip(_IR_TENSORS, ctx.saved_tensors):
+        needs = t is not None and ctx.needs_input_grad[i]
+        args[i] = t.detach().requires_grad_() if needs else t
+    leaves = [i for i in _IR_TENSORS if args[i] is not None and args[i].requires_grad]
+    grads = [None] * len(args)
+    with torch.enable_grad():
+        out = reference.inverted_residual(*args)
+        for i, g in zip(leaves, torch.autograd.grad(out, [args[i] for i in leaves], grad)):
+            grads[i] = g
+    return tuple(grads)
+
+
 # op: (fake, fake of _<op>_backward or None, setup_context, backward)
 OPS = {
     "dwconv_bn_act": (_dw_act_fake, _dw_act_backward_fake, _dw_act_setup, _dw_act_backward),
     "ppm_add": (_ppm_fake, _ppm_backward_fake, _ppm_setup, _ppm_backward),
     "dasp_stage": (_stage_fake, _stage_backward_fake, _stage_setup, _stage_backward),
     "dasp_spatial_path": (_path_fake, None, _path_setup, _path_backward),
+    "inverted_residual": (_ir_fake, None, _ir_setup, _ir_backward),
 }
 
 

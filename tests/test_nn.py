@@ -55,7 +55,8 @@ def test_fuse_mobilenet_style_model(backend):
     model = randomise_bn(MobileNetish()).eval()
     before = copy.deepcopy(model.state_dict())
     fused = fuse(model, backend=backend)
-    assert fused.dasp_fused == {"dasp_stage": 0, "dwconv_bn_relu": 1, "dwconv_bn_act": 2}
+    assert fused.dasp_fused == {"dasp_stage": 0, "dwconv_bn_relu": 1, "dwconv_bn_act": 2,
+                                "inverted_residual": 0}
     assert isinstance(fused.named, FusedDWConvBNReLU)
     assert isinstance(fused.blocks[0], FusedDWConv2d) and fused.blocks[0].act_spec[0] == "relu"
     assert fused.blocks[6].act_spec[0] == "none" and type(fused.blocks[8]) is nn.Conv2d

@@ -1,0 +1,139 @@
+"""fuse()'s inverted-residual blocks: 1x1 expand, depthwise, 1x1 project (+ x) as one op.
+
+A block is recognised by its structure, not its class: a module with a residual flag
+(`use_res_connect`: torchvision's MobileNetV2/V3 InvertedResidual and EfficientNet's MBConv;
+`apply_residual`: MNASNet's _InvertedResidual) whose body (`conv`, `block` or `layers`, an
+nn.Sequential, nested Sequentials such as Conv2dNormActivation flattened) is exactly
+[1x1 conv, BatchNorm2d, activation,] depthwise conv, BatchNorm2d[, activation], 1x1 conv,
+BatchNorm2d[, activation]. Those forwards compute body(x) (+ x when the flag is set; MBConv's
+stochastic depth is the identity in eval). Blocks with squeeze-and-excitation are left for now.
+
+The block keeps its children, parameters and state_dict keys; only its class is swapped for a
+subclass (swapped_class) whose forward runs inverted_residual while every norm of the block is in
+eval mode, and the block's own forward otherwise. The children inside are fused as any others
+(fuse_depthwise), so that the block's own forward, where it runs, is the per-layer fused one.
+"""
+import torch
+import torch.nn as nn
+
+from dasp_kernels import functional
+from dasp_kernels.fuse_depthwise import activation_spec, conv_problem, folded, swapped_class
+
+RESIDUAL_FLAGS = ("use_res_connect", "apply_residual")
+BODY_NAMES = ("conv", "block", "layers")
+
+
+def _leaves(seq, prefix):
+    """[(path from the block, module)] of seq's modules in order, nested Sequentials flattened."""
+    out = []
+    for name, m in seq.named_children():
+        if isinstance(m, nn.Sequential):
+            out += _leaves(m, f"{prefix}{name}.")
+        else:
+            out.append((f"{prefix}{name}", m))
+    return out
+
+
+def _is_1x1(conv):
+    return (type(conv) is nn.Conv2d and conv.kernel_size == (1, 1) and conv.stride == (1, 1)
+            and conv.groups == 1 and conv.padding in ((0, 0), "valid"))
+
+
+def _unfused_layer(path, m):
+    if "SqueezeExcit" in type(m).__name__:
+        return f"squeeze-and-excitation ({path}) is not fused into the block yet"
+    return f"{type(m).__name__} ({path}) in the block"
+
+
+def _stages(leaves):
+    """[(conv path, norm path, (act, alpha, beta))] of conv, BatchNorm2d[, activation] runs, or
+    why the leaves are not such runs."""
+    stages, i = [], 0
+    while i < len(leaves):
+        (cp, conv), nxt = leaves[i], leaves[i + 1] if i + 1 < len(leaves) else (None, None)
+        if not isinstance(conv, nn.Conv2d):
+            return _unfused_layer(cp, conv)
+        if type(nxt[1]) is not nn.BatchNorm2d or nxt[1].num_features != conv.out_channels:
+            return f"{cp} is not followed by its BatchNorm2d"
+        spec = activation_spec(leaves[i + 2][1]) if i + 2 < len(leaves) else None
+        if spec is None and i + 2 < len(leaves) and not isinstance(leaves[i + 2][1], nn.Conv2d):
+            return _unfused_layer(*leaves[i + 2])
+        stages.append((cp, nxt[0], spec or ("none", 0.0, 0.0)))
+        i += 3 if spec is not None else 2
+    return stages
+
+
+def block_plan(block):
+    """(plan, None) if `block` is an inverted-residual block fuse can run as one op, else
+    (None, why not) (why is None when it is no such block at all). plan: (expand stage or None,
+    depthwise stage, project stage, residual), each stage (conv path, norm path, act spec)."""
+    flag = next((f for f in RESIDUAL_FLAGS if isinstance(getattr(block, f, None), bool)), None)
+    body = next((n for n in BODY_NAMES if isinstance(block._modules.get(n), nn.Sequential)), None)
+    if flag is None or body is None:
+        return None, None
+    stages = _stages(_leaves(block._modules[body], f"{body}."))
+    if isinstance(stages, str):
+        return None, stages
+    if len(stages) not in (2, 3):
+        return None, f"{len(stages)} conv stages, not 2 or 3"
+    convs = [block.get_submodule(s[0]) for s in stages]
+    if len(stages) == 3 and not _is_1x1(convs[0]):
+        return None, "its first conv is not a 1x1 expansion"
+    if conv_problem(convs[-2]) or not _is_1x1(convs[-1]):
+        return None, "not expansion, depthwise, projection"
+    expand = stages[0] if len(stages) == 3 else None
+    return (expand, stages[-2], stages[-1], getattr(block, flag)), None
+
+
+def _folded_stage(block, stage):
+    conv, bn = block.get_submodule(stage[0]), block.get_submodule(stage[1])
+    return (conv.weight, *folded(conv, bn))
+
+
+def op_args(block, plan, x):
+    """inverted_residual's arguments for `block` on input x, its norms folded."""
+    expand, dw, project, residual = plan
+    ew, es, esh = _folded_stage(block, expand) if expand else (None, None, None)
+    eact = expand[2] if expand else ("none", 0.0, 0.0)
+    dconv = block.get_submodule(dw[0])
+    dwt, ds, dsh = _folded_stage(block, dw)
+    pw, ps, psh = _folded_stage(block, project)
+    return functional.inverted_residual_op_args(
+        x, dwt, ds, dsh, pw, ps, psh, expand_weight=ew, expand_scale=es, expand_shift=esh,
+        expand_act=eact[0], expand_alpha=eact[1], expand_beta=eact[2],
+        stride=dconv.stride[0], padding=tuple(dconv.padding), dilation=dconv.dilation[0],
+        dw_act=dw[2][0], dw_alpha=dw[2][1], dw_beta=dw[2][2], project_act=project[2][0],
+        project_alpha=project[2][1], project_beta=project[2][2], residual=residual)
+
+
+def _fused_forward(cls):
+    def forward(self, x):
+        plan, backend = self._dasp_ir
+        norms = [self.get_submodule(s[1]) for s in plan[:3] if s is not None]
+        if any(bn.training for bn in norms) or torch.onnx.is_in_onnx_export():
+            return cls.forward(self, x)
+        if x.dtype != norms[0].weight.dtype:
+            return cls.forward(self, x)  # autocast: the per-layer path casts as it goes
+        return functional.inverted_residual_of_op_args(op_args(self, plan, x), backend)
+    return forward
+
+
+def fuse_block(block, backend):
+    """Make `block` run inverted_residual if it is such a block; returns whether it did."""
+    plan, why = block_plan(block)
+    if plan is None:
+        if why is not None:
+            block._dasp_ir_left = why  # for fuse_report
+        return False
+    block.__class__ = swapped_class(type(block), "FusedInvertedResidual", _fused_forward)
+    block._dasp_ir = (plan, backend)
+    return True
+
+
+def is_fused_block(module):
+    return hasattr(module, "_dasp_ir")
+
+
+def why_block_left(module):
+    """Why fuse left an inverted-residual block as layers; None if it fused it or it is none."""
+    return getattr(module, "_dasp_ir_left", None)

@@ -1,0 +1,215 @@
+"""Every test of inverted_residual: its cases against reference.inverted_residual, forward and
+every gradient (the CPU kernel; the op has no CUDA or Triton kernel yet), thread counts, empty
+batch, dtypes, gradcheck, opcheck, the error messages of wrapper, fake and TORCH_CHECK alike, and
+the narrower CPU builds."""
+import re
+
+import pytest
+import torch
+
+import dasp_kernels
+from dasp_kernels import _checks, cases, functional, reference
+from inputs import case_inputs
+from op_harness import LAYOUTS, backends, check_all, check_format, close_rel_max, make_runner
+from op_harness import narrower_build_check, skip_unless
+
+OP = "inverted_residual"
+ops = torch.ops.dasp_kernels
+cpu_only = skip_unless("cpu")
+
+
+@pytest.fixture(params=backends("cpu"))
+def run(request):
+    return make_runner(request, OP)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_matches_reference(run, layout):
+    check_all(run, layout)
+
+
+def op_args(case, layout="contiguous", dtype=torch.float32):
+    x, params = case_inputs(case, layout, dtype)
+    return list(cases.op_args(case, x, params))
+
+
+TENSORS = [0, 1, 2, 3, 7, 8, 9, 16, 17, 18]  # the op's tensor arguments
+
+
+def with_grad(args):
+    return [a.requires_grad_() if i in TENSORS and a is not None else a
+            for i, a in enumerate(args)]
+
+
+MV2 = cases.ir_case(2, 8, 48, 8, 13, 21)  # MobileNetV2's block: ReLU6, linear, residual
+STRIDED = cases.ir_case(1, 8, 24, 12, 9, 10, 5, 2, (2, 1, 2, 1), 1,
+                        ("hardswish", "relu", "none"))
+NO_EXPAND = cases.ir_case(2, 16, None, 16, 6, 7, 3, 1, 2, 2, ("none", "silu", "none"))
+
+
+@cpu_only
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("case", [MV2, STRIDED, NO_EXPAND], ids=["mv2", "strided", "no_expand"])
+def test_cpu_any_thread_count_same_bits(case, threads):
+    args = op_args(case, "channels_last")
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = ops.inverted_residual(*args)
+        torch.set_num_threads(threads)
+        assert torch.equal(ops.inverted_residual(*args), one)
+    finally:
+        torch.set_num_threads(old)
+    close_rel_max(one, reference.inverted_residual(*args), 1e-5)
+
+
+@cpu_only
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced"])
+def test_cpu_mobilenet_sizes(layout):
+    """Channel counts of MobileNetV2 and V3 (tails of the vector width: 24, 40, 72, 120)."""
+    for case in [cases.ir_case(1, 24, 144, 24, 17, 33), cases.ir_case(1, 40, 120, 40, 9, 12, 5),
+                 cases.ir_case(1, 16, 72, 24, 20, 19, 3, 2)]:
+        args = op_args(case, layout)
+        out = ops.inverted_residual(*args)
+        check_format(out, args[0])
+        close_rel_max(out, reference.inverted_residual(*[
+            a.double() if isinstance(a, torch.Tensor) else a for a in args]), 1e-5)
+
+
+@cpu_only
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_empty_batch(layout):
+    args = with_grad(op_args(cases.ir_case(0, 4, 12, 4, 5, 5), layout))
+    out = ops.inverted_residual(*args)
+    assert out.shape == (0, 4, 5, 5)
+    out.sum().backward()
+    assert not args[1].grad.any()
+
+
+@cpu_only
+@pytest.mark.parametrize("case", [MV2, STRIDED, NO_EXPAND], ids=["mv2", "strided", "no_expand"])
+def test_gradcheck_registered_op(case):
+    small = dict(case, shape=(1, case["shape"][1], 5, 6))
+    args = with_grad(op_args(small, "channels_last", torch.float64))
+    assert torch.autograd.gradcheck(lambda *a: ops.inverted_residual(*a), args)
+
+
+@cpu_only
+@pytest.mark.parametrize("case", [MV2, STRIDED, NO_EXPAND], ids=["mv2", "strided", "no_expand"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_opcheck_registered_op(case, layout):
+    torch.library.opcheck(ops.inverted_residual, with_grad(op_args(case, layout)))
+
+
+@cpu_only
+def test_compiles_in_one_graph():
+    args = op_args(MV2, "channels_last")
+    f = torch.compile(lambda *a: ops.inverted_residual(*a), fullgraph=True)
+    close_rel_max(f(*args), ops.inverted_residual(*args), 1e-6)
+
+
+def _ok():
+    case = cases.ir_case(2, 4, 12, 4, 7, 6)
+    return op_args(case)
+
+
+# name: {position in the op's arguments: bad value}
+BAD = {
+    "rank": {0: torch.randn(4, 7, 6)},
+    "dtype mismatch": {9: torch.randn(12, dtype=torch.float64)},
+    "expand half given": {2: None},
+    "expand weight shape": {1: torch.randn(12, 3, 1, 1)},
+    "expand scale shape": {2: torch.randn(11)},
+    "dw weight shape": {7: torch.randn(12, 2, 3, 3)},
+    "kernel size": {7: torch.randn(12, 1, 11, 11)},
+    "stride": {10: 3},
+    "padding": {11: [1, 1, 1, 3]},
+    "dilation": {12: 0},
+    "dw act": {13: "relu7"},
+    "project weight shape": {16: torch.randn(4, 11, 1, 1)},
+    "project shift shape": {18: torch.randn(5)},
+    "project act": {19: "tanh"},
+    "residual shape": {10: 2},
+    "float16 on cpu": "half",
+}
+
+
+def bad_args(name):
+    args = _ok()
+    if BAD[name] == "half":
+        return [a.half() if isinstance(a, torch.Tensor) else a for a in args]
+    for i, v in BAD[name].items():
+        args[i] = v
+    return args
+
+
+def wrapper_kwargs(args):
+    (x, ew, es, esh, eact, ea, eb, dw, ds, dsh, stride, pad, dil, dact, da, db, pw, ps, psh,
+     pact, pa, pb, residual) = args
+    return (x, dw, ds, dsh, pw, ps, psh), dict(
+        expand_weight=ew, expand_scale=es, expand_shift=esh, expand_act=eact, stride=stride,
+        padding=pad, dilation=dil, dw_act=dact, project_act=pact, residual=residual)
+
+
+@cpu_only
+@pytest.mark.parametrize("name", BAD)
+def test_errors_say_the_same_everywhere(name):
+    """The wrapper's ValueError, the fake's and the C++ kernel's errors say the same words."""
+    args = bad_args(name)
+    pos, kw = wrapper_kwargs(args)
+    with pytest.raises(ValueError) as py_err:
+        dasp_kernels.inverted_residual(*pos, **kw, backend="cpu")
+    msg = str(py_err.value)
+    assert msg.startswith("inverted_residual: expected")
+    with pytest.raises(RuntimeError, match=re.escape(msg)):
+        ops.inverted_residual(*args)
+    if "backend 'cpu' supports" in msg:
+        return  # a backend's limit: the fake (any backend) accepts float16
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode() as mode, pytest.raises(Exception, match=re.escape(msg)):
+        ops.inverted_residual(*[mode.from_tensor(a) if isinstance(a, torch.Tensor) else a
+                                for a in args])
+
+
+def test_wrapper_errors_without_the_extension():
+    """The Python checks alone (what the reference backend and the fake run)."""
+    args = bad_args("residual shape")
+    with pytest.raises(ValueError, match=re.escape(
+            "inverted_residual: expected an output of x's shape [2, 4, 7, 6] with "
+            "residual=True, got [2, 4, 4, 3]")):
+        _checks.check_inverted_residual_args(args, _checks.raise_value_error)
+    pos, kw = wrapper_kwargs(_ok())
+    with pytest.raises(ValueError, match=re.escape(
+            "inverted_residual: backend 'triton' has no kernel for this op yet (it runs on "
+            "reference, cpu)")):
+        dasp_kernels.inverted_residual(*pos, **kw, backend="triton")
+
+
+def test_reference_is_the_blocks_of_torchvision():
+    """reference.inverted_residual against torchvision's own InvertedResidual (MobileNetV2),
+    the BatchNorms folded with fold_bn: the oracle is the model people run."""
+    tv = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    block = tv.models.mobilenetv2.InvertedResidual(16, 16, 1, 6).eval()
+    for m in block.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2)
+    expand, dw, project, bn = block.conv
+    x = torch.randn(2, 16, 11, 9)
+    e_scale, e_shift = reference.fold_bn(expand[1])
+    d_scale, d_shift = reference.fold_bn(dw[1])
+    p_scale, p_shift = reference.fold_bn(bn)
+    got = functional.inverted_residual(
+        x, dw[0].weight, d_scale, d_shift, project.weight, p_scale, p_shift,
+        expand_weight=expand[0].weight, expand_scale=e_scale, expand_shift=e_shift,
+        expand_act="hardtanh", expand_beta=6.0, dw_act="hardtanh", dw_beta=6.0, residual=True,
+        backend="reference")
+    with torch.no_grad():
+        close_rel_max(got.detach(), block(x), 1e-5)
+
+
+@pytest.mark.parametrize("isa", ["avx2", "default"])
+def test_narrower_isa_builds(isa):
+    narrower_build_check(OP, isa)
