@@ -4,6 +4,8 @@ torchvision's classifiers and segmentation models (their "out") and timm's, buil
 weights (nothing is downloaded); the suite perturbs their BatchNorm statistics like every model's.
 torchvision (0.29.x for torch 2.14) and timm are benchmark and test extras, not dependencies.
 """
+import copy
+
 import torch.nn as nn
 
 TORCHVISION_CLASSIFIERS = ("mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0",
@@ -13,6 +15,9 @@ TIMM = ("efficientnet_lite0", "mobilenetv4_conv_small")
 WORKLOADS = ([f"tv/{n}" for n in TORCHVISION_CLASSIFIERS + TORCHVISION_SEGMENTATION]
              + [f"timm/{n}" for n in TIMM])
 CLASSIFIERS = [f"tv/{n}" for n in TORCHVISION_CLASSIFIERS] + [f"timm/{n}" for n in TIMM]
+# Single blocks at the input they see inside their model for the case's image size:
+# "tvblock/<model>/<i>" is torchvision <model>'s features[i] (an inverted-residual block).
+BLOCKS = [f"tvblock/mobilenet_v2/{i}" for i in range(1, 18)]
 
 
 class SegmentationOut(nn.Module):
@@ -43,3 +48,18 @@ def build(workload):
 
         return timm.create_model(name, pretrained=False).eval()
     raise ValueError(f"unknown realmodels workload {workload!r}; expected one of {WORKLOADS}")
+
+
+def build_block(workload, image_shape):
+    """(the eval-mode block of a BLOCKS workload, the shape of its input for an image of
+    image_shape)."""
+    import torch
+    import torchvision
+
+    _, name, index = workload.split("/")
+    if workload not in BLOCKS:
+        raise ValueError(f"unknown block workload {workload!r}; expected one of {BLOCKS}")
+    features = getattr(torchvision.models, name)(weights=None).eval().features
+    with torch.device("meta"), torch.no_grad():  # shapes only
+        x = copy.deepcopy(features[:int(index)]).to("meta")(torch.zeros(image_shape))
+    return features[int(index)], tuple(x.shape)

@@ -13,6 +13,8 @@ Workloads (names for --workloads; a group name or a prefix selects several):
           tv/shufflenet_v2_x1_0, tv/mnasnet1_0, tv/lraspp_mobilenet_v3_large,
           tv/deeplabv3_mobilenet_v3_large (their "out"), timm/efficientnet_lite0,
           timm/mobilenetv4_conv_small, and both BiSeNetV1 (see benchmarks/realmodels.py)
+  realblocks  tvblock/mobilenet_v2/{1..17}: each inverted-residual block of mobilenet_v2 alone, at
+          the input it sees for the image size given (a whole-model provider set)
   stream  stream/copy, stream/triad: the memory-bandwidth ceiling for the GB/s figures;
           stream/fma (CPU): the compute ceiling, a register-only FMA loop of this library's CPU
           build on every thread, for the GFLOP/s figures (together: the roofline)
@@ -54,6 +56,7 @@ GROUPS = {
     "paths": ["SpatialPath", "DASP"],
     "models": ["BiSeNetV1/original", "BiSeNetV1/dasp"],
     "realmodels": realmodels.WORKLOADS + ["BiSeNetV1/original", "BiSeNetV1/dasp"],
+    "realblocks": realmodels.BLOCKS,
     "stream": ["stream/copy", "stream/triad", "stream/fma"],
 }
 ALL_WORKLOADS = list(dict.fromkeys(w for g in GROUPS.values() for w in g))
@@ -226,6 +229,10 @@ def make_case(workload, shape, device="cpu", stream_mb=256, seed=0):
         kind = "model"
     elif workload in realmodels.WORKLOADS:
         module, kind = realmodels.build(workload), "model"
+    elif workload in realmodels.BLOCKS:
+        module, x_shape = realmodels.build_block(workload, shape)
+        module = _randomize_bn(module, gen).eval().to(device)
+        return Case(workload, "model", size, module, (torch.randn(x_shape, generator=gen).to(device),))
     else:
         raise ValueError(f"unknown workload {workload!r}")
     module = _randomize_bn(module, gen).eval().to(device)

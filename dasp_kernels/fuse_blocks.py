@@ -10,13 +10,14 @@ stochastic depth is the identity in eval). Blocks with squeeze-and-excitation ar
 
 The block keeps its children, parameters and state_dict keys; only its class is swapped for a
 subclass (swapped_class) whose forward runs inverted_residual while every norm of the block is in
-eval mode, and the block's own forward otherwise. The children inside are fused as any others
+eval mode, and the block's own forward otherwise. On the CPU the op runs only where it is faster
+than the block's layers, measured once per shape (ir_choice.py). The children inside are fused as any others
 (fuse_depthwise), so that the block's own forward, where it runs, is the per-layer fused one.
 """
 import torch
 import torch.nn as nn
 
-from dasp_kernels import functional
+from dasp_kernels import functional, ir_choice
 from dasp_kernels.fuse_depthwise import activation_spec, conv_problem, folded, swapped_class
 
 RESIDUAL_FLAGS = ("use_res_connect", "apply_residual")
@@ -114,7 +115,11 @@ def _fused_forward(cls):
             return cls.forward(self, x)
         if x.dtype != norms[0].weight.dtype:
             return cls.forward(self, x)  # autocast: the per-layer path casts as it goes
-        return functional.inverted_residual_of_op_args(op_args(self, plan, x), backend)
+        args = op_args(self, plan, x)
+        if (backend in ("auto", "cpu") and x.device.type == "cpu"
+                and not ir_choice.use_op(args, lambda: cls.forward(self, x))):
+            return cls.forward(self, x)
+        return functional.inverted_residual_of_op_args(args, backend)
     return forward
 
 

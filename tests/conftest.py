@@ -5,9 +5,11 @@ import torch
 
 import dasp_kernels
 
-# Fused depthwise layers run our kernel in the tests, whatever is faster on the machine at the
-# time (dasp_kernels/dw_choice.py): tests/test_dw_choice.py sets the other modes itself.
+# Fused depthwise layers and inverted-residual blocks run our kernels in the tests, whatever is
+# faster on the machine at the time (dasp_kernels/dw_choice.py, ir_choice.py):
+# tests/test_dw_choice.py and test_ir_choice.py set the other modes themselves.
 os.environ["DASP_KERNELS_DW_IMPL"] = "dasp"
+os.environ["DASP_KERNELS_IR_IMPL"] = "dasp"
 
 # fp32 references must be true fp32 on a GPU too.
 torch.backends.cuda.matmul.allow_tf32 = False
