@@ -1,0 +1,167 @@
+"""fuse() on inverted-residual blocks (dasp_kernels/fuse_blocks.py) and the choice between the
+one-pass op and the block's layers (dasp_kernels/ir_choice.py), on torchvision's own blocks."""
+import collections
+import io
+
+import pytest
+import torch
+
+import dasp_kernels
+from dasp_kernels import cases, fuse_blocks, ir_choice, reference
+from conftest import needs_cpu_ext
+
+torchvision = pytest.importorskip("torchvision")
+pytestmark = pytest.mark.usefixtures("one_thread")
+cpu_only = needs_cpu_ext
+
+
+def close_rel_max(actual, expected, tol):
+    """|a - e| <= tol * max |e| everywhere."""
+    scale = expected.abs().max().item()
+    torch.testing.assert_close(actual, expected, rtol=0, atol=tol * scale)
+
+# name: (blocks fused, blocks left as layers and why)
+BLOCKS = {
+    "mobilenet_v2": (17, {}),
+    "mobilenet_v3_large": (7, {"squeeze-and-excitation (block.2) is not fused into the block "
+                               "yet": 8}),
+    "mnasnet1_0": (16, {}),
+    "efficientnet_b0": (0, {"squeeze-and-excitation (block.1) is not fused into the block yet": 1,
+                            "squeeze-and-excitation (block.2) is not fused into the block yet":
+                            15}),
+}
+
+
+def _perturbed(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
+    return model.eval()
+
+
+def _count_op_calls(monkeypatch):
+    calls = []
+    real = dasp_kernels.functional.inverted_residual_of_op_args
+
+    def counting(args, backend="auto"):
+        calls.append(tuple(args[0].shape))
+        return real(args, backend)
+
+    monkeypatch.setattr(dasp_kernels.functional, "inverted_residual_of_op_args", counting)
+    return calls
+
+
+@pytest.mark.parametrize("backend", [pytest.param("cpu", marks=cpu_only), "reference"])
+@pytest.mark.parametrize("name", sorted(BLOCKS))
+def test_torchvision_blocks_fuse_and_match(name, backend, monkeypatch):
+    torch.manual_seed(0)
+    model = _perturbed(getattr(torchvision.models, name)())
+    fused = dasp_kernels.fuse(model, backend=backend)
+    n_fused, left = BLOCKS[name]
+    assert fused.dasp_fused["inverted_residual"] == n_fused
+    report = collections.Counter(what for _, what in dasp_kernels.fuse_report(fused))
+    assert report["fused: inverted_residual"] == n_fused
+    assert {w.removeprefix("left as layers: "): n for w, n in report.items()
+            if w.startswith("left as layers")} == left
+    assert list(fused.state_dict()) == list(model.state_dict())
+    calls = _count_op_calls(monkeypatch)
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        out, ref = fused(x), model(x)
+    assert len(calls) == n_fused  # every fused block ran the op (DASP_KERNELS_IR_IMPL=dasp)
+    scale = ref.abs().max()
+    torch.testing.assert_close(out / scale, ref / scale, rtol=1e-5, atol=1e-5)
+
+
+@cpu_only
+def test_fused_blocks_pickle_train_and_export():
+    """A fused model pickles (its swapped classes come back), trains through the blocks' own
+    layers (norms in train mode) and exports to ONNX as standard ops."""
+    torch.manual_seed(0)
+    model = _perturbed(torchvision.models.mobilenet_v2())
+    fused = dasp_kernels.fuse(model)
+    buf = io.BytesIO()
+    torch.save(fused, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        close_rel_max(loaded(x), model(x), 1e-5)
+    assert fuse_blocks.is_fused_block(loaded.features[3])
+    fused.train()
+    model.train()
+    torch.testing.assert_close(fused(x), model(x), rtol=1e-4, atol=1e-4)
+    fused.eval()
+    onnx = pytest.importorskip("onnx")
+    f = io.BytesIO()
+    torch.onnx.export(fused.features[:4], (x,), f, dynamo=False)
+    kinds = {n.op_type for n in onnx.load_from_string(f.getvalue()).graph.node}
+    assert kinds <= {"Conv", "Clip", "Add", "Pad", "Constant", "Relu", "Identity"}, kinds
+
+
+@cpu_only
+def test_fused_blocks_compile_in_one_graph_and_export():
+    from torch._inductor.utils import run_and_get_code
+
+    torch.manual_seed(0)
+    model = _perturbed(torchvision.models.mobilenet_v2())
+    fused = dasp_kernels.fuse(model)
+    x = torch.randn(1, 3, 64, 64)
+    torch._dynamo.reset()
+    compiled = torch.compile(fused.features, fullgraph=True)
+    with torch.no_grad():
+        out, code = run_and_get_code(compiled, x)
+        close_rel_max(out, model.features(x), 1e-5)
+    assert "\n".join(code).count("torch.ops.dasp_kernels.inverted_residual.default(") == 17
+    with torch.no_grad():
+        ep = torch.export.export(fused.features, (x,))
+        close_rel_max(ep.module()(x), model.features(x), 1e-5)
+
+
+def test_onednn_block_is_the_block():
+    """ir_choice's stand-in for inductor's code computes the block."""
+    for case in [cases.ir_case(1, 24, 144, 24, 12, 20), cases.ir_case(1, 16, 96, 24, 11, 13, 3, 2),
+                 cases.ir_case(1, 8, None, 12, 9, 9, 5, 1, 2, 2, ("none", "silu", "relu"))]:
+        x, p = cases.make_inputs(case, torch.Generator().manual_seed(0))
+        x = x.float().contiguous(memory_format=torch.channels_last)
+        args = cases.op_args(case, x, [t.float() for t in p])
+        close_rel_max(ir_choice.onednn_block(args)(), reference.inverted_residual(*args), 1e-5)
+
+
+@cpu_only
+@pytest.mark.parametrize("mode", ["auto", "layers"])
+def test_choice_modes(mode, monkeypatch):
+    """auto measures each block once per shape (both times recorded) and runs the faster; layers
+    never runs the op; the output is the block's either way."""
+    monkeypatch.setenv("DASP_KERNELS_IR_IMPL", mode)
+    monkeypatch.setattr(ir_choice, "_CHOSEN", {})
+    torch.manual_seed(0)
+    model = _perturbed(torchvision.models.mobilenet_v2())
+    fused = dasp_kernels.fuse(model)
+    calls = _count_op_calls(monkeypatch)
+    answers = []
+    real = ir_choice.choose_eager
+    monkeypatch.setattr(ir_choice, "choose_eager",
+                        lambda *a: answers.append(real(*a)) or answers[-1])
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        close_rel_max(fused(x), model(x), 1e-5)
+    chosen = ir_choice.chosen()
+    if mode == "layers":
+        assert not calls and not chosen and not answers
+        return
+    assert len(answers) == 17 and len(calls) == answers.count("dasp")
+    assert 5 <= len(chosen) < 17  # one measurement per distinct block shape
+    assert all(c in ("dasp", "layers") and ours > 0 and theirs > 0
+               for c, ours, theirs in chosen.values())
+
+
+def test_bad_mode_says_what_it_expected(monkeypatch):
+    monkeypatch.setenv("DASP_KERNELS_IR_IMPL", "fast")
+    with pytest.raises(ValueError, match="DASP_KERNELS_IR_IMPL: expected auto, dasp or layers, "
+                                         "got 'fast'"):
+        ir_choice.forced()
