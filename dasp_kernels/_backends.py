@@ -16,7 +16,7 @@ DTYPES = {
 
 
 # The backends of the ops that do not run on all of them yet.
-OP_BACKENDS = {"inverted_residual": ("reference", "cpu")}
+OP_BACKENDS = {"inverted_residual": ("reference", "cpu", "triton")}
 
 
 def triton_interpret():

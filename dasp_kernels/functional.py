@@ -164,7 +164,7 @@ def inverted_residual(x, dw_weight, dw_scale, dw_shift, project_weight, project_
     dwconv_bn_act takes it (default dilation * (K // 2) on every side; the zeros pad the expanded
     tensor). Each <stage>_act with its <stage>_alpha, <stage>_beta is one of dwconv_bn_act's
     activations (defaults: relu, relu, none). residual=True adds x (the output must have x's
-    shape). The output has x's memory format. Backends: cpu and reference.
+    shape). The output has x's memory format. Backends: cpu, triton and reference.
     """
     args = inverted_residual_op_args(x, dw_weight, dw_scale, dw_shift, project_weight,
                                      project_scale, project_shift, **kwargs)
@@ -178,5 +178,8 @@ def inverted_residual_of_op_args(args, backend="auto"):
     b = _backends.pick(backend, x, "inverted_residual")
     if b == "reference":
         return reference.inverted_residual(*args)
+    if b == "triton":
+        _triton()
+        return torch.ops.dasp_kernels.inverted_residual_triton(*args)
     return torch.ops.dasp_kernels.inverted_residual(*args)
 

@@ -3,5 +3,5 @@
 On a GPU the kernels compile for it; on the CPU they run only under TRITON_INTERPRET=1, which must
 be set before triton is imported.
 """
-from dasp_kernels.triton import dasp_stage, dwconv_bn_act, ppm_add  # noqa: F401
+from dasp_kernels.triton import dasp_stage, dwconv_bn_act, inverted_residual, ppm_add  # noqa: F401
 from dasp_kernels.triton._common import INTERPRET  # noqa: F401

@@ -1,6 +1,6 @@
 """Every test of inverted_residual: its cases against reference.inverted_residual, forward and
-every gradient (the CPU kernel; the op has no CUDA or Triton kernel yet), thread counts, empty
-batch, dtypes, gradcheck, opcheck, the error messages of wrapper, fake and TORCH_CHECK alike, and
+every gradient (the CPU kernel and the Triton one; the op has no CUDA kernel yet), thread counts,
+empty batch, gradcheck, opcheck, the error messages of wrapper, fake and TORCH_CHECK alike, and
 the narrower CPU builds."""
 import re
 
@@ -11,16 +11,21 @@ import dasp_kernels
 from dasp_kernels import _checks, cases, functional, reference
 from inputs import case_inputs
 from op_harness import LAYOUTS, backends, check_all, check_format, close_rel_max, make_runner
-from op_harness import narrower_build_check, skip_unless
+from op_harness import make_target, narrower_build_check, skip_unless
 
 OP = "inverted_residual"
 ops = torch.ops.dasp_kernels
 cpu_only = skip_unless("cpu")
 
 
-@pytest.fixture(params=backends("cpu"))
+@pytest.fixture(params=backends("cpu", "triton"))
 def run(request):
     return make_runner(request, OP)
+
+
+@pytest.fixture(params=backends("cpu", "triton"))
+def tgt(request):
+    return make_target(request)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -76,29 +81,51 @@ def test_cpu_mobilenet_sizes(layout):
             a.double() if isinstance(a, torch.Tensor) else a for a in args]), 1e-5)
 
 
-@cpu_only
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_empty_batch(layout):
+def test_empty_batch(tgt, layout):
     args = with_grad(op_args(cases.ir_case(0, 4, 12, 4, 5, 5), layout))
-    out = ops.inverted_residual(*args)
+    out = tgt.inverted_residual(*args)
     assert out.shape == (0, 4, 5, 5)
     out.sum().backward()
     assert not args[1].grad.any()
 
 
-@cpu_only
 @pytest.mark.parametrize("case", [MV2, STRIDED, NO_EXPAND], ids=["mv2", "strided", "no_expand"])
-def test_gradcheck_registered_op(case):
+def test_gradcheck_registered_op(tgt, case):
+    """Finite differences, float64 (the Triton interpreter: fast mode)."""
     small = dict(case, shape=(1, case["shape"][1], 5, 6))
     args = with_grad(op_args(small, "channels_last", torch.float64))
-    assert torch.autograd.gradcheck(lambda *a: ops.inverted_residual(*a), args)
+    assert torch.autograd.gradcheck(lambda *a: tgt.inverted_residual(*a), args,
+                                    fast_mode=tgt.backend == "triton")
 
 
-@cpu_only
 @pytest.mark.parametrize("case", [MV2, STRIDED, NO_EXPAND], ids=["mv2", "strided", "no_expand"])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_opcheck_registered_op(case, layout):
-    torch.library.opcheck(ops.inverted_residual, with_grad(op_args(case, layout)))
+def test_opcheck_registered_op(tgt, case, layout):
+    if tgt.backend == "triton":
+        case = dict(case, shape=(1, *case["shape"][1:]))
+    torch.library.opcheck(tgt.inverted_residual, with_grad(op_args(case, layout)))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced"])
+def test_direct_op_matches_reference(tgt, layout):
+    for case in [MV2, STRIDED, NO_EXPAND]:
+        args = op_args(case, layout)
+        out = tgt.inverted_residual(*args)
+        check_format(out, args[0])
+        close_rel_max(out, reference.inverted_residual(*[
+            a.double() if isinstance(a, torch.Tensor) else a for a in args]), 1e-5)
+
+
+def test_direct_op_errors(tgt):
+    """The registered op (no wrapper) checks its input with the wrapper's words."""
+    for name in ("residual shape", "dw act", "expand half given"):
+        args = bad_args(name)
+        pos, kw = wrapper_kwargs(args)
+        with pytest.raises(ValueError) as py_err:
+            dasp_kernels.inverted_residual(*pos, **kw, backend="reference")
+        with pytest.raises(RuntimeError, match=re.escape(str(py_err.value))):
+            tgt.inverted_residual(*args)
 
 
 @cpu_only
@@ -181,9 +208,9 @@ def test_wrapper_errors_without_the_extension():
         _checks.check_inverted_residual_args(args, _checks.raise_value_error)
     pos, kw = wrapper_kwargs(_ok())
     with pytest.raises(ValueError, match=re.escape(
-            "inverted_residual: backend 'triton' has no kernel for this op yet (it runs on "
-            "reference, cpu)")):
-        dasp_kernels.inverted_residual(*pos, **kw, backend="triton")
+            "inverted_residual: backend 'cuda' has no kernel for this op yet (it runs on "
+            "reference, cpu, triton)")):
+        dasp_kernels.inverted_residual(*pos, **kw, backend="cuda")
 
 
 def test_reference_is_the_blocks_of_torchvision():
