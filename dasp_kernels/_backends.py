@@ -15,9 +15,6 @@ DTYPES = {
 }
 
 
-# The backends of the ops that do not run on all of them yet.
-OP_BACKENDS = {"inverted_residual": ("reference", "cpu", "triton")}
-
 
 def triton_interpret():
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -64,19 +61,15 @@ def available_backends():
 def pick(backend, x, op):
     """Resolve `backend` for input x, raising a ValueError that says why one cannot be used."""
     # Only the backends this call could use are asked about (each call pays for what it asks).
-    has = OP_BACKENDS.get(op, BACKENDS)
     if backend == "auto":
         order = ("cuda", "triton") if x.device.type == "cuda" else ("cpu",)
         for b in order:
-            if b in has and _why_not(b) is None:
+            if _why_not(b) is None:
                 return b
         return "reference"
     if backend not in BACKENDS:
         raise ValueError(f"{op}: expected backend 'auto', 'reference', 'cpu', 'cuda' or 'triton', "
                          f"got {backend!r}")
-    if backend not in has:
-        raise ValueError(f"{op}: backend {backend!r} has no kernel for this op yet (it runs on "
-                         f"{', '.join(has)})")
     why = _why_not(backend)
     if why is not None:
         raise ValueError(f"{op}: backend {backend!r} is not available: {why}")

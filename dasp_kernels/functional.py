@@ -164,7 +164,7 @@ def inverted_residual(x, dw_weight, dw_scale, dw_shift, project_weight, project_
     dwconv_bn_act takes it (default dilation * (K // 2) on every side; the zeros pad the expanded
     tensor). Each <stage>_act with its <stage>_alpha, <stage>_beta is one of dwconv_bn_act's
     activations (defaults: relu, relu, none). residual=True adds x (the output must have x's
-    shape). The output has x's memory format. Backends: cpu, triton and reference.
+    shape). The output has x's memory format.
     """
     args = inverted_residual_op_args(x, dw_weight, dw_scale, dw_shift, project_weight,
                                      project_scale, project_shift, **kwargs)

@@ -1,7 +1,7 @@
 """Every test of inverted_residual: its cases against reference.inverted_residual, forward and
-every gradient (the CPU kernel and the Triton one; the op has no CUDA kernel yet), thread counts,
-empty batch, gradcheck, opcheck, the error messages of wrapper, fake and TORCH_CHECK alike, and
-the narrower CPU builds."""
+every gradient, on every backend (cpu, triton, cuda and the CUDA emulator), thread counts, empty
+batch, gradcheck, opcheck, the error messages of wrapper, fake and TORCH_CHECK alike, and the
+narrower CPU builds."""
 import re
 
 import pytest
@@ -10,20 +10,20 @@ import torch
 import dasp_kernels
 from dasp_kernels import _checks, cases, functional, reference
 from inputs import case_inputs
-from op_harness import LAYOUTS, backends, check_all, check_format, close_rel_max, make_runner
-from op_harness import make_target, narrower_build_check, skip_unless
+from op_harness import BACKENDS, LAYOUTS, check_all, check_format, close_rel_max, make_runner
+from op_harness import backends, make_target, narrower_build_check, skip_unless
 
 OP = "inverted_residual"
 ops = torch.ops.dasp_kernels
 cpu_only = skip_unless("cpu")
 
 
-@pytest.fixture(params=backends("cpu", "triton"))
+@pytest.fixture(params=BACKENDS)
 def run(request):
     return make_runner(request, OP)
 
 
-@pytest.fixture(params=backends("cpu", "triton"))
+@pytest.fixture(params=BACKENDS)
 def tgt(request):
     return make_target(request)
 
@@ -33,8 +33,8 @@ def test_matches_reference(run, layout):
     check_all(run, layout)
 
 
-def op_args(case, layout="contiguous", dtype=torch.float32):
-    x, params = case_inputs(case, layout, dtype)
+def op_args(case, layout="contiguous", dtype=torch.float32, device="cpu"):
+    x, params = case_inputs(case, layout, dtype, device)
     return list(cases.op_args(case, x, params))
 
 
@@ -83,9 +83,11 @@ def test_cpu_mobilenet_sizes(layout):
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_empty_batch(tgt, layout):
-    args = with_grad(op_args(cases.ir_case(0, 4, 12, 4, 5, 5), layout))
+    args = with_grad(op_args(cases.ir_case(0, 4, 12, 4, 5, 5), layout, device=tgt.device))
     out = tgt.inverted_residual(*args)
     assert out.shape == (0, 4, 5, 5)
+    if tgt.backend == "emu":
+        return  # the emulator's ops have no autograd
     out.sum().backward()
     assert not args[1].grad.any()
 
@@ -93,8 +95,10 @@ def test_empty_batch(tgt, layout):
 @pytest.mark.parametrize("case", [MV2, STRIDED, NO_EXPAND], ids=["mv2", "strided", "no_expand"])
 def test_gradcheck_registered_op(tgt, case):
     """Finite differences, float64 (the Triton interpreter: fast mode)."""
+    if tgt.backend == "emu":
+        pytest.skip("the emulator's ops have no autograd")
     small = dict(case, shape=(1, case["shape"][1], 5, 6))
-    args = with_grad(op_args(small, "channels_last", torch.float64))
+    args = with_grad(op_args(small, "channels_last", torch.float64, tgt.device))
     assert torch.autograd.gradcheck(lambda *a: tgt.inverted_residual(*a), args,
                                     fast_mode=tgt.backend == "triton")
 
@@ -102,25 +106,42 @@ def test_gradcheck_registered_op(tgt, case):
 @pytest.mark.parametrize("case", [MV2, STRIDED, NO_EXPAND], ids=["mv2", "strided", "no_expand"])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_opcheck_registered_op(tgt, case, layout):
-    if tgt.backend == "triton":
+    if tgt.backend in ("triton", "emu"):  # the interpreters: one image
         case = dict(case, shape=(1, *case["shape"][1:]))
-    torch.library.opcheck(tgt.inverted_residual, with_grad(op_args(case, layout)))
+    args = op_args(case, layout, device=tgt.device)
+    torch.library.opcheck(tgt.inverted_residual, args if tgt.backend == "emu" else with_grad(args))
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced"])
 def test_direct_op_matches_reference(tgt, layout):
     for case in [MV2, STRIDED, NO_EXPAND]:
-        args = op_args(case, layout)
+        args = op_args(case, layout, device=tgt.device)
         out = tgt.inverted_residual(*args)
         check_format(out, args[0])
         close_rel_max(out, reference.inverted_residual(*[
             a.double() if isinstance(a, torch.Tensor) else a for a in args]), 1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("backend", backends("triton", "cuda", "emu"))
+def test_half_dtypes(backend, dtype, request):
+    """float16 and bfloat16 in and out, float32 inside (the CPU kernels take float32/float64)."""
+    tgt = make_target(request, backend)
+    if backend == "triton" and tgt.device.type == "cpu":
+        pytest.skip("the Triton interpreter keeps half types as raw bits")
+    args = [a.to(dtype) if isinstance(a, torch.Tensor) else a
+            for a in op_args(MV2, "channels_last", device=tgt.device)]
+    out = tgt.inverted_residual(*args)
+    assert out.dtype == dtype
+    ref = reference.inverted_residual(*[a.double() if isinstance(a, torch.Tensor) else a
+                                        for a in args])
+    close_rel_max(out, ref, 2e-2 if dtype == torch.float16 else 6e-2)
+
+
 def test_direct_op_errors(tgt):
     """The registered op (no wrapper) checks its input with the wrapper's words."""
     for name in ("residual shape", "dw act", "expand half given"):
-        args = bad_args(name)
+        args = [a.to(tgt.device) if isinstance(a, torch.Tensor) else a for a in bad_args(name)]
         pos, kw = wrapper_kwargs(args)
         with pytest.raises(ValueError) as py_err:
             dasp_kernels.inverted_residual(*pos, **kw, backend="reference")
@@ -208,9 +229,9 @@ def test_wrapper_errors_without_the_extension():
         _checks.check_inverted_residual_args(args, _checks.raise_value_error)
     pos, kw = wrapper_kwargs(_ok())
     with pytest.raises(ValueError, match=re.escape(
-            "inverted_residual: backend 'cuda' has no kernel for this op yet (it runs on "
-            "reference, cpu, triton)")):
-        dasp_kernels.inverted_residual(*pos, **kw, backend="cuda")
+            "inverted_residual: expected backend 'auto', 'reference', 'cpu', 'cuda' or 'triton', "
+            "got 'tpu'")):
+        dasp_kernels.inverted_residual(*pos, **kw, backend="tpu")
 
 
 def test_reference_is_the_blocks_of_torchvision():
