@@ -1,12 +1,14 @@
 """fuse()'s inverted-residual blocks: 1x1 expand, depthwise, 1x1 project (+ x) as one op.
 
-A block is recognised by its structure, not its class: a module with a residual flag
+A block is recognised by its structure, not only its class: a module with a residual flag
 (`use_res_connect`: torchvision's MobileNetV2/V3 InvertedResidual and EfficientNet's MBConv;
 `apply_residual`: MNASNet's _InvertedResidual) whose body (`conv`, `block` or `layers`, an
 nn.Sequential, nested Sequentials such as Conv2dNormActivation flattened) is exactly
 [1x1 conv, BatchNorm2d, activation,] depthwise conv, BatchNorm2d[, activation], 1x1 conv,
 BatchNorm2d[, activation]. Those forwards compute body(x) (+ x when the flag is set; MBConv's
-stochastic depth is the identity in eval). Blocks with squeeze-and-excitation are left for now.
+stochastic depth is the identity in eval). timm's blocks name their layers in their forward
+(TIMM_BLOCKS: InvertedResidual, DepthwiseSeparableConv, MobileNetV4's UniversalInvertedResidual
+without its extra depthwise convs). Blocks with squeeze-and-excitation are left for now.
 
 The block keeps its children, parameters and state_dict keys; only its class is swapped for a
 subclass (swapped_class) whose forward runs inverted_residual while every norm of the block is in
@@ -18,10 +20,27 @@ import torch
 import torch.nn as nn
 
 from dasp_kernels import functional, ir_choice
-from dasp_kernels.fuse_depthwise import activation_spec, conv_problem, folded, swapped_class
+from dasp_kernels.fuse_depthwise import (_conv_padding, _qualname, activation_spec,
+                                         conv_problem, folded, norm_problem, swapped_class)
 
 RESIDUAL_FLAGS = ("use_res_connect", "apply_residual")
 BODY_NAMES = ("conv", "block", "layers")
+
+# timm's blocks, whose forward names its layers: (module, class) -> ((conv, norm) paths in the
+# order the forward applies them, the children that must be absent or nn.Identity). Each norm is
+# a BatchNormAct2d carrying the stage's activation; `has_skip` says whether x is added (after
+# drop_path, the identity in eval).
+_EFB = "timm.models._efficientnet_blocks"
+TIMM_BLOCKS = {
+    (_EFB, "InvertedResidual"): ([("conv_pw", "bn1"), ("conv_dw", "bn2"), ("conv_pwl", "bn3")],
+                                 ("conv_s2d", "aa", "se")),
+    (_EFB, "DepthwiseSeparableConv"): ([("conv_dw", "bn1"), ("conv_pw", "bn2")],
+                                       ("conv_s2d", "aa", "se")),
+    (_EFB, "UniversalInvertedResidual"): (
+        [("pw_exp.conv", "pw_exp.bn"), ("dw_mid.conv", "dw_mid.bn"),
+         ("pw_proj.conv", "pw_proj.bn")],
+        ("dw_start", "dw_end", "se", "layer_scale", "pw_exp.aa", "dw_mid.aa", "pw_proj.aa")),
+}
 
 
 def _leaves(seq, prefix):
@@ -64,15 +83,54 @@ def _stages(leaves):
     return stages
 
 
+def _timm_stages(block):
+    """_stages for a block of TIMM_BLOCKS, or why it cannot run as one op."""
+    pairs, absent = TIMM_BLOCKS[_qualname(block)]
+    for path in absent:
+        m = _child(block, path)
+        if m is not None and type(m) is not nn.Identity:
+            what = "squeeze-and-excitation" if path == "se" else type(m).__name__
+            return f"{what} ({path}) is not fused into the block yet"
+    if type(getattr(block, "drop_path", nn.Identity())).__name__ not in ("Identity", "DropPath"):
+        return f"drop_path {type(block.drop_path).__name__}"
+    stages = []
+    for conv_path, norm_path in pairs:
+        conv, bn = _child(block, conv_path), _child(block, norm_path)
+        if not isinstance(conv, nn.Conv2d):
+            return f"no conv at {conv_path}"
+        why = norm_problem(bn, conv.out_channels)
+        if why:
+            return why
+        stages.append((conv_path, norm_path, activation_spec(getattr(bn, "act", nn.Identity()))))
+    return stages
+
+
+def _child(block, path):
+    """The module at `path` (dotted) under block, None where any part is missing."""
+    m = block
+    for part in path.split("."):
+        m = getattr(m, part, None)
+        if m is None:
+            return None
+    return m
+
+
 def block_plan(block):
     """(plan, None) if `block` is an inverted-residual block fuse can run as one op, else
     (None, why not) (why is None when it is no such block at all). plan: (expand stage or None,
-    depthwise stage, project stage, residual), each stage (conv path, norm path, act spec)."""
-    flag = next((f for f in RESIDUAL_FLAGS if isinstance(getattr(block, f, None), bool)), None)
-    body = next((n for n in BODY_NAMES if isinstance(block._modules.get(n), nn.Sequential)), None)
-    if flag is None or body is None:
-        return None, None
-    stages = _stages(_leaves(block._modules[body], f"{body}."))
+    depthwise stage, project stage, residual, the depthwise padding as functional takes it), each
+    stage (conv path, norm path, act spec). The padding is read now: fuse then replaces the
+    depthwise conv (timm's Conv2dSame among them) by a FusedDWConv2d."""
+    if _qualname(block) in TIMM_BLOCKS:
+        flag, stages = "has_skip", _timm_stages(block)
+    else:
+        flag = next((f for f in RESIDUAL_FLAGS if isinstance(getattr(block, f, None), bool)),
+                    None)
+        body = next((n for n in BODY_NAMES if isinstance(block._modules.get(n), nn.Sequential)),
+                    None)
+        if flag is None or body is None:
+            return None, None
+        stages = _stages(_leaves(block._modules[body], f"{body}."))
     if isinstance(stages, str):
         return None, stages
     if len(stages) not in (2, 3):
@@ -83,7 +141,8 @@ def block_plan(block):
     if conv_problem(convs[-2]) or not _is_1x1(convs[-1]):
         return None, "not expansion, depthwise, projection"
     expand = stages[0] if len(stages) == 3 else None
-    return (expand, stages[-2], stages[-1], getattr(block, flag)), None
+    return (expand, stages[-2], stages[-1], bool(getattr(block, flag)),
+            _conv_padding(convs[-2])), None
 
 
 def _folded_stage(block, stage):
@@ -93,7 +152,7 @@ def _folded_stage(block, stage):
 
 def op_args(block, plan, x):
     """inverted_residual's arguments for `block` on input x, its norms folded."""
-    expand, dw, project, residual = plan
+    expand, dw, project, residual, padding = plan
     ew, es, esh = _folded_stage(block, expand) if expand else (None, None, None)
     eact = expand[2] if expand else ("none", 0.0, 0.0)
     dconv = block.get_submodule(dw[0])
@@ -102,7 +161,7 @@ def op_args(block, plan, x):
     return functional.inverted_residual_op_args(
         x, dwt, ds, dsh, pw, ps, psh, expand_weight=ew, expand_scale=es, expand_shift=esh,
         expand_act=eact[0], expand_alpha=eact[1], expand_beta=eact[2],
-        stride=dconv.stride[0], padding=tuple(dconv.padding), dilation=dconv.dilation[0],
+        stride=dconv.stride[0], padding=padding, dilation=dconv.dilation[0],
         dw_act=dw[2][0], dw_alpha=dw[2][1], dw_beta=dw[2][2], project_act=project[2][0],
         project_alpha=project[2][1], project_beta=project[2][2], residual=residual)
 

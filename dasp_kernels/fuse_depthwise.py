@@ -35,7 +35,9 @@ TIMM_PAIRS = {
 
 
 def _qualname(m):
-    return type(m).__module__, type(m).__name__
+    """(module, class name) of m's class, or of the class fuse swapped out (swapped_class)."""
+    t = getattr(type(m), "_dasp_original", type(m))
+    return t.__module__, t.__name__
 
 
 def activation_spec(m):
@@ -134,7 +136,7 @@ def swapped_class(cls, kind, make_forward):
             return _new_swapped, (cls, kind, make_forward), self.__dict__
 
         _SWAPPED[cls, kind] = type(f"{kind}{cls.__name__}", (cls,), {
-            "forward": make_forward(cls), "__reduce_ex__": __reduce_ex__,
+            "forward": make_forward(cls), "__reduce_ex__": __reduce_ex__, "_dasp_original": cls,
             "__doc__": f"{cls.__name__} with the forward of dasp_kernels' {kind}."})
     return _SWAPPED[cls, kind]
 

@@ -77,6 +77,36 @@ def test_torchvision_blocks_fuse_and_match(name, backend, monkeypatch):
     torch.testing.assert_close(out / scale, ref / scale, rtol=1e-5, atol=1e-5)
 
 
+TIMM = {  # name: (blocks fused, blocks left as layers and why)
+    "efficientnet_lite0": (16, {}),
+    "tf_efficientnet_lite0": (16, {}),  # Conv2dSame: "same" padding from each input's size
+    "mobilenetv4_conv_small": (8, {"ConvNormAct (dw_start) is not fused into the block yet": 4}),
+    "efficientnet_b0": (0, {"squeeze-and-excitation (se) is not fused into the block yet": 16}),
+}
+
+
+@pytest.mark.parametrize("backend", [pytest.param("cpu", marks=cpu_only), "reference"])
+@pytest.mark.parametrize("name", sorted(TIMM))
+def test_timm_blocks_fuse_and_match(name, backend, monkeypatch):
+    """timm's InvertedResidual, DepthwiseSeparableConv and UniversalInvertedResidual, their
+    activations inside BatchNormAct2d."""
+    timm = pytest.importorskip("timm")
+    model = _perturbed(timm.create_model(name))
+    fused = dasp_kernels.fuse(model, backend=backend)
+    n_fused, left = TIMM[name]
+    report = collections.Counter(what for _, what in dasp_kernels.fuse_report(fused))
+    assert report["fused: inverted_residual"] == fused.dasp_fused["inverted_residual"] == n_fused
+    assert {w.removeprefix("left as layers: "): n for w, n in report.items()
+            if w.startswith("left as layers")} == left
+    assert list(fused.state_dict()) == list(model.state_dict())
+    calls = _count_op_calls(monkeypatch)
+    for size in (96, 97):  # an odd size: Conv2dSame pads bottom/right more
+        x = torch.randn(1, 3, size, size + 2)
+        with torch.no_grad():
+            close_rel_max(fused(x), model(x), 1e-5)
+    assert len(calls) == 2 * n_fused
+
+
 @cpu_only
 def test_fused_blocks_pickle_train_and_export():
     """A fused model pickles (its swapped classes come back), trains through the blocks' own

@@ -90,7 +90,8 @@ def test_timm_models_fuse_and_match(name):
     timm = pytest.importorskip("timm")
     model = _perturbed(timm.create_model(name))
     fused = dasp_kernels.fuse(model)
-    rows = dasp_kernels.fuse_report(fused)
+    rows = [(q, w) for q, w in dasp_kernels.fuse_report(fused) if "inverted_residual" not in w
+            and not w.startswith("left as layers")]  # the blocks: tests/test_fuse_blocks.py
     want = {"efficientnet_lite0": {"hardtanh": 16},
             "mobilenetv4_conv_small": {"relu": 11, "none": 4}}[name]
     assert collections.Counter(w for _, w in rows) == {
