@@ -13,13 +13,16 @@ without its extra depthwise convs). Blocks with squeeze-and-excitation are left 
 The block keeps its children, parameters and state_dict keys; only its class is swapped for a
 subclass (swapped_class) whose forward runs inverted_residual while every norm of the block is in
 eval mode, and the block's own forward otherwise. On the CPU the op runs only where it is faster
-than the block's layers, measured once per shape (ir_choice.py). The children inside are fused as any others
-(fuse_depthwise), so that the block's own forward, where it runs, is the per-layer fused one.
+than the block's layers, measured once per shape (ir_choice.py). The children inside are fused as
+any others (fuse_depthwise), so that the block's own forward, where it runs, is the per-layer fused
+one.
 """
+import weakref
+
 import torch
 import torch.nn as nn
 
-from dasp_kernels import functional, ir_choice
+from dasp_kernels import _loader, functional, ir_choice
 from dasp_kernels.fuse_depthwise import (_conv_padding, _qualname, activation_spec,
                                          conv_problem, folded, norm_problem, swapped_class)
 
@@ -166,18 +169,46 @@ def op_args(block, plan, x):
         project_alpha=project[2][1], project_beta=project[2][2], residual=residual)
 
 
+# Per fused block: (key of the tensors folded, the op's arguments without x). Outside the module
+# so that copies and pickles of it carry none of it.
+_ARGS_CACHE = weakref.WeakKeyDictionary()
+
+
+def _cached_op_args(block, plan, x):
+    """op_args for eager inference, the folded norms kept until a parameter or buffer of the
+    block's stages changes (their version counters say so): folding three norms per call costs
+    about as much as the op itself on small images."""
+    tensors = [t for s in plan[:3] if s is not None
+               for m in (block.get_submodule(s[0]), block.get_submodule(s[1]))
+               for t in (*m.parameters(recurse=False), *m.buffers(recurse=False))
+               if t.is_floating_point()]
+    key = tuple((id(t), t.data_ptr(), t._version) for t in tensors)
+    if plan[4] == "same":  # the padding depends on x's size
+        key += (tuple(x.shape[2:]),)
+    cached = _ARGS_CACHE.get(block)
+    if cached is None or cached[0] != key:
+        with torch.no_grad():
+            cached = _ARGS_CACHE[block] = (key, op_args(block, plan, x)[1:])
+    return (x, *cached[1])
+
+
 def _fused_forward(cls):
     def forward(self, x):
         plan, backend = self._dasp_ir
         norms = [self.get_submodule(s[1]) for s in plan[:3] if s is not None]
         if any(bn.training for bn in norms) or torch.onnx.is_in_onnx_export():
             return cls.forward(self, x)
-        if x.dtype != norms[0].weight.dtype:
+        if x.dtype != self.get_submodule(plan[1][0]).weight.dtype:
             return cls.forward(self, x)  # autocast: the per-layer path casts as it goes
-        args = op_args(self, plan, x)
-        if (backend in ("auto", "cpu") and x.device.type == "cpu"
+        eager_cpu = (x.device.type == "cpu" and backend in ("auto", "cpu")
+                     and not torch.compiler.is_compiling())
+        fast = eager_cpu and not torch.is_grad_enabled() and _loader.has_cpu_extension()
+        args = _cached_op_args(self, plan, x) if fast else op_args(self, plan, x)
+        if (x.device.type == "cpu" and backend in ("auto", "cpu")
                 and not ir_choice.use_op(args, lambda: cls.forward(self, x))):
             return cls.forward(self, x)
+        if fast:  # the kernel's own checks say what the wrapper's would
+            return torch.ops.dasp_kernels.inverted_residual(*args)
         return functional.inverted_residual_of_op_args(args, backend)
     return forward
 

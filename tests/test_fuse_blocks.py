@@ -134,6 +134,25 @@ def test_fused_blocks_pickle_train_and_export():
 
 
 @cpu_only
+def test_eager_cache_follows_the_parameters():
+    """The folded norms cached for eager inference are refolded when a parameter or buffer of the
+    block changes: in place, through load_state_dict, or replaced."""
+    torch.manual_seed(0)
+    model = _perturbed(torchvision.models.mobilenet_v2()).features[:4]
+    fused = dasp_kernels.fuse(model)
+    x = torch.randn(1, 3, 40, 48)
+    with torch.no_grad():
+        fused(x)
+        model[3].conv[0][1].running_mean.add_(0.5)  # the expansion's norm, in place
+        model[3].conv[1][0].weight.mul_(1.5)         # the depthwise conv
+        fused.load_state_dict(model.state_dict())
+        close_rel_max(fused(x), model(x), 1e-5)
+        fused[3].conv[3].running_var = torch.rand(24) + 0.5  # the projection's norm, replaced
+        model[3].conv[3].running_var = fused[3].conv[3].running_var.clone()
+        close_rel_max(fused(x), model(x), 1e-5)
+
+
+@cpu_only
 def test_fused_blocks_compile_in_one_graph_and_export():
     from torch._inductor.utils import run_and_get_code
 
