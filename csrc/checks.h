@@ -3,7 +3,9 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <optional>
 #include <string>
+#include <vector>
 
 namespace dasp_kernels {
 
@@ -68,36 +70,34 @@ inline int64_t dwconv_bn_act_out_size(int64_t size, int64_t k, int64_t stride, i
   return (size + pad_begin + pad_end - dilation * (k - 1) - 1) / stride + 1;
 }
 
-// The act argument as an Act, or the error the Python check gives.
-inline Act parse_act(const char* op, c10::string_view act) {
+// An activation argument (`name`: act, dw_act ...) as an Act, or the error the Python check
+// gives.
+inline Act parse_act(const char* op, c10::string_view act, const char* name = "act") {
   std::string names;
   for (int i = 0; i < kNumActs; ++i) {
     if (act == kActNames[i]) return static_cast<Act>(i);
     names += (i ? ", " : "") + std::string(kActNames[i]);
   }
-  TORCH_CHECK(false, op, ": expected act in ", names, ", got '", std::string(act), "'");
+  TORCH_CHECK(false, op, ": expected ", name, " in ", names, ", got '", std::string(act), "'");
 }
 
-// padding = [top, bottom, left, right].
-inline Act check_dwconv_bn_act(const at::Tensor& x, const at::Tensor& weight,
-                               const at::Tensor& scale, const at::Tensor& shift, int64_t stride,
-                               at::IntArrayRef padding, int64_t dilation, c10::string_view act) {
-  const char* op = "dwconv_bn_act";
-  check_rank4_floating(op, x);
-  check_like_x(op, x, "weight", weight);
-  check_like_x(op, x, "scale", scale);
-  check_like_x(op, x, "shift", shift);
-  const int64_t c = x.size(1);
+// The depthwise stage's arguments, named `<prefix>weight` ..., on an input of x's H and W and c
+// channels, which errors call c_name (dasp_kernels/_checks.py's _check_depthwise).
+inline Act check_depthwise(const char* op, const at::Tensor& x, const at::Tensor& weight,
+                           const at::Tensor& scale, const at::Tensor& shift, int64_t stride,
+                           at::IntArrayRef padding, int64_t dilation, c10::string_view act,
+                           const std::string& prefix, const char* c_name, int64_t c) {
   TORCH_CHECK(weight.dim() == 4 && weight.size(0) == c && weight.size(1) == 1 &&
                   weight.size(2) == weight.size(3),
-              op, ": expected weight of shape [C, 1, K, K] with C = ", c, ", got ", weight.sizes());
+              op, ": expected ", prefix, "weight of shape [", c_name, ", 1, K, K] with ", c_name,
+              " = ", c, ", got ", weight.sizes());
   const int64_t k = weight.size(2);
   TORCH_CHECK(k >= 1 && k <= kDwMaxK, op, ": expected kernel size 1 <= K <= ", kDwMaxK,
               ", got K = ", k);
-  TORCH_CHECK(scale.dim() == 1 && scale.size(0) == c, op, ": expected scale of shape [", c,
-              "], got ", scale.sizes());
-  TORCH_CHECK(shift.dim() == 1 && shift.size(0) == c, op, ": expected shift of shape [", c,
-              "], got ", shift.sizes());
+  TORCH_CHECK(scale.dim() == 1 && scale.size(0) == c, op, ": expected ", prefix,
+              "scale of shape [", c, "], got ", scale.sizes());
+  TORCH_CHECK(shift.dim() == 1 && shift.size(0) == c, op, ": expected ", prefix,
+              "shift of shape [", c, "], got ", shift.sizes());
   TORCH_CHECK(stride == 1 || stride == 2, op, ": expected stride 1 or 2, got ", stride);
   TORCH_CHECK(dilation >= 1, op, ": expected dilation >= 1, got ", dilation);
   const int64_t span = dilation * (k - 1);  // the kernel's reach beyond its first tap
@@ -110,7 +110,91 @@ inline Act check_dwconv_bn_act(const at::Tensor& x, const at::Tensor& weight,
               ": expected H + top + bottom > dilation * (K - 1) and W + left + right > ",
               "dilation * (K - 1), got H = ", h, ", W = ", w, ", padding = ", padding,
               ", dilation * (K - 1) = ", span);
-  return parse_act(op, act);
+  return parse_act(op, act, (prefix + "act").c_str());
+}
+
+// padding = [top, bottom, left, right].
+inline Act check_dwconv_bn_act(const at::Tensor& x, const at::Tensor& weight,
+                               const at::Tensor& scale, const at::Tensor& shift, int64_t stride,
+                               at::IntArrayRef padding, int64_t dilation, c10::string_view act) {
+  const char* op = "dwconv_bn_act";
+  check_rank4_floating(op, x);
+  check_like_x(op, x, "weight", weight);
+  check_like_x(op, x, "scale", scale);
+  check_like_x(op, x, "shift", shift);
+  return check_depthwise(op, x, weight, scale, shift, stride, padding, dilation, act, "", "C",
+                         x.size(1));
+}
+
+// A 1x1 conv + scale/shift stage named `<prefix>weight` ... on cin input channels
+// (_checks.py's _check_pointwise); returns its output channels.
+inline int64_t check_pointwise(const char* op, const char* prefix, const at::Tensor& weight,
+                               const at::Tensor& scale, const at::Tensor& shift, int64_t cin,
+                               const char* cin_name, const char* cout_name) {
+  TORCH_CHECK(weight.dim() == 4 && weight.size(1) == cin && weight.size(2) == 1 &&
+                  weight.size(3) == 1,
+              op, ": expected ", prefix, "weight of shape [", cout_name, ", ", cin_name,
+              ", 1, 1] with ", cin_name, " = ", cin, ", got ", weight.sizes());
+  const int64_t cout = weight.size(0);
+  TORCH_CHECK(scale.dim() == 1 && scale.size(0) == cout, op, ": expected ", prefix,
+              "scale of shape [", cout, "], got ", scale.sizes());
+  TORCH_CHECK(shift.dim() == 1 && shift.size(0) == cout, op, ": expected ", prefix,
+              "shift of shape [", cout, "], got ", shift.sizes());
+  return cout;
+}
+
+// inverted_residual's three activations, in order: expansion, depthwise, projection.
+struct IrActs {
+  Act expand, dw, project;
+};
+
+inline bool given(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
+
+inline IrActs check_inverted_residual(
+    const at::Tensor& x, const std::optional<at::Tensor>& expand_weight,
+    const std::optional<at::Tensor>& expand_scale, const std::optional<at::Tensor>& expand_shift,
+    c10::string_view expand_act, const at::Tensor& dw_weight, const at::Tensor& dw_scale,
+    const at::Tensor& dw_shift, int64_t stride, at::IntArrayRef padding, int64_t dilation,
+    c10::string_view dw_act, const at::Tensor& project_weight, const at::Tensor& project_scale,
+    const at::Tensor& project_shift, c10::string_view project_act, bool residual) {
+  const char* op = "inverted_residual";
+  check_rank4_floating(op, x);
+  const bool ge = given(expand_weight), gs = given(expand_scale), gh = given(expand_shift);
+  auto what = [](bool g) { return g ? "a tensor" : "None"; };
+  TORCH_CHECK((ge && gs && gh) || (!ge && !gs && !gh), op,
+              ": expected expand_weight, expand_scale and expand_shift all given or all None, "
+              "got ", what(ge), ", ", what(gs), ", ", what(gh));
+  if (ge) {
+    check_like_x(op, x, "expand_weight", *expand_weight);
+    check_like_x(op, x, "expand_scale", *expand_scale);
+    check_like_x(op, x, "expand_shift", *expand_shift);
+  }
+  check_like_x(op, x, "dw_weight", dw_weight);
+  check_like_x(op, x, "dw_scale", dw_scale);
+  check_like_x(op, x, "dw_shift", dw_shift);
+  check_like_x(op, x, "project_weight", project_weight);
+  check_like_x(op, x, "project_scale", project_scale);
+  check_like_x(op, x, "project_shift", project_shift);
+  int64_t e = x.size(1);
+  if (ge)
+    e = check_pointwise(op, "expand_", *expand_weight, *expand_scale, *expand_shift, x.size(1),
+                        "C", "E");
+  IrActs acts;
+  acts.expand = parse_act(op, expand_act, "expand_act");
+  acts.dw = check_depthwise(op, x, dw_weight, dw_scale, dw_shift, stride, padding, dilation,
+                            dw_act, "dw_", "E", e);
+  check_pointwise(op, "project_", project_weight, project_scale, project_shift, e, "E", "Co");
+  acts.project = parse_act(op, project_act, "project_act");
+  if (residual) {
+    const int64_t k = dw_weight.size(2);
+    const std::vector<int64_t> out = {
+        x.size(0), project_weight.size(0),
+        dwconv_bn_act_out_size(x.size(2), k, stride, padding[0], padding[1], dilation),
+        dwconv_bn_act_out_size(x.size(3), k, stride, padding[2], padding[3], dilation)};
+    TORCH_CHECK(x.sizes() == at::IntArrayRef(out), op, ": expected an output of x's shape ",
+                x.sizes(), " with residual=True, got ", at::IntArrayRef(out));
+  }
+  return acts;
 }
 
 inline void check_ppm_add(const at::Tensor& x, const at::Tensor& weight,

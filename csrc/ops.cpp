@@ -112,6 +112,19 @@ TORCH_LIBRARY(dasp_kernels, m) {
   m.def("_dwconv_bn_act_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor scale, "
         "Tensor shift, int stride, int[4] padding, int dilation, str act, float alpha, "
         "float beta) -> (Tensor, Tensor, Tensor, Tensor)");
+  // MobileNetV2's inverted-residual block in one pass (the expanded tensor never goes to memory):
+  //   y = act_e(conv1x1(x, expand_weight) * expand_scale + expand_shift)  (y = x when the three
+  //       expand_* tensors are None),
+  //   z = act_d(depthwise_conv2d(y, dw_weight, stride, padding, dilation) * dw_scale + dw_shift)
+  //       (zero padding applied to y: a padded tap contributes 0),
+  //   out = act_p(conv1x1(z, project_weight) * project_scale + project_shift) (+ x if residual).
+  // Depthwise arguments and activations as dwconv_bn_act's.
+  m.def("inverted_residual(Tensor x, Tensor? expand_weight, Tensor? expand_scale, "
+        "Tensor? expand_shift, str expand_act, float expand_alpha, float expand_beta, "
+        "Tensor dw_weight, Tensor dw_scale, Tensor dw_shift, int stride, int[4] padding, "
+        "int dilation, str dw_act, float dw_alpha, float dw_beta, Tensor project_weight, "
+        "Tensor project_scale, Tensor project_shift, str project_act, float project_alpha, "
+        "float project_beta, bool residual) -> Tensor", any_layout);
   // conv1x1(maxpool2d(x, 2, 2, ceil_mode=True), weight) + residual.
   m.def("ppm_add(Tensor x, Tensor weight, Tensor residual) -> Tensor", any_layout);
   // Returns (grad_x, grad_weight); grad_residual is grad_out itself.

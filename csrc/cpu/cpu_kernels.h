@@ -153,6 +153,57 @@ struct StageKernel {
   int64_t channel_lanes;
 };
 
+// ---------------------------------------------------------------------------------------------
+// inverted_residual (inverted_residual_kernel.h): expand 1x1, depthwise, project 1x1 in one pass.
+// The host side (inverted_residual.cpp) packs the weights and owns every buffer.
+
+// The largest pixel block of the depthwise sweep (dw::NhwcTile::PX): the host sizes the ring rows'
+// zero columns so that a block's last sweep unit stays inside them.
+constexpr int64_t kIrMaxPx = 8;
+
+// Geometry: x [N][H][W][C] channels-last, E the expanded (depthwise) channels, Co the output's.
+// e_pad, co_pad: E and Co rounded up to whole vectors (Kernels::ir_lanes); the packed weights
+// hold blocks of Kernels::ir_block columns, the last one narrower where the count is not whole
+// blocks. Tasks are (n, band of output rows).
+struct IrShape {
+  int64_t N, C, H, W, E, Co, Ho, Wo, K, S, D, pad_t, pad_l;
+  int64_t e_pad, co_pad;
+  int act_e, act_d, act_p;  // DwActId of each stage, with its alpha / beta below
+  double alpha_e, beta_e, alpha_d, beta_d, alpha_p, beta_p;
+  bool expand;    // false: no expansion, E = C and the depthwise reads x itself
+  bool residual;  // out += x (then Ho = H, Wo = W, Co = C)
+  int64_t bands;
+  int64_t chunk;     // output pixels per depthwise + projection chunk
+  int64_t ring_w;    // columns per ring row: pad_l zeros, the W pixels, zeros to the right
+  int64_t ring_cap;  // ring rows: D * (K - 1) + 1, the rows one output row reads
+};
+
+template <typename T>
+struct IrArgs {
+  const T* x;       // [N][H][W][C]
+  const T* we;      // expansion: blocks [e_pad / block][C][block], expand_scale folded in
+  const T* be;      // [e_pad]: expand_shift, zero padded
+  const T* wd;      // depthwise [K*K][e_pad]
+  const T* sd;      // [e_pad]: dw_scale, zero padded
+  const T* bd;      // [e_pad]: dw_shift, zero padded
+  const T* wp;      // projection: blocks [co_pad / block][E][block], project_scale folded in
+  const T* bp;      // [co_pad]: project_shift, zero padded
+  T* out;           // [N][Ho][Wo][Co]
+};
+
+// One worker's buffers (the host's thread workspace). ring: ring_cap rows of [ring_w][e_pad],
+// whose pad columns and pad channels must read as zeros (the host zeroes them); tag[slot]: the
+// input row a slot holds (-1: none); d: [chunk][e_pad], a chunk's depthwise result.
+template <typename T>
+struct IrScratch {
+  T* ring;
+  int64_t* tag;
+  T* d;
+};
+
+template <typename T>
+using IrFn = void (*)(const IrShape&, const IrArgs<T>&, const IrScratch<T>&, int64_t task);
+
 template <typename T>
 using DwFn = void (*)(const DwShape&, const DwArgs<T>&, int64_t, int64_t);
 template <typename T>
@@ -171,6 +222,12 @@ struct Kernels {
   // The stage kernel for inputs with fewer channels than stage.channel_lanes (which go by pixel
   // vectors): stage itself, except in the AVX-512 process (see cpu_kernels_base.cpp).
   StageKernel<T> stage_pixels;
+  // inverted_residual: one task (n, band). ir_block: the packed weights' block width; ir_lanes:
+  // what E and Co are padded to; ir_step: a chunk is best a multiple of this many pixels (the
+  // micro-tile's). Null where the portable build's entry must run (float64 in the wide builds,
+  // as the stage's rows).
+  IrFn<T> ir_fwd;
+  int64_t ir_block, ir_lanes, ir_step;
   // Benchmarks only: fma_loop(iters) does iters * fma_per_iter vector FMAs in registers.
   T (*fma_loop)(int64_t iters);
   int fma_per_iter;

@@ -31,6 +31,7 @@
 #include "dwconv_bn_relu_kernel.h"
 #include "ppm_add_kernel.h"
 #include "dasp_stage_kernel.h"
+#include "inverted_residual_kernel.h"
 #include "kernel_table.h"
 #pragma GCC pop_options
 

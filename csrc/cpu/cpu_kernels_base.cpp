@@ -9,6 +9,7 @@
 #include "dwconv_bn_relu_kernel.h"
 #include "ppm_add_kernel.h"
 #include "dasp_stage_kernel.h"
+#include "inverted_residual_kernel.h"
 #include "kernel_table.h"
 
 namespace dasp_kernels::cpu {
@@ -44,8 +45,8 @@ Kernels<T> table_of(Isa isa) {
 }
 }  // namespace
 
-// A build may leave an entry null where the portable build's is the one to run (the stage's
-// float64 rows, see dasp_stage_kernel.h).
+// A build may leave an entry null where the portable build's is the one to run (the stage's and
+// inverted_residual's float64 loops, see dasp_stage_kernel.h).
 //
 // The AVX-512 process runs the AVX2 build's stage kernel on inputs with fewer channels than an
 // AVX-512 vector holds (the 3-channel image of stage 1): measured slower in the AVX-512 build
@@ -61,6 +62,13 @@ const Kernels<T>& kernels() {
     if (isa == Isa::avx512) t.stage_pixels = table_of<T>(Isa::avx2).stage;
     if (t.stage.row == nullptr) t.stage = base::kernels<T>().stage;
     if (t.stage_pixels.row == nullptr) t.stage_pixels = base::kernels<T>().stage;
+    if (t.ir_fwd == nullptr) {
+      const Kernels<T> b = base::kernels<T>();
+      t.ir_fwd = b.ir_fwd;
+      t.ir_block = b.ir_block;
+      t.ir_lanes = b.ir_lanes;
+      t.ir_step = b.ir_step;
+    }
     return t;
   }();
   return k;

@@ -122,17 +122,22 @@ constexpr int64_t gcd(int64_t a, int64_t b) { return b == 0 ? a : gcd(b, a % b);
 // Chunks of whole micro-tiles and whole pixel vectors: lcm(kMR, kV) (24 on AVX2, 48 on AVX-512).
 constexpr int64_t kVecStep = kMR * kV / gcd(kMR, kV);
 
-// acc[i][j] += sum over ci of A(i, ci) * b[ci * kNR + j * kV ...], M pixels.
+// acc[i][j] += sum over ci of A(i, ci) * b[ci * NV * kV + j * kV ...], M pixels, NV vectors of
+// output channels (the stage's blocks are NV = 2 wide; inverted_residual_kernel.h also runs a
+// one-vector block where a channel count is not whole blocks).
 // PLANAR: A(i, ci) = a[ci * lda + i]; else a[i * lda + ci].
-template <int M, bool PLANAR>
-inline void mac_tile(int64_t cin, const float* a, int64_t lda, const float* b, Vec (&acc)[M][2]) {
+template <int M, bool PLANAR, int NV = 2>
+inline void mac_tile(int64_t cin, const float* a, int64_t lda, const float* b,
+                     Vec (&acc)[M][NV]) {
   for (int64_t ci = 0; ci < cin; ++ci) {
-    const Vec w0 = Vec::loadu(b + ci * kNR), w1 = Vec::loadu(b + ci * kNR + kV);
+    Vec w[NV];
+    DASP_UNROLL
+    for (int j = 0; j < NV; ++j) w[j] = Vec::loadu(b + (ci * NV + j) * kV);
     DASP_UNROLL
     for (int i = 0; i < M; ++i) {
       const Vec x(PLANAR ? a[ci * lda + i] : a[i * lda + ci]);
-      acc[i][0] = at::vec::fmadd(x, w0, acc[i][0]);
-      acc[i][1] = at::vec::fmadd(x, w1, acc[i][1]);
+      DASP_UNROLL
+      for (int j = 0; j < NV; ++j) acc[i][j] = at::vec::fmadd(x, w[j], acc[i][j]);
     }
   }
 }

@@ -23,7 +23,9 @@ struct ActV {
   using V = at::vec::Vectorized<T>;
   int id;
   V alpha, beta;
-  explicit ActV(const DwShape& p) : id(p.act), alpha(T(p.alpha)), beta(T(p.beta)) {}
+  explicit ActV(const DwShape& p) : ActV(p.act, p.alpha, p.beta) {}
+  // Any other op's activation with the same ids and parameters (inverted_residual's three).
+  ActV(int act, double a, double b) : id(act), alpha(T(a)), beta(T(b)) {}
 
   // sqrt(2/pi) and the cubic coefficient of the tanh form of GELU.
   static constexpr T kBeta = T(0.7978845608028654);

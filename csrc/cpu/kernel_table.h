@@ -1,6 +1,6 @@
 // The table of one instruction set's kernels (see cpu_kernels.h). Included by exactly one
-// translation unit per instruction set, after dwconv_bn_relu_kernel.h, ppm_add_kernel.h and
-// dasp_stage_kernel.h.
+// translation unit per instruction set, after dwconv_bn_relu_kernel.h, ppm_add_kernel.h,
+// dasp_stage_kernel.h and inverted_residual_kernel.h.
 #ifndef DASP_ISA
 #error "define DASP_ISA before including kernel_table.h"
 #endif
@@ -85,6 +85,22 @@ Kernels<T> kernels() {
   k.ppm_bwd_nhwc = &ppm::bwd_nhwc<T>;
   k.stage = stage::kernel<T>();
   k.stage_pixels = k.stage;
+  if constexpr (std::is_same_v<T, float>) {
+    k.ir_fwd = &ir::fwd_vec;
+    k.ir_block = ir::kNR;
+    k.ir_lanes = ir::kV;
+    k.ir_step = ir::kMR;
+  } else {
+    // float64 stays with the portable build's loops (null here in the wide builds): compiled for
+    // AVX2 they would be contracted into FMAs and give other bits in each build.
+    if constexpr (stage::kWideX86Build)
+      k.ir_fwd = nullptr;
+    else
+      k.ir_fwd = &ir::fwd_scalar<T>;
+    k.ir_block = 1;
+    k.ir_lanes = 1;
+    k.ir_step = 1;
+  }
   k.fma_loop = &util::fma_loop<T>;
   k.fma_per_iter = util::kFmaChains;
   return k;
