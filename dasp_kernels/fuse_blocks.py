@@ -207,10 +207,16 @@ def _fused_forward(cls):
         if (x.device.type == "cpu" and backend in ("auto", "cpu")
                 and not ir_choice.use_op(args, lambda: cls.forward(self, x))):
             return cls.forward(self, x)
-        if fast:  # the kernel's own checks say what the wrapper's would
-            return torch.ops.dasp_kernels.inverted_residual(*args)
-        return functional.inverted_residual_of_op_args(args, backend)
+        return run_op(args, backend, fast)
     return forward
+
+
+def run_op(args, backend, fast):
+    """The op on its arguments: straight to the CPU kernel in eager inference (`fast`: its own
+    checks say what the wrapper's would), else through the wrapper."""
+    if fast:
+        return torch.ops.dasp_kernels.inverted_residual(*args)
+    return functional.inverted_residual_of_op_args(args, backend)
 
 
 def fuse_block(block, backend):

@@ -45,13 +45,13 @@ def _perturbed(model, seed=0):
 
 def _count_op_calls(monkeypatch):
     calls = []
-    real = dasp_kernels.functional.inverted_residual_of_op_args
+    real = fuse_blocks.run_op
 
-    def counting(args, backend="auto"):
+    def counting(args, backend, fast):
         calls.append(tuple(args[0].shape))
-        return real(args, backend)
+        return real(args, backend, fast)
 
-    monkeypatch.setattr(dasp_kernels.functional, "inverted_residual_of_op_args", counting)
+    monkeypatch.setattr(fuse_blocks, "run_op", counting)
     return calls
 
 
@@ -123,14 +123,15 @@ def test_fused_blocks_pickle_train_and_export():
         close_rel_max(loaded(x), model(x), 1e-5)
     assert fuse_blocks.is_fused_block(loaded.features[3])
     fused.train()
-    model.train()
-    torch.testing.assert_close(fused(x), model(x), rtol=1e-4, atol=1e-4)
+    model.train()  # the features: the classifier's dropout draws differently in each
+    torch.testing.assert_close(fused.features(x), model.features(x), rtol=1e-4, atol=1e-4)
     fused.eval()
     onnx = pytest.importorskip("onnx")
     f = io.BytesIO()
     torch.onnx.export(fused.features[:4], (x,), f, dynamo=False)
-    kinds = {n.op_type for n in onnx.load_from_string(f.getvalue()).graph.node}
-    assert kinds <= {"Conv", "Clip", "Add", "Pad", "Constant", "Relu", "Identity"}, kinds
+    nodes = onnx.load_from_string(f.getvalue()).graph.node
+    assert all(n.domain in ("", "ai.onnx") for n in nodes)  # standard ops only
+    assert sum(n.op_type == "Conv" for n in nodes) == 1 + 2 + 3 + 3  # each layer's own conv
 
 
 @cpu_only

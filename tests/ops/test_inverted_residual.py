@@ -208,7 +208,7 @@ def test_errors_say_the_same_everywhere(name):
     with pytest.raises(ValueError) as py_err:
         dasp_kernels.inverted_residual(*pos, **kw, backend="cpu")
     msg = str(py_err.value)
-    assert msg.startswith("inverted_residual: expected")
+    assert msg.startswith("inverted_residual: ")
     with pytest.raises(RuntimeError, match=re.escape(msg)):
         ops.inverted_residual(*args)
     if "backend 'cpu' supports" in msg:
