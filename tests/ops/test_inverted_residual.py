@@ -11,6 +11,7 @@ import dasp_kernels
 from dasp_kernels import _checks, cases, functional, reference
 from inputs import case_inputs
 from op_harness import BACKENDS, LAYOUTS, check_all, check_format, close_rel_max, make_runner
+from op_harness import emu_ops  # noqa: F401 (the emulator fixture)
 from op_harness import backends, make_target, narrower_build_check, skip_unless
 
 OP = "inverted_residual"
