@@ -24,6 +24,12 @@ using stage::kV;
 using stage::Vec;
 using Act = dw::ActV<float>;
 
+#if defined(__GNUC__)
+#define DASP_IR_FLATTEN __attribute__((flatten))
+#else
+#define DASP_IR_FLATTEN
+#endif
+
 // Micro-tile: kMR pixels x (NV = 1 or 2) vectors of output channels, the stage's sizes.
 constexpr int kMR = stage::kMR;
 constexpr int64_t kNR = stage::kNR;
@@ -174,6 +180,30 @@ inline const float* ring_row(const Task& t, int64_t iy) {
   return row;
 }
 
+// One block of the depthwise: npx outputs (ostep apart, the first at chunk offset r0, whose
+// sweep unit 0 is ring column col0) for the channel vectors at c, into the chunk buffer. A
+// function of its own, as dwconv's nhwc_block. Known problem: GCC keeps the sweep's static_for
+// (kernel_util.h) out of line, so the accumulators live in memory, a load and a store around
+// every FMA (perf: the depthwise takes about a third of the 24>144>24 block's kernel time for a
+// seventh of its flops). The flatten attribute was meant to inline it and does not (perf after
+// it: static_for<10, nhwc_sweep...> still a function of its own); forcing static_for inline is
+// the next thing to try.
+template <int K, int SP, int PX, int CV, bool PART>
+DASP_IR_FLATTEN void dw_block(const Task& t, const dw::NhwcRow<float>& r, const float* const* rows, int64_t col0,
+              int64_t r0, int npx, int64_t c, int64_t cl) {
+  constexpr int NJ = (PX - 1) * SP + K;
+  const int64_t E = t.s.e_pad;
+  Vec acc[PX][CV];
+  for (int px = 0; px < PX; ++px)
+    for (int v = 0; v < CV; ++v) acc[px][v] = Vec(0.f);
+  for (int ky = 0; ky < K; ++ky)
+    if (rows[ky])
+      dw::nhwc_sweep<float, K, SP, PX, CV, PART, false>(rows[ky] + col0 * E + c, t.s.D * E,
+                                                         t.a.wd + ky * K * E + c, E, cl, 0, NJ,
+                                                         acc);
+  dw::nhwc_store<float, PX, CV, PART>(r, acc, r0, npx, c, cl);
+}
+
 // Depthwise of output pixels [o0, o0 + n) of one row into d [n][e_pad]: dwconv_bn_act's NHWC
 // sweep (blocks of PX pixels, K weights of a tap row in registers) over the ring rows, whose
 // column j holds input pixel j - pad_l, so output o reads columns o * S + D * kx. NhwcSweep:
@@ -181,7 +211,7 @@ inline const float* ring_row(const Task& t, int64_t iy) {
 template <int K, int SP>
 void dw_chunk(const Task& t, const float* const* rows, int64_t o0, int64_t n, float* d) {
   using Tile = dw::NhwcTile<K>;
-  constexpr int PX = Tile::PX, NJ = (PX - 1) * SP + K;
+  constexpr int PX = Tile::PX;
   static_assert(PX <= kIrMaxPx, "the ring's right zero columns are sized for kIrMaxPx");
   const IrShape& s = t.s;
   const int64_t E = s.e_pad, m = dw::NhwcSweep(t.dsh).ostep;
@@ -194,14 +224,7 @@ void dw_chunk(const Task& t, const float* const* rows, int64_t o0, int64_t n, fl
                                                     int64_t cl) {
         constexpr int CV = decltype(cv_tag)::value;
         constexpr bool PART = decltype(part_tag)::value;
-        Vec acc[PX][CV];
-        for (int px = 0; px < PX; ++px)
-          for (int v = 0; v < CV; ++v) acc[px][v] = Vec(0.f);
-        for (int ky = 0; ky < K; ++ky)
-          if (rows[ky])
-            dw::nhwc_sweep<float, K, SP, PX, CV, PART, false>(
-                rows[ky] + col0 * E + c, s.D * E, t.a.wd + ky * K * E + c, E, cl, 0, NJ, acc);
-        dw::nhwc_store<float, PX, CV, PART>(r, acc, r0, npx, c, cl);
+        dw_block<K, SP, PX, CV, PART>(t, r, rows, col0, r0, npx, c, cl);
       });
     }
 }
