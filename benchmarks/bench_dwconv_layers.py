@@ -5,17 +5,21 @@ what the unfused model runs in its place (issue 18).
         --size 1x3x512x1024 [--threads 2] [--time 0.3]
 
 Per layer, median us of:
-- `ours cl` / `ours nchw`: the fused layer (FusedDWConv2d, as the fused model calls it) on a
-  channels_last / NCHW input;
+- `ours cl` / `ours nchw`: our op (torch.ops.dasp_kernels.dwconv_bn_act, the norm folded into
+  scale and shift once, as the fused layer caches it) on a channels_last / NCHW input;
 - `onednn cl`: what `torch.compile` with freezing runs for the unfused layer: oneDNN's
   convolution, BN folded into its weight (packed in its own layout), the activation a post-op
   (called directly, without a compiled graph's per-call overhead);
 - `eager nchw`: conv, BatchNorm and activation one after the other, as the eager model runs them.
+Both kernels are called bare: the fused layer's Python around either (FusedDWConv2d's
+_inference_fast, ~25 us) is the same for both and is not what is compared.
 Inputs are the layer's real input in the model (captured with a hook), outputs are checked
-against `eager nchw` before timing, and the providers of a layer are timed interleaved. The last
-line sums each column: the part of the model's time these layers take in each form. `ours` is
-always our kernel (DASP_KERNELS_DW_IMPL=dasp is set here); a fused model picks per layer
-(dasp_kernels/dw_choice.py).
+against `eager nchw` before timing. The two channels-last providers of a layer are timed
+interleaved, then the two NCHW ones, back to back (no pause between calls, as a model's layers
+run: after a 1 ms pause the worker threads sleep, and waking them added 100-400 us per call on a
+2-core VM, more than the 7x7 layers themselves take). The last line sums each column: the part
+of the model's time these layers take in each form. `ours` is always our kernel; a fused model
+picks per layer (dasp_kernels/dw_choice.py).
 """
 import argparse
 import os
@@ -79,16 +83,30 @@ def providers(layer, x):
     w = torch.ops.mkldnn._reorder_convolution_weight(
         layer.weight * scale.view(-1, 1, 1, 1), [pad[0], pad[2]], [s, s], [d, d], layer.groups,
         list(x.shape))
-    fns = {"ours cl": lambda: layer(xc),
+    ops = torch.ops.dasp_kernels
+    fns = {"ours cl": lambda: ops.dwconv_bn_act(xc, layer.weight, scale, shift, s, pad, d,
+                                                *layer.act_spec),
            "onednn cl": lambda: dw_choice.onednn_conv_act(xc, w, shift, s, pad, d,
                                                           *layer.act_spec),
-           "ours nchw": lambda: layer(x), "eager nchw": lambda: unfused(x)}
+           "ours nchw": lambda: ops.dwconv_bn_act(x, layer.weight, scale, shift, s, pad, d,
+                                                  *layer.act_spec),
+           "eager nchw": lambda: unfused(x)}
     ref = unfused(x)
     for name, fn in fns.items():
         ok, diff = harness.check_output(fn(), ref)
         if not ok:
             raise SystemExit(f"{name} differs from eager by {diff}")
     return fns
+
+
+def time_layer(fns, seconds):
+    """{provider: Timing}: the channels-last pair interleaved, then the NCHW pair, so that the
+    eager path's large temporaries do not evict the input of the channels-last calls."""
+    t = {}
+    for pair in (("ours cl", "onednn cl"), ("ours nchw", "eager nchw")):
+        t.update(harness.measure_interleaved({c: fns[c] for c in pair}, min_time_s=seconds,
+                                             max_reps=2000, gap_s=0.0))
+    return t
 
 
 def describe(layer, x):
@@ -114,8 +132,7 @@ def main():
     total = dict.fromkeys(cols, 0.0)
     with torch.no_grad():
         for name, layer, xin in layer_inputs(fused, x):
-            t = harness.measure_interleaved(providers(layer, xin), min_time_s=args.time,
-                                            max_reps=2000)
+            t = time_layer(providers(layer, xin), args.time)
             us = {c: t[c].median_ms * 1e3 for c in cols}
             for c in cols:
                 total[c] += us[c]

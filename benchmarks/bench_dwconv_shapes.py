@@ -5,8 +5,10 @@ activation) at MobileNet / EfficientNet / segmentation shapes, in both memory fo
 
 Every row checks our output against the eager one before timing. Times are medians (us) of
 calls interleaved round by round with harness.measure_interleaved, so that a busy machine slows
-every provider alike. The last rows time the per-call overhead at 960x7x7: the Python wrapper
-(dasp_kernels.dwconv_bn_act), the bare op (torch.ops) and F.conv2d alone. No results are stored.
+every provider alike, back to back (gap_s=0: after measure_interleaved's default 1 ms pause the
+worker threads sleep, and waking them added 100-400 us per call on a 2-core VM). The last rows
+time the per-call overhead at 960x7x7: the Python wrapper (dasp_kernels.dwconv_bn_act), the
+bare op (torch.ops) and F.conv2d alone. No results are stored.
 """
 import argparse
 import os
@@ -78,7 +80,7 @@ def overhead_rows(args):
             x, wt, sc, sh, 1, [1, 1, 1, 1], 1, "relu", 0.0, 0.0),
         "F.conv2d": lambda: F.conv2d(x, wt, None, 1, 1, 1, 960),
     }
-    t = harness.measure_interleaved(fns, min_time_s=args.time, max_reps=5000)
+    t = harness.measure_interleaved(fns, min_time_s=args.time, max_reps=5000, gap_s=0.0)
     for name, tm in t.items():
         ms = tm.median_ms if args.stat == "median" else tm.p20_ms
         print(f"  960x7x7 NCHW relu via {name:38s} {ms * 1e3:8.1f} us")
@@ -104,7 +106,8 @@ def main():
             fns = {}
             for cl in (False, True):
                 fns.update(providers(*ROWS[name], cl))
-            t = harness.measure_interleaved(fns, min_time_s=args.time, max_reps=2000)
+            t = harness.measure_interleaved(fns, min_time_s=args.time, max_reps=2000,
+                                            gap_s=0.0)
             us = {k: (v.median_ms if args.stat == "median" else v.p20_ms) * 1e3
                   for k, v in t.items()}
             print(f"{name:26s} {us['ours nchw']:10.1f} {us['ours cl']:10.1f} "

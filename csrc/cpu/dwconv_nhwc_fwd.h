@@ -66,19 +66,6 @@ C10_ALWAYS_INLINE Vec<T> in_register(const Vec<T>& v) {
 #endif
 }
 
-// Runs g(c, cv_tag, partial_tag, cl) over channel chunks of CV vectors, then 1, then a partial
-// one (as channel_chunks, with CV a parameter).
-template <typename T, int CV, typename G>
-inline void channel_chunks_of(int64_t C, G&& g) {
-  constexpr int V = Vec<T>::size();
-  int64_t c = 0;
-  if constexpr (CV > 1)
-    for (; c + CV * V <= C; c += CV * V)
-      g(c, std::integral_constant<int, CV>{}, std::false_type{}, int64_t(V));
-  for (; c + V <= C; c += V) g(c, std::integral_constant<int, 1>{}, std::false_type{}, int64_t(V));
-  if (c < C) g(c, std::integral_constant<int, 1>{}, std::true_type{}, C - c);
-}
-
 // acc[px][v] += the taps of input row ky for the PX outputs of a block: xr, the block's sweep
 // unit j = 0 (channel c), U elements per unit; wr, the weights of row ky (channel c). EDGE: only
 // units [jlo, jhi) lie inside the input row (the others are padding, their taps skipped).
@@ -230,33 +217,17 @@ void nhwc_row(const NhwcRow<T>& r, int64_t c0, int64_t c1) {
   }
 }
 
-// Tasks (n, band), in groups of p.cgroup channels as fwd_nhwc_generic.
+// Tasks (n, band), in groups of p.cgroup channels (nhwc_fwd_rows).
 template <typename T, int K, int SP>
 void fwd_nhwc_tiled(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) {
-  const int64_t C = p.C, H = p.H, W = p.W, Ho = p.Ho, Wo = p.Wo, S = p.S;
-  const int64_t G = p.cgroup > 0 ? p.cgroup : C;
   const NhwcSweep sw(p);
   const ActV<T> act(p);
-  const int64_t pix_bytes = C * static_cast<int64_t>(sizeof(T));
-  for (int64_t task = t0; task < t1; ++task) {
-    const int64_t n = task / p.bands, band = task % p.bands;
-    const T* xn = a.x + n * H * W * C;
-    T* yn = a.y + n * Ho * Wo * C;
-    const int64_t oyA = band * Ho / p.bands, oyB = (band + 1) * Ho / p.bands;
-    for (int64_t g0 = 0; g0 < C; g0 += G)
-      for (int64_t oy = oyA; oy < oyB; ++oy) {
-        int ky0, ky1;
-        ky_range(oy, p, ky0, ky1);
-        // Whole pixel rows prefetched ahead: only when a group is all the channels.
-        RowsAhead ra;
-        ra.reset(G == C ? W * pix_bytes : 0);
-        add_new_rows(ra, reinterpret_cast<const char*>(xn), W * pix_bytes, oy, oyA, ky0, ky1, p);
-        const NhwcRow<T> r{xn, yn + oy * Wo * C, a, p, act, oy * S - p.pad_t, ky0, ky1,
-                           p.D * C, sw.ostep, &ra};
-        nhwc_row<T, K, SP>(r, g0, imin(g0 + G, C));
-      }
-  }
-  stream_fence();
+  nhwc_fwd_rows<T>(p, a, t0, t1, [&](const T* xn, T* yrow, int64_t g0, int64_t g1, int64_t oy,
+                                     int ky0, int ky1, RowsAhead& ra) {
+    const NhwcRow<T> r{xn, yrow, a, p, act, oy * p.S - p.pad_t, ky0, ky1, p.D * p.C, sw.ostep,
+                       &ra};
+    nhwc_row<T, K, SP>(r, g0, g1);
+  });
 }
 
 // The forward's entry: the tiled kernel where K <= 9 and the stride and dilation fit a sweep

@@ -69,15 +69,23 @@ inline void nhwc_row_pixels(const DwShape& p, F&& f) {
   for (ox = oxR; ox < Wo; ++ox) border(ox);
 }
 
-// Runs g(c, cv_tag, partial_tag, cl) over channel chunks of 2 vectors, then 1, then a partial one.
-template <typename T, typename G>
-inline void channel_chunks(int64_t C, G&& g) {
+// Runs g(c, cv_tag, partial_tag, cl) over channel chunks of CV vectors, then 1, then a partial
+// one.
+template <typename T, int CV, typename G>
+inline void channel_chunks_of(int64_t C, G&& g) {
   constexpr int V = Vec<T>::size();
   int64_t c = 0;
-  for (; c + 2 * V <= C; c += 2 * V)
-    g(c, std::integral_constant<int, 2>{}, std::false_type{}, int64_t(V));
+  if constexpr (CV > 1)
+    for (; c + CV * V <= C; c += CV * V)
+      g(c, std::integral_constant<int, CV>{}, std::false_type{}, int64_t(V));
   for (; c + V <= C; c += V) g(c, std::integral_constant<int, 1>{}, std::false_type{}, int64_t(V));
   if (c < C) g(c, std::integral_constant<int, 1>{}, std::true_type{}, C - c);
+}
+
+// Chunks of 2 vectors: those of the tap-by-tap kernels (nhwc_taps) and the backward.
+template <typename T, typename G>
+inline void channel_chunks(int64_t C, G&& g) {
+  channel_chunks_of<T, 2>(C, std::forward<G>(g));
 }
 
 // Prefetches a few rows (NHWC rows of one image: long contiguous streams) a fixed distance ahead
@@ -116,13 +124,14 @@ inline void add_new_rows(RowsAhead& ra, const char* xn, int64_t row_bytes, int64
 
 // Tasks (n, band). A band runs in groups of p.cgroup channels (0: all at once), group by group:
 // the input rows that a group's output rows read then stay in L1 from one pixel block and one
-// output row to the next, where whole pixel rows of many channels would not.
-template <typename T>
-void fwd_nhwc_generic(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) {
-  constexpr int V = Vec<T>::size();
-  const int64_t C = p.C, H = p.H, W = p.W, Ho = p.Ho, Wo = p.Wo, K = p.K, S = p.S, pad = p.pad_l;
+// output row to the next, where whole pixel rows of many channels would not. Calls
+// row(xn, yrow, g0, g1, oy, ky0, ky1, ra) for each output row oy of channels [g0, g1), xn the
+// image's input, yrow the output row, ra the input rows prefetched ahead; both forwards use it.
+template <typename T, typename Row>
+void nhwc_fwd_rows(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1, Row&& row) {
+  const int64_t C = p.C, H = p.H, W = p.W, Ho = p.Ho, Wo = p.Wo;
   const int64_t G = p.cgroup > 0 ? p.cgroup : C;
-  const ActV<T> act(p);
+  const int64_t pix_bytes = C * static_cast<int64_t>(sizeof(T));
   for (int64_t task = t0; task < t1; ++task) {
     const int64_t n = task / p.bands, band = task % p.bands;
     const T* xn = a.x + n * H * W * C;
@@ -132,35 +141,45 @@ void fwd_nhwc_generic(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t 
       for (int64_t oy = oyA; oy < oyB; ++oy) {
         int ky0, ky1;
         ky_range(oy, p, ky0, ky1);
-        const int64_t iy0 = oy * S - p.pad_t;
-        T* yrow = yn + oy * Wo * C;
         // Whole pixel rows prefetched ahead: only when a group is all the channels.
-        const int64_t pix_bytes = C * static_cast<int64_t>(sizeof(T));
         RowsAhead ra;
         ra.reset(G == C ? W * pix_bytes : 0);
         add_new_rows(ra, reinterpret_cast<const char*>(xn), W * pix_bytes, oy, oyA, ky0, ky1, p);
-        nhwc_row_pixels(p, [&](int64_t ox, auto px_tag, int kx0, int kx1) {
-          constexpr int PX = decltype(px_tag)::value;
-          ra.upto(((ox + PX + kPixelsAhead) * S - pad + p.D * (K - 1) + 1) * pix_bytes);
-          channel_chunks<T>(imin(G, C - g0), [&](int64_t cg, auto cv_tag, auto part_tag,
-                                                 int64_t cl) {
-            constexpr int CV = decltype(cv_tag)::value;
-            constexpr bool PART = decltype(part_tag)::value;
-            const int64_t c = g0 + cg;
-            Vec<T> acc[PX][CV];
-            nhwc_taps<T, PX, CV, PART>(xn, a.w, p, iy0, ky0, ky1, kx0, kx1, ox, c, cl, acc);
-            for (int v = 0; v < CV; ++v) {
-              const bool part = PART && v == CV - 1;
-              const int64_t cc = c + v * V, m = part ? cl : V;
-              const Vec<T> sc = load_n(a.scale + cc, m), sh = load_n(a.shift + cc, m);
-              for (int px = 0; px < PX; ++px)
-                put(bn_act(acc[px][v], sc, sh, act), yrow + (ox + px) * C + cc, m, p.stream);
-            }
-          });
-        });
+        row(xn, yn + oy * Wo * C, g0, imin(g0 + G, C), oy, ky0, ky1, ra);
       }
   }
   stream_fence();
+}
+
+// The tap-by-tap forward: any K, stride and dilation.
+template <typename T>
+void fwd_nhwc_generic(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) {
+  constexpr int V = Vec<T>::size();
+  const int64_t C = p.C, K = p.K, S = p.S, pad = p.pad_l;
+  const int64_t pix_bytes = C * static_cast<int64_t>(sizeof(T));
+  const ActV<T> act(p);
+  nhwc_fwd_rows<T>(p, a, t0, t1, [&](const T* xn, T* yrow, int64_t g0, int64_t g1, int64_t oy,
+                                     int ky0, int ky1, RowsAhead& ra) {
+    const int64_t iy0 = oy * S - p.pad_t;
+    nhwc_row_pixels(p, [&](int64_t ox, auto px_tag, int kx0, int kx1) {
+      constexpr int PX = decltype(px_tag)::value;
+      ra.upto(((ox + PX + kPixelsAhead) * S - pad + p.D * (K - 1) + 1) * pix_bytes);
+      channel_chunks<T>(g1 - g0, [&](int64_t cg, auto cv_tag, auto part_tag, int64_t cl) {
+        constexpr int CV = decltype(cv_tag)::value;
+        constexpr bool PART = decltype(part_tag)::value;
+        const int64_t c = g0 + cg;
+        Vec<T> acc[PX][CV];
+        nhwc_taps<T, PX, CV, PART>(xn, a.w, p, iy0, ky0, ky1, kx0, kx1, ox, c, cl, acc);
+        for (int v = 0; v < CV; ++v) {
+          const bool part = PART && v == CV - 1;
+          const int64_t cc = c + v * V, m = part ? cl : V;
+          const Vec<T> sc = load_n(a.scale + cc, m), sh = load_n(a.shift + cc, m);
+          for (int px = 0; px < PX; ++px)
+            put(bn_act(acc[px][v], sc, sh, act), yrow + (ox + px) * C + cc, m, p.stream);
+        }
+      });
+    });
+  });
 }
 
 // The forward's entry (dwconv_nhwc_fwd.h).
