@@ -42,9 +42,15 @@ _CHOSEN = {}
 @torch._dynamo.assume_constant_result
 def forced():
     """DASP_KERNELS_DW_IMPL: "auto", "dasp" or "onednn"."""
-    value = os.environ.get("DASP_KERNELS_DW_IMPL", "auto")
-    if value not in IMPLS:
-        raise ValueError(f"DASP_KERNELS_DW_IMPL: expected auto, dasp or onednn, got {value!r}")
+    return env_mode("DASP_KERNELS_DW_IMPL", IMPLS)
+
+
+def env_mode(variable, modes):
+    """The environment variable's value, one of `modes` (the first, "auto", when unset)."""
+    value = os.environ.get(variable, modes[0])
+    if value not in modes:
+        raise ValueError(f"{variable}: expected {', '.join(modes[:-1])} or {modes[-1]}, got "
+                         f"{value!r}")
     return value
 
 

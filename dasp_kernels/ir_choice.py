@@ -13,8 +13,6 @@ depthwise layers (dw_choice.py), a block runs whichever is faster at its shape, 
 DASP_KERNELS_IR_IMPL=dasp or =layers forces one (=auto, the default, measures); `chosen()` lists
 what was measured.
 """
-import os
-
 import torch
 
 from dasp_kernels import dw_choice, timing
@@ -27,10 +25,7 @@ _CHOSEN = {}
 @torch._dynamo.assume_constant_result
 def forced():
     """DASP_KERNELS_IR_IMPL: "auto", "dasp" or "layers"."""
-    value = os.environ.get("DASP_KERNELS_IR_IMPL", "auto")
-    if value not in IMPLS:
-        raise ValueError(f"DASP_KERNELS_IR_IMPL: expected auto, dasp or layers, got {value!r}")
-    return value
+    return dw_choice.env_mode("DASP_KERNELS_IR_IMPL", IMPLS)
 
 
 def chosen():
