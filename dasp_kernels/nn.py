@@ -260,9 +260,13 @@ def fuse(model, backend="auto"):
       BatchNormAct2d) and optionally an activation (ReLU, ReLU6, Hardtanh, Hardswish, SiLU, GELU,
       LeakyReLU): consecutive children of an nn.Sequential, or the conv/norm pairs of timm's
       blocks -> FusedDWConv2d in the conv's place, the norm and activation left in theirs as
-      pass-throughs (dasp_kernels/fuse_depthwise.py).
+      pass-throughs (dasp_kernels/fuse_depthwise.py);
+    - inverted-residual blocks without squeeze-and-excitation (torchvision's and timm's, found by
+      their structure) -> their class swapped so that they run one `inverted_residual` op where
+      it is faster than their layers (dasp_kernels/fuse_blocks.py, ir_choice.py); their layers
+      are fused as above all the same.
     Everything else is left as it is. The returned model has `model.dasp_fused = {"dasp_stage": n,
-    "dwconv_bn_relu": m, "dwconv_bn_act": k}`; `fuse_report(fused)` lists what was fused and each
+    "dwconv_bn_relu": m, "dwconv_bn_act": k, "inverted_residual": b}`; `fuse_report(fused)` lists what was fused and each
     depthwise conv left, with the reason. In eval mode on the CPU each FusedDWConv2d runs the
     faster of our kernel and oneDNN's conv with a post-op at its shape (dasp_kernels/dw_choice.py).
     Reduced-precision inputs (bf16/fp16 under
