@@ -266,10 +266,10 @@ def fuse(model, backend="auto"):
       it is faster than their layers (dasp_kernels/fuse_blocks.py, ir_choice.py); their layers
       are fused as above all the same.
     Everything else is left as it is. The returned model has `model.dasp_fused = {"dasp_stage": n,
-    "dwconv_bn_relu": m, "dwconv_bn_act": k, "inverted_residual": b}`; `fuse_report(fused)` lists what was fused and each
-    depthwise conv left, with the reason. In eval mode on the CPU each FusedDWConv2d runs the
-    faster of our kernel and oneDNN's conv with a post-op at its shape (dasp_kernels/dw_choice.py).
-    Reduced-precision inputs (bf16/fp16 under
+    "dwconv_bn_relu": m, "dwconv_bn_act": k, "inverted_residual": b}`; `fuse_report(fused)`
+    lists what was fused and each depthwise conv and block left, with the reason. In eval mode on
+    the CPU each FusedDWConv2d runs the faster of our kernel and oneDNN's conv with a post-op at
+    its shape (dasp_kernels/dw_choice.py). Reduced-precision inputs (bf16/fp16 under
     torch.autocast) run in the weights' dtype and come back in theirs.
     """
     model = copy.deepcopy(model)
