@@ -15,7 +15,6 @@ DTYPES = {
 }
 
 
-
 def triton_interpret():
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 

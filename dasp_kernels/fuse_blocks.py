@@ -200,12 +200,12 @@ def _fused_forward(cls):
             return cls.forward(self, x)
         if x.dtype != self.get_submodule(plan[1][0]).weight.dtype:
             return cls.forward(self, x)  # autocast: the per-layer path casts as it goes
-        eager_cpu = (x.device.type == "cpu" and backend in ("auto", "cpu")
-                     and not torch.compiler.is_compiling())
-        fast = eager_cpu and not torch.is_grad_enabled() and _loader.has_cpu_extension()
+        # Our CPU kernel can run (else the wrapper picks the reference, with nothing to choose).
+        ours_cpu = (x.device.type == "cpu" and backend in ("auto", "cpu")
+                    and _loader.has_cpu_extension())
+        fast = ours_cpu and not torch.compiler.is_compiling() and not torch.is_grad_enabled()
         args = _cached_op_args(self, plan, x) if fast else op_args(self, plan, x)
-        if (x.device.type == "cpu" and backend in ("auto", "cpu")
-                and not ir_choice.use_op(args, lambda: cls.forward(self, x))):
+        if ours_cpu and not ir_choice.use_op(args, lambda: cls.forward(self, x)):
             return cls.forward(self, x)
         return run_op(args, backend, fast)
     return forward

@@ -8,7 +8,7 @@ loads; does nothing without it), and "dasp_emu", the CUDA emulator of the tests
 """
 import torch
 
-from dasp_kernels import _checks
+from dasp_kernels import _checks, reference
 from dasp_kernels._loader import has_cpu_extension
 
 LIB = "dasp_kernels"
@@ -130,15 +130,13 @@ _IR_TENSORS = (0, 1, 2, 3, 7, 8, 9, 16, 17, 18)
 
 def _ir_setup(ctx, inputs, output):
     ctx.save_for_backward(*(inputs[i] for i in _IR_TENSORS))
-    ctx.args = list(inputs)
+    ctx.conf = [None if i in _IR_TENSORS else a for i, a in enumerate(inputs)]
 
 
 def _ir_backward(ctx, grad):
     # No backward kernel yet: recompute the block in plain PyTorch and differentiate that (the
     # wide tensors live only for this call).
-    from dasp_kernels import reference
-
-    args = ctx.args
+    args = list(ctx.conf)
     for i, t in zip(_IR_TENSORS, ctx.saved_tensors):
         needs = t is not None and ctx.needs_input_grad[i]
         args[i] = t.detach().requires_grad_() if needs else t
