@@ -197,6 +197,54 @@ inline IrActs check_inverted_residual(
   return acts;
 }
 
+// squeeze-and-excitation's gate (dasp_kernels/_checks.py's SE_GATES) and what an inverted_residual
+// call's SE arguments say: on = its four tensors given.
+enum class SeGate : int { sigmoid, hardsigmoid };
+struct SeConf {
+  bool on;
+  Act act;
+  SeGate gate;
+};
+
+// The SE stage on the depthwise output's e channels (dasp_kernels/_checks.py's _check_se).
+inline SeConf check_inverted_residual_se(
+    const at::Tensor& x, int64_t e, const std::optional<at::Tensor>& reduce_weight,
+    const std::optional<at::Tensor>& reduce_bias, const std::optional<at::Tensor>& expand_weight,
+    const std::optional<at::Tensor>& expand_bias, c10::string_view act, c10::string_view gate) {
+  const char* op = "inverted_residual";
+  const bool g[4] = {given(reduce_weight), given(reduce_bias), given(expand_weight),
+                     given(expand_bias)};
+  auto what = [](bool b) { return b ? "a tensor" : "None"; };
+  const bool all = g[0] && g[1] && g[2] && g[3], none = !g[0] && !g[1] && !g[2] && !g[3];
+  TORCH_CHECK(all || none, op, ": expected se_reduce_weight, se_reduce_bias, se_expand_weight ",
+              "and se_expand_bias all given or all None, got ", what(g[0]), ", ", what(g[1]),
+              ", ", what(g[2]), ", ", what(g[3]));
+  SeConf c{all, parse_act(op, act, "se_act"), SeGate::sigmoid};
+  TORCH_CHECK(gate == "sigmoid" || gate == "hardsigmoid", op,
+              ": expected se_gate in sigmoid, hardsigmoid, got '", std::string(gate), "'");
+  if (gate == "hardsigmoid") c.gate = SeGate::hardsigmoid;
+  if (!all) return c;
+  check_like_x(op, x, "se_reduce_weight", *reduce_weight);
+  check_like_x(op, x, "se_reduce_bias", *reduce_bias);
+  check_like_x(op, x, "se_expand_weight", *expand_weight);
+  check_like_x(op, x, "se_expand_bias", *expand_bias);
+  const at::Tensor& rw = *reduce_weight;
+  TORCH_CHECK(rw.dim() == 4 && rw.size(0) >= 1 && rw.size(1) == e && rw.size(2) == 1 &&
+                  rw.size(3) == 1,
+              op, ": expected se_reduce_weight of shape [S, E, 1, 1] with S >= 1 and E = ", e,
+              ", got ", rw.sizes());
+  const int64_t sq = rw.size(0);
+  TORCH_CHECK(reduce_bias->dim() == 1 && reduce_bias->size(0) == sq, op,
+              ": expected se_reduce_bias of shape [", sq, "], got ", reduce_bias->sizes());
+  const std::vector<int64_t> ew = {e, sq, 1, 1};
+  TORCH_CHECK(expand_weight->sizes() == at::IntArrayRef(ew), op,
+              ": expected se_expand_weight of shape [E, S, 1, 1] = ", at::IntArrayRef(ew),
+              ", got ", expand_weight->sizes());
+  TORCH_CHECK(expand_bias->dim() == 1 && expand_bias->size(0) == e, op,
+              ": expected se_expand_bias of shape [", e, "], got ", expand_bias->sizes());
+  return c;
+}
+
 inline void check_ppm_add(const at::Tensor& x, const at::Tensor& weight,
                           const at::Tensor& residual) {
   const char* op = "ppm_add";

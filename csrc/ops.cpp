@@ -117,6 +117,9 @@ TORCH_LIBRARY(dasp_kernels, m) {
   //       expand_* tensors are None),
   //   z = act_d(depthwise_conv2d(y, dw_weight, stride, padding, dilation) * dw_scale + dw_shift)
   //       (zero padding applied to y: a padded tap contributes 0),
+  //   z = z * se_gate(conv1x1(se_act(conv1x1(mean_hw(z), se_reduce_weight) + se_reduce_bias),
+  //                           se_expand_weight) + se_expand_bias)  (squeeze-and-excitation, when
+  //       its four tensors are given; se_gate sigmoid or hardsigmoid),
   //   out = act_p(conv1x1(z, project_weight) * project_scale + project_shift) (+ x if residual).
   // Depthwise arguments and activations as dwconv_bn_act's.
   m.def("inverted_residual(Tensor x, Tensor? expand_weight, Tensor? expand_scale, "
@@ -124,7 +127,10 @@ TORCH_LIBRARY(dasp_kernels, m) {
         "Tensor dw_weight, Tensor dw_scale, Tensor dw_shift, int stride, int[4] padding, "
         "int dilation, str dw_act, float dw_alpha, float dw_beta, Tensor project_weight, "
         "Tensor project_scale, Tensor project_shift, str project_act, float project_alpha, "
-        "float project_beta, bool residual) -> Tensor", any_layout);
+        "float project_beta, bool residual, Tensor? se_reduce_weight=None, "
+        "Tensor? se_reduce_bias=None, Tensor? se_expand_weight=None, Tensor? se_expand_bias=None, "
+        "str se_act=\"relu\", float se_alpha=0., float se_beta=0., "
+        "str se_gate=\"sigmoid\") -> Tensor", any_layout);
   // conv1x1(maxpool2d(x, 2, 2, ceil_mode=True), weight) + residual.
   m.def("ppm_add(Tensor x, Tensor weight, Tensor residual) -> Tensor", any_layout);
   // Returns (grad_x, grad_weight); grad_residual is grad_out itself.

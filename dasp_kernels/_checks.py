@@ -124,7 +124,9 @@ def inverted_residual_out_shape(x, dw_weight, stride, padding, dilation, project
 
 def check_inverted_residual(x, expand_weight, expand_scale, expand_shift, expand_act, dw_weight,
                             dw_scale, dw_shift, stride, padding, dilation, dw_act, project_weight,
-                            project_scale, project_shift, project_act, residual, check):
+                            project_scale, project_shift, project_act, residual, check, se=None):
+    """se: (se_reduce_weight, se_reduce_bias, se_expand_weight, se_expand_bias, se_act,
+    se_gate), or None for the block without squeeze-and-excitation."""
     op = "inverted_residual"
     _rank4(op, check, "x", x)
     _floating(op, check, x)
@@ -152,15 +154,66 @@ def check_inverted_residual(x, expand_weight, expand_scale, expand_shift, expand
         check(list(out) == list(x.shape),
               lambda: f"{op}: expected an output of x's shape {shape_str(x.shape)} with "
                       f"residual=True, got {shape_str(out)}")
+    if se is not None:
+        _check_se(op, check, x, e, *se)
+
+
+# squeeze-and-excitation's gates: sigmoid, and hardsigmoid = relu6(z + 3) / 6 (torchvision's
+# and timm's hard sigmoid alike).
+SE_GATES = ("sigmoid", "hardsigmoid")
+# The op's positional arguments past the block without SE (csrc/ops.cpp), and their defaults.
+SE_ARG_NAMES = ("se_reduce_weight", "se_reduce_bias", "se_expand_weight", "se_expand_bias",
+                "se_act", "se_alpha", "se_beta", "se_gate")
+SE_DEFAULTS = (None, None, None, None, "relu", 0.0, 0.0, "sigmoid")
+IR_NUM_ARGS = 23 + len(SE_ARG_NAMES)
+
+
+def _check_se(op, check, x, e, reduce_weight, reduce_bias, expand_weight, expand_bias, act, gate):
+    """The SE stage on the depthwise output's e channels: reduce E -> S, act, expand S -> E,
+    gate; its four tensors all given or all None."""
+    named = [("se_reduce_weight", reduce_weight), ("se_reduce_bias", reduce_bias),
+             ("se_expand_weight", expand_weight), ("se_expand_bias", expand_bias)]
+    given = [t is not None for _, t in named]
+    check(all(given) or not any(given),
+          lambda: f"{op}: expected se_reduce_weight, se_reduce_bias, se_expand_weight and "
+                  f"se_expand_bias all given or all None, got "
+                  f"{', '.join('a tensor' if g else 'None' for g in given)}")
+    _check_act(op, check, "se_act", act)
+    check(gate in SE_GATES,
+          lambda: f"{op}: expected se_gate in {', '.join(SE_GATES)}, got {gate!r}")
+    if not any(given):
+        return
+    _same_device_dtype(op, check, x, named)
+    check(reduce_weight.dim() == 4 and reduce_weight.shape[0] >= 1
+          and reduce_weight.shape[1] == e and reduce_weight.shape[2] == 1
+          and reduce_weight.shape[3] == 1,
+          lambda: f"{op}: expected se_reduce_weight of shape [S, E, 1, 1] with S >= 1 and E = "
+                  f"{e}, got {shape_str(reduce_weight.shape)}")
+    sq = reduce_weight.shape[0]
+    check(reduce_bias.dim() == 1 and reduce_bias.shape[0] == sq,
+          lambda: f"{op}: expected se_reduce_bias of shape [{sq}], got "
+                  f"{shape_str(reduce_bias.shape)}")
+    check(list(expand_weight.shape) == [e, sq, 1, 1],
+          lambda: f"{op}: expected se_expand_weight of shape [E, S, 1, 1] = "
+                  f"{shape_str([e, sq, 1, 1])}, got {shape_str(expand_weight.shape)}")
+    check(expand_bias.dim() == 1 and expand_bias.shape[0] == e,
+          lambda: f"{op}: expected se_expand_bias of shape [{e}], got "
+                  f"{shape_str(expand_bias.shape)}")
+
+
+def se_args(args):
+    """The SE arguments of the op's positional arguments, defaults for those not given."""
+    return tuple(args[23:]) + SE_DEFAULTS[len(args) - 23:]
 
 
 def check_inverted_residual_args(args, check):
     """check_inverted_residual on the op's positional arguments (their alphas and betas need no
-    check)."""
+    check); those of SE may be left off."""
     (x, ew, es, esh, eact, _, _, dw, ds, dsh, stride, pad, dil, dact, _, _, pw, ps, psh, pact,
-     _, _, residual) = args
+     _, _, residual) = args[:23]
+    rw, rb, xw, xb, sact, _, _, gate = se_args(args)
     check_inverted_residual(x, ew, es, esh, eact, dw, ds, dsh, stride, pad, dil, dact, pw, ps,
-                            psh, pact, residual, check)
+                            psh, pact, residual, check, se=(rw, rb, xw, xb, sact, gate))
 
 
 def check_ppm_add(x, weight, residual, check):

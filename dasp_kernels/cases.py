@@ -115,17 +115,22 @@ def dasp_spatial_path_cases(size="quick"):
 
 
 def ir_case(n, c, e, co, h, w, k=3, stride=1, padding=None, dilation=1,
-            acts=("hardtanh", "hardtanh", "none"), residual=None):
+            acts=("hardtanh", "hardtanh", "none"), residual=None, se=None):
     """An inverted_residual case: C -> E (no expansion when e is None: E = C) -> Co, depthwise K;
     acts = (expand, depthwise, project) with ACT_ARGS' alpha and beta; residual by default when
-    the output has x's shape."""
+    the output has x's shape; se = (S, se_act, se_gate) for squeeze-and-excitation E -> S -> E."""
     if padding is None:
         padding = dilation * (k // 2)
     if residual is None:
         residual = stride == 1 and c == co and padding == dilation * (k // 2) and k % 2 == 1
     return {"op": "inverted_residual", "shape": (n, c, h, w), "e": e, "cout": co, "k": k,
             "stride": stride, "padding": padding, "dilation": dilation, "acts": tuple(acts),
-            "residual": residual}
+            "residual": residual, "se": se}
+
+
+def se_case(*args, se=(4, "relu", "hardsigmoid"), **kw):
+    """ir_case with squeeze-and-excitation (MobileNetV3's by default: relu, hardsigmoid)."""
+    return ir_case(*args, se=se, **kw)
 
 
 def inverted_residual_cases(size="quick"):
@@ -146,13 +151,28 @@ def inverted_residual_cases(size="quick"):
                         ("relu", "hardswish", "none")),
                 ir_case(2, 17, None, 17, 4, 3, 3, 1, 1, 1, ("none", "silu", "none")),
                 ir_case(1, 9, 20, 9, 1, 1), ir_case(0, 4, 12, 4, 5, 5)]
-    quick = tiny + acts + geometry
+    # Squeeze-and-excitation: MobileNetV3's (relu, hardsigmoid), EfficientNet's (silu, sigmoid,
+    # also without expansion), one S = 1, the other activations, a single pixel, an empty batch.
+    se = [se_case(2, 8, 24, 8, 9, 11, 5, 2, "same", se=(6, "silu", "sigmoid")),
+          se_case(1, 16, 40, 16, 7, 6, 5, 1, None, 1, ("hardswish", "hardswish", "none")),
+          se_case(2, 6, None, 5, 6, 7, 3, 1, None, 1, ("none", "silu", "none"),
+                  se=(2, "silu", "sigmoid")),
+          se_case(1, 5, 10, 5, 6, 7, 3, 1, None, 1, ("relu", "relu", "none"),
+                  se=(1, "hardtanh", "hardsigmoid")),
+          se_case(1, 5, 10, 5, 6, 7, 3, 1, None, 1, ("gelu", "leaky_relu", "relu"),
+                  se=(3, "leaky_relu", "sigmoid")),
+          se_case(1, 9, 20, 9, 1, 1), se_case(0, 4, 12, 4, 5, 5)]
+    quick = tiny + acts + geometry + se
     if size == "quick":
         return quick
     mobilenet = [ir_case(1, 24, 144, 24, 32, 64), ir_case(1, 32, 192, 64, 16, 32, 3, 2),
                  ir_case(1, 160, 960, 160, 8, 16), ir_case(1, 40, 240, 40, 16, 16, 5, 1, 2, 1,
                                                            ("hardswish",) * 2 + ("none",)),
-                 ir_case(1, 160, 960, 160, 8, 16, 5, 1, 4, 2, ("hardswish",) * 2 + ("none",))]
+                 ir_case(1, 160, 960, 160, 8, 16, 5, 1, 4, 2, ("hardswish",) * 2 + ("none",)),
+                 se_case(1, 40, 120, 40, 32, 64, 5, 1, None, 1, ("relu", "relu", "none"),
+                         se=(32, "relu", "hardsigmoid")),
+                 se_case(1, 112, 672, 160, 16, 32, 5, 2, None, 1,
+                         ("hardswish", "hardswish", "none"), se=(168, "relu", "hardsigmoid"))]
     return quick + mobilenet
 
 
@@ -180,15 +200,24 @@ def _bn(c, gen):
             torch.randn(c, generator=gen, dtype=F64) * 0.5]
 
 
-def _ir_params(c, e, co, k, gen):
+def _ir_params(c, e, co, k, gen, se=None):
     """[expand_weight, expand_scale, expand_shift] (none when e is None), [dw_weight, dw_scale,
-    dw_shift], [project_weight, project_scale, project_shift]."""
+    dw_shift], [project_weight, project_scale, project_shift], then with se = (S, ...)
+    [se_reduce_weight, se_reduce_bias, se_expand_weight, se_expand_bias]."""
     expand = []
     if e is not None:
         expand = [torch.randn(e, c, 1, 1, generator=gen, dtype=F64) / c ** 0.5, *_bn(e, gen)]
         c = e
+    squeeze = []
+    if se is not None:
+        sq = se[0]
+        squeeze = [torch.randn(sq, c, 1, 1, generator=gen, dtype=F64) / c ** 0.5,
+                   torch.randn(sq, generator=gen, dtype=F64) * 0.5,
+                   torch.randn(c, sq, 1, 1, generator=gen, dtype=F64) / sq ** 0.5,
+                   torch.randn(c, generator=gen, dtype=F64) * 0.5]
     return [*expand, torch.randn(c, 1, k, k, generator=gen, dtype=F64) / k, *_bn(c, gen),
-            torch.randn(co, c, 1, 1, generator=gen, dtype=F64) / c ** 0.5, *_bn(co, gen)]
+            torch.randn(co, c, 1, 1, generator=gen, dtype=F64) / c ** 0.5, *_bn(co, gen),
+            *squeeze]
 
 
 def ir_kwargs(case, params):
@@ -200,6 +229,12 @@ def ir_kwargs(case, params):
     for stage, act in zip(("expand", "dw", "project"), case["acts"]):
         kw[stage + "_act"] = act
         kw[stage + "_alpha"], kw[stage + "_beta"] = ACT_ARGS[act]
+    if case.get("se") is not None:
+        _, act, gate = case["se"]
+        kw.update(zip(("se_reduce_weight", "se_reduce_bias", "se_expand_weight",
+                       "se_expand_bias"), params[-4:]))
+        kw.update(se_act=act, se_alpha=ACT_ARGS[act][0], se_beta=ACT_ARGS[act][1], se_gate=gate)
+        params = params[:-4]
     return {**kw, "stride": case["stride"], "padding": case["padding"],
             "dilation": case["dilation"], "residual": case["residual"]}, params
 
@@ -221,7 +256,7 @@ def make_inputs(case, gen):
     if op == "dasp_stage":
         return x, _stage_params(c, case["cout"], case["k"], gen)
     if op == "inverted_residual":
-        return x, _ir_params(c, case["e"], case["cout"], case["k"], gen)
+        return x, _ir_params(c, case["e"], case["cout"], case["k"], gen, case.get("se"))
     params = []
     for co, k in case["stages"]:
         params += _stage_params(c, co, k, gen)

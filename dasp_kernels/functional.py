@@ -136,9 +136,12 @@ def inverted_residual_op_args(x, dw_weight, dw_scale, dw_shift, project_weight, 
                               expand_shift=None, expand_act="relu", expand_alpha=0.0,
                               expand_beta=0.0, stride=1, padding=None, dilation=1, dw_act="relu",
                               dw_alpha=0.0, dw_beta=0.0, project_act="none", project_alpha=0.0,
-                              project_beta=0.0, residual=False):
+                              project_beta=0.0, residual=False, se_reduce_weight=None,
+                              se_reduce_bias=None, se_expand_weight=None, se_expand_bias=None,
+                              se_act="relu", se_alpha=0.0, se_beta=0.0, se_gate="sigmoid"):
     """The positional arguments of torch.ops.dasp_kernels.inverted_residual (the padding as
-    [top, bottom, left, right]) from inverted_residual's."""
+    [top, bottom, left, right]) from inverted_residual's; those of SE only when it is given, so
+    that the block without SE calls the op as before."""
     k = dw_weight.shape[2] if dw_weight.dim() == 4 else 0
     if padding is None:
         padding = dilation * (k // 2)
@@ -146,7 +149,16 @@ def inverted_residual_op_args(x, dw_weight, dw_scale, dw_shift, project_weight, 
     return (x, expand_weight, expand_scale, expand_shift, expand_act, float(expand_alpha),
             float(expand_beta), dw_weight, dw_scale, dw_shift, stride, pad, dilation, dw_act,
             float(dw_alpha), float(dw_beta), project_weight, project_scale, project_shift,
-            project_act, float(project_alpha), float(project_beta), bool(residual))
+            project_act, float(project_alpha), float(project_beta), bool(residual)) + _se_tail(
+        (se_reduce_weight, se_reduce_bias, se_expand_weight, se_expand_bias, se_act,
+         float(se_alpha), float(se_beta), se_gate))
+
+
+def _se_tail(se):
+    """The SE arguments to pass: none where all are the defaults (the block without SE calls the
+    op as it did before SE existed)."""
+    same = all(a is b if b is None else a == b for a, b in zip(se, _checks.SE_DEFAULTS))
+    return () if same else se
 
 
 def inverted_residual(x, dw_weight, dw_scale, dw_shift, project_weight, project_scale,
@@ -155,6 +167,8 @@ def inverted_residual(x, dw_weight, dw_scale, dw_shift, project_weight, project_
 
         y = expand_act(conv1x1(x, expand_weight) * expand_scale + expand_shift)  (y = x without)
         z = dw_act(depthwise(y, dw_weight, stride, padding, dilation) * dw_scale + dw_shift)
+        z = z * se_gate(conv1x1(se_act(conv1x1(mean_hw(z), se_reduce_weight) + se_reduce_bias),
+                                se_expand_weight) + se_expand_bias)        (with SE only)
         out = project_act(conv1x1(z, project_weight) * project_scale + project_shift) (+ x)
 
     x: (N, C, H, W). Keywords: expand_weight (E, C, 1, 1), expand_scale, expand_shift (E,), or
@@ -164,7 +178,10 @@ def inverted_residual(x, dw_weight, dw_scale, dw_shift, project_weight, project_
     dwconv_bn_act takes it (default dilation * (K // 2) on every side; the zeros pad the expanded
     tensor). Each <stage>_act with its <stage>_alpha, <stage>_beta is one of dwconv_bn_act's
     activations (defaults: relu, relu, none). residual=True adds x (the output must have x's
-    shape). The output has x's memory format.
+    shape). Squeeze-and-excitation (MobileNetV3's, EfficientNet's): se_reduce_weight (S, E, 1, 1),
+    se_reduce_bias (S,), se_expand_weight (E, S, 1, 1), se_expand_bias (E,), all four or none;
+    se_act (with se_alpha, se_beta) one of the activations (default relu), se_gate "sigmoid" or
+    "hardsigmoid". The output has x's memory format.
     """
     args = inverted_residual_op_args(x, dw_weight, dw_scale, dw_shift, project_weight,
                                      project_scale, project_shift, **kwargs)

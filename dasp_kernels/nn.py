@@ -230,7 +230,7 @@ def fuse_report(model):
             if isinstance(child, FUSED_TYPES):
                 rows.append((qual, f"fused: {type(child).__name__}"))
             elif fuse_blocks.is_fused_block(child):
-                rows.append((qual, "fused: inverted_residual"))
+                rows.append((qual, f"fused: {fuse_blocks.describe(child)}"))
                 visit(child, qual + ".")
             elif fuse_blocks.why_block_left(child):
                 rows.append((qual, f"left as layers: {fuse_blocks.why_block_left(child)}"))
@@ -261,8 +261,8 @@ def fuse(model, backend="auto"):
       LeakyReLU): consecutive children of an nn.Sequential, or the conv/norm pairs of timm's
       blocks -> FusedDWConv2d in the conv's place, the norm and activation left in theirs as
       pass-throughs (dasp_kernels/fuse_depthwise.py);
-    - inverted-residual blocks without squeeze-and-excitation (torchvision's and timm's, found by
-      their structure) -> their class swapped so that they run one `inverted_residual` op where
+    - inverted-residual blocks, with or without squeeze-and-excitation (torchvision's and timm's,
+      found by their structure) -> their class swapped so that they run one `inverted_residual` op where
       it is faster than their layers (dasp_kernels/fuse_blocks.py, ir_choice.py); their layers
       are fused as above all the same.
     Everything else is left as it is. The returned model has `model.dasp_fused = {"dasp_stage": n,

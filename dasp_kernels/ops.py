@@ -124,23 +124,26 @@ def _ir_fake(*args):
         x, dw_weight, stride, padding, dilation, project_weight))
 
 
-# inverted_residual's tensor arguments (the others are its configuration).
-_IR_TENSORS = (0, 1, 2, 3, 7, 8, 9, 16, 17, 18)
+# inverted_residual's tensor arguments (the others are its configuration); 23-26: SE's, which a
+# call may leave off (their defaults).
+_IR_TENSORS = (0, 1, 2, 3, 7, 8, 9, 16, 17, 18, 23, 24, 25, 26)
 
 
 def _ir_setup(ctx, inputs, output):
-    ctx.save_for_backward(*(inputs[i] for i in _IR_TENSORS))
-    ctx.conf = [None if i in _IR_TENSORS else a for i, a in enumerate(inputs)]
+    tensors = [i for i in _IR_TENSORS if i < len(inputs)]
+    ctx.save_for_backward(*(inputs[i] for i in tensors))
+    ctx.conf = [None if i in tensors else a for i, a in enumerate(inputs)]
 
 
 def _ir_backward(ctx, grad):
     # No backward kernel yet: recompute the block in plain PyTorch and differentiate that (the
     # wide tensors live only for this call).
     args = list(ctx.conf)
-    for i, t in zip(_IR_TENSORS, ctx.saved_tensors):
+    tensors = [i for i in _IR_TENSORS if i < len(args)]
+    for i, t in zip(tensors, ctx.saved_tensors):
         needs = t is not None and ctx.needs_input_grad[i]
         args[i] = t.detach().requires_grad_() if needs else t
-    leaves = [i for i in _IR_TENSORS if args[i] is not None and args[i].requires_grad]
+    leaves = [i for i in tensors if args[i] is not None and args[i].requires_grad]
     grads = [None] * len(args)
     with torch.enable_grad():
         out = reference.inverted_residual(*args)

@@ -53,12 +53,30 @@ def pointwise_bn_act(x, weight, scale, shift, act="none", alpha=0.0, beta=0.0):
     return activation(y, act, alpha, beta)
 
 
+def squeeze_excitation(z, reduce_weight, reduce_bias, expand_weight, expand_bias, act="relu",
+                       alpha=0.0, beta=0.0, gate="sigmoid"):
+    """The per-image, per-channel gate of squeeze-and-excitation on z (N, E, H, W):
+    gate(conv1x1(act(conv1x1(mean_hw(z), reduce) + b), expand) + b), shape (N, E, 1, 1)."""
+    m = z.mean((2, 3), keepdim=True)
+    s = activation(F.conv2d(m, reduce_weight, reduce_bias), act, alpha, beta)
+    s = F.conv2d(s, expand_weight, expand_bias)
+    if gate == "sigmoid":
+        return torch.sigmoid(s)
+    if gate == "hardsigmoid":
+        return F.hardsigmoid(s)
+    raise ValueError(f"unknown gate {gate!r}")
+
+
 def inverted_residual(x, expand_weight, expand_scale, expand_shift, expand_act, expand_alpha,
                       expand_beta, dw_weight, dw_scale, dw_shift, stride, padding, dilation,
                       dw_act, dw_alpha, dw_beta, project_weight, project_scale, project_shift,
-                      project_act, project_alpha, project_beta, residual):
-    """MobileNetV2's block: 1x1 expansion (skipped when expand_weight is None), depthwise,
-    1x1 projection, each with its scale/shift and activation, then + x if residual.
+                      project_act, project_alpha, project_beta, residual, se_reduce_weight=None,
+                      se_reduce_bias=None, se_expand_weight=None, se_expand_bias=None,
+                      se_act="relu", se_alpha=0.0, se_beta=0.0, se_gate="sigmoid"):
+    """MobileNetV2/V3's block: 1x1 expansion (skipped when expand_weight is None), depthwise,
+    squeeze-and-excitation (skipped when se_reduce_weight is None: z times its gate,
+    squeeze_excitation), 1x1 projection, each with its scale/shift and activation, then + x if
+    residual.
 
     The depthwise stage's zero padding is applied to the expanded tensor, as in the models.
     """
@@ -68,6 +86,9 @@ def inverted_residual(x, expand_weight, expand_scale, expand_shift, expand_act, 
                              expand_alpha, expand_beta)
     y = dwconv_bn_act(y, dw_weight, dw_scale, dw_shift, stride, padding, dilation, dw_act,
                       dw_alpha, dw_beta)
+    if se_reduce_weight is not None:
+        y = y * squeeze_excitation(y, se_reduce_weight, se_reduce_bias, se_expand_weight,
+                                   se_expand_bias, se_act, se_alpha, se_beta, se_gate)
     y = pointwise_bn_act(y, project_weight, project_scale, project_shift, project_act,
                          project_alpha, project_beta)
     return y + x if residual else y

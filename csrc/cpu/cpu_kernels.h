@@ -172,6 +172,11 @@ struct IrShape {
   double alpha_e, beta_e, alpha_d, beta_d, alpha_p, beta_p;
   bool expand;    // false: no expansion, E = C and the depthwise reads x itself
   bool residual;  // out += x (then Ho = H, Wo = W, Co = C)
+  // Squeeze-and-excitation runs the block in two passes over the same bands (the gate needs the
+  // mean of the whole depthwise output): 0: no SE, one pass; 1: expansion and depthwise into
+  // IrArgs::dw_out, each row's channel sums into row_sum, no projection; 2: the projection of
+  // dw_out with each image's weights (the gate folded in), shift, activation, residual.
+  int se_pass;
   int64_t bands;
   int64_t chunk;     // output pixels per depthwise + projection chunk
   int64_t ring_w;    // columns per ring row: pad_l zeros, the W pixels, zeros to the right
@@ -189,6 +194,9 @@ struct IrArgs {
   const T* wp;      // projection: blocks [co_pad / block][E][block], project_scale folded in
   const T* bp;      // [co_pad]: project_shift, zero padded
   T* out;           // [N][Ho][Wo][Co]
+  T* dw_out;        // SE passes: the depthwise output [N][Ho][Wo][e_pad]
+  T* row_sum;       // SE pass 1: sum over each row's pixels [N][Ho][e_pad]
+  int64_t wp_image; // SE pass 2: image n's projection weights are wp + n * wp_image
 };
 
 // One worker's buffers (the host's thread workspace). ring: ring_cap rows of [ring_w][e_pad],

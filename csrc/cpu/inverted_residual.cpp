@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "../se_aten.h"
 #include "cpu_kernels.h"
 #include "output_pool.h"
 #include "parallel_tasks.h"
@@ -73,6 +74,13 @@ struct IrConf {
   IrActs acts;
   double alpha[3], beta[3];  // expansion, depthwise, projection
   bool residual;
+};
+
+// Squeeze-and-excitation's tensors and configuration (conf.on: the block has it).
+struct IrSe {
+  SeConf conf;
+  std::optional<at::Tensor> reduce_weight, reduce_bias, expand_weight, expand_bias;
+  double alpha, beta;
 };
 
 cpu::IrShape geometry(const at::Tensor& x, const at::Tensor& dw_weight,
@@ -172,13 +180,66 @@ cpu::IrScratch<T> make_scratch(const cpu::IrShape& s) {
   return scr;
 }
 
+// mean[n][e] of the depthwise output from its row sums [N][Ho][e_pad], the rows added in order
+// (the same sum for any band split and build).
+template <typename T>
+at::Tensor mean_of_rows(const cpu::IrShape& s, const at::Tensor& row_sum) {
+  at::Tensor mean = at::empty({s.N, s.E}, row_sum.options());
+  const T* rs = row_sum.const_data_ptr<T>();
+  T* m = mean.mutable_data_ptr<T>();
+  const T inv = T(1) / static_cast<T>(s.Ho * s.Wo);
+  for (int64_t n = 0; n < s.N; ++n)
+    for (int64_t e = 0; e < s.E; ++e) {
+      T acc = 0;
+      for (int64_t oy = 0; oy < s.Ho; ++oy) acc += rs[(n * s.Ho + oy) * s.e_pad + e];
+      m[n * s.E + e] = acc * inv;
+    }
+  return mean;
+}
+
+// The block with SE, "keep the depthwise output" (see inverted_residual_kernel.h for why): pass
+// 1 expands and convolves as the one-pass kernel does, but stores the depthwise output d and
+// each row's channel sums instead of projecting; then the gate per image and channel (ATen, two
+// tiny FCs), folded into each image's projection weights; pass 2 projects d with them.
+template <typename T>
+void run_se(cpu::IrShape s, const cpu::Kernels<T>& k, cpu::IrArgs<T> a, const IrSe& se,
+            const at::Tensor& project_weight, const at::Tensor& project_scale,
+            const at::TensorOptions& opt) {
+  const at::Tensor d = cpu::pooled_empty({s.N, s.Ho, s.Wo, s.e_pad}, opt,
+                                         at::MemoryFormat::Contiguous);
+  const at::Tensor row_sum = at::empty({s.N, s.Ho, s.e_pad}, opt);
+  a.dw_out = d.mutable_data_ptr<T>();
+  a.row_sum = row_sum.mutable_data_ptr<T>();
+  s.se_pass = 1;
+  cpu::run_tasks_with(
+      s.N * s.bands, [&] { return make_scratch<T>(s); },
+      [&](const cpu::IrScratch<T>& scr, int64_t t) { k.ir_fwd(s, a, scr, t); });
+  const at::Tensor gate = se_gate(mean_of_rows<T>(s, row_sum), *se.reduce_weight,
+                                  *se.reduce_bias, *se.expand_weight, *se.expand_bias, se.conf,
+                                  se.alpha, se.beta);
+  const at::Tensor w = gated_projection(project_weight, gate);
+  std::vector<T> wp;
+  wp.reserve(s.N * s.co_pad * s.E);
+  for (int64_t n = 0; n < s.N; ++n) {
+    const std::vector<T> wn = pack_columns<T>(w[n], project_scale, s.co_pad, k.ir_block);
+    wp.insert(wp.end(), wn.begin(), wn.end());
+  }
+  a.wp = wp.data();
+  a.wp_image = s.co_pad * s.E;
+  s.se_pass = 2;
+  const cpu::IrScratch<T> none{};
+  cpu::run_tasks(s.N * s.bands, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) k.ir_fwd(s, a, none, t);
+  });
+}
+
 // The forward, its inputs checked by the caller.
 at::Tensor forward(const at::Tensor& x, const std::optional<at::Tensor>& expand_weight,
                    const std::optional<at::Tensor>& expand_scale,
                    const std::optional<at::Tensor>& expand_shift, const at::Tensor& dw_weight,
                    const at::Tensor& dw_scale, const at::Tensor& dw_shift,
                    const at::Tensor& project_weight, const at::Tensor& project_scale,
-                   const at::Tensor& project_shift, const IrConf& cf) {
+                   const at::Tensor& project_shift, const IrConf& cf, const IrSe& se) {
   check_backend_dtype("inverted_residual", "cpu", x, {at::kFloat, at::kDouble});
   const at::MemoryFormat fmt = x.suggest_memory_format();
   cpu::IrShape s = geometry(x, dw_weight, project_weight, given(expand_weight), cf);
@@ -195,6 +256,8 @@ at::Tensor forward(const at::Tensor& x, const std::optional<at::Tensor>& expand_
     const cpu::IrArgs<scalar_t> a{xc.const_data_ptr<scalar_t>(), p.we.data(), p.be.data(),
                                   p.wd.data(), p.sd.data(), p.bd.data(), p.wp.data(),
                                   p.bp.data(), out.mutable_data_ptr<scalar_t>()};
+    if (se.conf.on)
+      return run_se<scalar_t>(s, k, a, se, project_weight, project_scale, x.options());
     cpu::run_tasks_with(
         s.N * s.bands, [&] { return make_scratch<scalar_t>(s); },
         [&](const cpu::IrScratch<scalar_t>& scr, int64_t t) { k.ir_fwd(s, a, scr, t); });
@@ -213,11 +276,21 @@ at::Tensor inverted_residual_cpu(
     int64_t stride, at::IntArrayRef padding, int64_t dilation, c10::string_view dw_act,
     double dw_alpha, double dw_beta, const at::Tensor& project_weight,
     const at::Tensor& project_scale, const at::Tensor& project_shift,
-    c10::string_view project_act, double project_alpha, double project_beta, bool residual) {
+    c10::string_view project_act, double project_alpha, double project_beta, bool residual,
+    const std::optional<at::Tensor>& se_reduce_weight,
+    const std::optional<at::Tensor>& se_reduce_bias,
+    const std::optional<at::Tensor>& se_expand_weight,
+    const std::optional<at::Tensor>& se_expand_bias, c10::string_view se_act, double se_alpha,
+    double se_beta, c10::string_view se_gate) {
   const IrActs acts = check_inverted_residual(
       x, expand_weight, expand_scale, expand_shift, expand_act, dw_weight, dw_scale, dw_shift,
       stride, padding, dilation, dw_act, project_weight, project_scale, project_shift,
       project_act, residual);
+  const IrSe se{check_inverted_residual_se(x, dw_weight.size(0), se_reduce_weight,
+                                           se_reduce_bias, se_expand_weight, se_expand_bias,
+                                           se_act, se_gate),
+                se_reduce_weight, se_reduce_bias, se_expand_weight, se_expand_bias, se_alpha,
+                se_beta};
   const IrConf cf{stride,
                   dilation,
                   padding.vec(),
@@ -226,7 +299,7 @@ at::Tensor inverted_residual_cpu(
                   {expand_beta, dw_beta, project_beta},
                   residual};
   return forward(x, expand_weight, expand_scale, expand_shift, dw_weight, dw_scale, dw_shift,
-                 project_weight, project_scale, project_shift, cf);
+                 project_weight, project_scale, project_shift, cf, se);
 }
 
 }  // namespace

@@ -283,9 +283,35 @@ inline DwShape dw_view(const IrShape& s) {
   return p;
 }
 
+// sum[c] += d[i][c] over n pixels (SE pass 1), pixel by pixel so that the order of the sums is
+// the same in every build and for every band split.
+inline void add_pixels(const float* d, int64_t n, int64_t E, float* sum) {
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t c = 0; c < E; c += kV)
+      (Vec::loadu(sum + c) + Vec::loadu(d + i * E + c)).store(sum + c);
+}
+
+// SE pass 2 (IrShape::se_pass): output rows [oyA, oyB) of image n from the kept depthwise output,
+// in chunks of pixels as pass 0 projects them (a chunk of dw_out is read once from memory and then
+// from L1 by every block of output channels).
+inline void project_vec(const IrShape& s, const IrArgs<float>& a, int64_t task) {
+  const Act act_p(s.act_p, s.alpha_p, s.beta_p);
+  const int64_t n = task / s.bands, band = task % s.bands;
+  const Gemm g{s.E, a.wp + n * a.wp_image, a.bp, s.co_pad, s.Co, &act_p};
+  for (int64_t oy = band * s.Ho / s.bands; oy < (band + 1) * s.Ho / s.bands; ++oy) {
+    const float* d = a.dw_out + (n * s.Ho + oy) * s.Wo * s.e_pad;
+    float* out = a.out + (n * s.Ho + oy) * s.Wo * s.Co;
+    const float* res = s.residual ? a.x + (n * s.H + oy) * s.W * s.C : nullptr;
+    for (int64_t o0 = 0; o0 < s.Wo; o0 += s.chunk)
+      gemm(g, util::imin(s.chunk, s.Wo - o0), d + o0 * s.e_pad, s.e_pad, out + o0 * s.Co, s.Co,
+           res ? res + o0 * s.C : nullptr, s.C);
+  }
+}
+
 // Output rows [oyA, oyB) of image n: per row, the ring rows it reads, then chunks of pixels.
 inline void fwd_vec(const IrShape& s, const IrArgs<float>& a, const IrScratch<float>& scr,
                     int64_t task) {
+  if (s.se_pass == 2) return project_vec(s, a, task);
   const Act act_e(s.act_e, s.alpha_e, s.beta_e), act_p(s.act_p, s.alpha_p, s.beta_p);
   Task t{s, a, scr, {s.C, a.we, a.be, s.e_pad, s.e_pad, &act_e},
          {s.E, a.wp, a.bp, s.co_pad, s.Co, &act_p}, dw_view(s), DwArgs<float>{},
@@ -301,6 +327,17 @@ inline void fwd_vec(const IrShape& s, const IrArgs<float>& a, const IrScratch<fl
     for (int64_t ky = 0; ky < s.K; ++ky) {
       const int64_t iy = oy * s.S - s.pad_t + s.D * ky;
       rows[ky] = iy >= 0 && iy < s.H ? ring_row(t, iy) : nullptr;
+    }
+    if (s.se_pass == 1) {  // keep the depthwise output (in place of the chunk buffer), sum it
+      float* d = a.dw_out + (t.n * s.Ho + oy) * s.Wo * s.e_pad;
+      float* sum = a.row_sum + (t.n * s.Ho + oy) * s.e_pad;
+      util::fill(sum, s.e_pad, 0.f);
+      for (int64_t o0 = 0; o0 < s.Wo; o0 += s.chunk) {
+        const int64_t n = util::imin(s.chunk, s.Wo - o0);
+        dw_fn(t, rows, o0, n, d + o0 * s.e_pad);
+        add_pixels(d + o0 * s.e_pad, n, s.e_pad, sum);
+      }
+      continue;
     }
     float* out = a.out + (t.n * s.Ho + oy) * s.Wo * s.Co;
     const float* res = s.residual ? a.x + (t.n * s.H + oy) * s.W * s.C : nullptr;
@@ -348,10 +385,10 @@ const T* ring_row_scalar(const IrShape& s, const IrArgs<T>& a, const IrScratch<T
   return row;
 }
 
-// One output pixel: depthwise of every channel into d, then the projection.
+// One output pixel's depthwise, every channel, into d.
 template <typename T>
-void pixel_scalar(const IrShape& s, const IrArgs<T>& a, const T* const* rows, int64_t ox, T* d,
-                  const dw::ActV<T>& act_d, const dw::ActV<T>& act_p, T* out, const T* res) {
+void dw_pixel_scalar(const IrShape& s, const IrArgs<T>& a, const T* const* rows, int64_t ox, T* d,
+                     const dw::ActV<T>& act_d) {
   const int64_t E = s.e_pad, K = s.K;
   for (int64_t e = 0; e < E; ++e) {
     T acc = 0;
@@ -360,15 +397,36 @@ void pixel_scalar(const IrShape& s, const IrArgs<T>& a, const T* const* rows, in
         if (rows[ky]) acc += rows[ky][(ox * s.S + s.D * kx) * E + e] * a.wd[(ky * K + kx) * E + e];
     d[e] = act1(act_d, acc * a.sd[e] + a.bd[e]);
   }
+}
+
+// One output pixel's projection of d with weights wp [Co][E].
+template <typename T>
+void project_pixel_scalar(const IrShape& s, const IrArgs<T>& a, const T* wp, const T* d,
+                          const dw::ActV<T>& act_p, T* out, const T* res) {
   for (int64_t co = 0; co < s.Co; ++co) {
     T z = a.bp[co];
-    for (int64_t e = 0; e < s.E; ++e) z += d[e] * a.wp[co * s.E + e];
+    for (int64_t e = 0; e < s.E; ++e) z += d[e] * wp[co * s.E + e];
     out[co] = act1(act_p, z) + (res ? res[co] : T(0));
   }
 }
 
+// SE pass 2 (IrShape::se_pass): the projection of the kept depthwise output.
+template <typename T>
+void project_scalar(const IrShape& s, const IrArgs<T>& a, int64_t task) {
+  const dw::ActV<T> act_p(s.act_p, s.alpha_p, s.beta_p);
+  const int64_t n = task / s.bands, band = task % s.bands;
+  for (int64_t oy = band * s.Ho / s.bands; oy < (band + 1) * s.Ho / s.bands; ++oy)
+    for (int64_t ox = 0; ox < s.Wo; ++ox) {
+      const int64_t px = (n * s.Ho + oy) * s.Wo + ox;
+      const T* res = s.residual ? a.x + ((n * s.H + oy) * s.W + ox) * s.C : nullptr;
+      project_pixel_scalar(s, a, a.wp + n * a.wp_image, a.dw_out + px * s.e_pad, act_p,
+                           a.out + px * s.Co, res);
+    }
+}
+
 template <typename T>
 void fwd_scalar(const IrShape& s, const IrArgs<T>& a, const IrScratch<T>& scr, int64_t task) {
+  if (s.se_pass == 2) return project_scalar(s, a, task);
   const dw::ActV<T> act_e(s.act_e, s.alpha_e, s.beta_e), act_d(s.act_d, s.alpha_d, s.beta_d);
   const dw::ActV<T> act_p(s.act_p, s.alpha_p, s.beta_p);
   const int64_t n = task / s.bands, band = task % s.bands;
@@ -382,9 +440,19 @@ void fwd_scalar(const IrShape& s, const IrArgs<T>& a, const IrScratch<T>& scr, i
     }
     T* out = a.out + (n * s.Ho + oy) * s.Wo * s.Co;
     const T* res = s.residual ? a.x + (n * s.H + oy) * s.W * s.C : nullptr;
-    for (int64_t ox = 0; ox < s.Wo; ++ox)
-      pixel_scalar(s, a, rows, ox, scr.d, act_d, act_p, out + ox * s.Co,
-                   res ? res + ox * s.C : nullptr);
+    T* sum = s.se_pass == 1 ? a.row_sum + (n * s.Ho + oy) * s.e_pad : nullptr;
+    if (sum) util::fill(sum, s.e_pad, T(0));
+    for (int64_t ox = 0; ox < s.Wo; ++ox) {
+      if (sum) {  // SE pass 1: keep the depthwise output and sum it
+        T* d = a.dw_out + ((n * s.Ho + oy) * s.Wo + ox) * s.e_pad;
+        dw_pixel_scalar(s, a, rows, ox, d, act_d);
+        for (int64_t e = 0; e < s.e_pad; ++e) sum[e] += d[e];
+        continue;
+      }
+      dw_pixel_scalar(s, a, rows, ox, scr.d, act_d);
+      project_pixel_scalar(s, a, a.wp, scr.d, act_p, out + ox * s.Co,
+                           res ? res + ox * s.C : nullptr);
+    }
   }
 }
 

@@ -11,8 +11,16 @@
 // adds the step's kIrE terms of its kIrCo * kIrP / 256 outputs. Neither the expanded tensor nor
 // the depthwise output reaches global memory. Every sum runs in float32 (float64 for float64).
 // Backward: the block is recomputed in PyTorch (dasp_kernels/ops.py).
+//
+// With squeeze-and-excitation the block is a composition, not one kernel (the gate needs the
+// mean of the whole depthwise output before any projection): the expansion in ATen (1x1 conv,
+// scale/shift, activation), the depthwise by dwconv_bn_act's kernel, the gate in ATen (mean, two
+// tiny FCs), folded into each image's projection weights (se_aten.h), the projection a batched
+// matmul in ATen, then shift, activation and residual in ATen. The expanded and depthwise
+// tensors go to memory there.
 #include <torch/library.h>
 
+#include "../se_aten.h"
 #include "activation.cuh"
 #include "common.cuh"
 
@@ -134,6 +142,48 @@ StageAct<acc_t> stage_act(Act act, double alpha, double beta) {
 
 }  // namespace
 
+at::Tensor dwconv_bn_act_cuda(const at::Tensor& x, const at::Tensor& weight,
+                              const at::Tensor& scale, const at::Tensor& shift, int64_t stride,
+                              at::IntArrayRef padding, int64_t dilation, c10::string_view act,
+                              double alpha, double beta);
+
+namespace {
+
+at::Tensor bn_act(const at::Tensor& z, const at::Tensor& scale, const at::Tensor& shift, Act act,
+                  double alpha, double beta) {
+  return aten_act(z * scale.reshape({1, -1, 1, 1}) + shift.reshape({1, -1, 1, 1}), act, alpha,
+                  beta);
+}
+
+// The block with SE as the composition the file's head describes; inputs checked.
+at::Tensor inverted_residual_se(
+    const at::Tensor& x, const std::optional<at::Tensor>& expand_weight,
+    const std::optional<at::Tensor>& expand_scale, const std::optional<at::Tensor>& expand_shift,
+    const IrActs& acts, const double* alpha, const double* beta, const at::Tensor& dw_weight,
+    const at::Tensor& dw_scale, const at::Tensor& dw_shift, int64_t stride,
+    at::IntArrayRef padding, int64_t dilation, c10::string_view dw_act,
+    const at::Tensor& project_weight, const at::Tensor& project_scale,
+    const at::Tensor& project_shift, bool residual, const SeConf& se, const at::Tensor* se_t,
+    double se_alpha, double se_beta) {
+  const auto fmt = x.suggest_memory_format();
+  at::Tensor y = x;
+  if (given(expand_weight))
+    y = bn_act(at::conv2d(x, *expand_weight), *expand_scale, *expand_shift, acts.expand,
+               alpha[0], beta[0]);
+  const at::Tensor d = dwconv_bn_act_cuda(y, dw_weight, dw_scale, dw_shift, stride, padding,
+                                          dilation, dw_act, alpha[1], beta[1]);
+  const int64_t n = d.size(0), e = d.size(1), ho = d.size(2), wo = d.size(3);
+  const at::Tensor gate = se_gate(d.mean({2, 3}), se_t[0], se_t[1], se_t[2], se_t[3], se,
+                                  se_alpha, se_beta);
+  const at::Tensor z = at::bmm(gated_projection(project_weight, gate), d.reshape({n, e, ho * wo}));
+  at::Tensor out = bn_act(z.reshape({n, project_weight.size(0), ho, wo}), project_scale, project_shift, acts.project,
+                          alpha[2], beta[2]);
+  if (residual) out = out + x;
+  return out.contiguous(fmt);
+}
+
+}  // namespace
+
 at::Tensor inverted_residual_cuda(
     const at::Tensor& x, const std::optional<at::Tensor>& expand_weight,
     const std::optional<at::Tensor>& expand_scale, const std::optional<at::Tensor>& expand_shift,
@@ -142,13 +192,31 @@ at::Tensor inverted_residual_cuda(
     int64_t stride, at::IntArrayRef padding, int64_t dilation, c10::string_view dw_act,
     double dw_alpha, double dw_beta, const at::Tensor& project_weight,
     const at::Tensor& project_scale, const at::Tensor& project_shift, c10::string_view project_act,
-    double project_alpha, double project_beta, bool residual) {
+    double project_alpha, double project_beta, bool residual,
+    const std::optional<at::Tensor>& se_reduce_weight,
+    const std::optional<at::Tensor>& se_reduce_bias,
+    const std::optional<at::Tensor>& se_expand_weight,
+    const std::optional<at::Tensor>& se_expand_bias, c10::string_view se_act, double se_alpha,
+    double se_beta, c10::string_view se_gate) {
   const IrActs acts = check_inverted_residual(
       x, expand_weight, expand_scale, expand_shift, expand_act, dw_weight, dw_scale, dw_shift,
       stride, padding, dilation, dw_act, project_weight, project_scale, project_shift,
       project_act, residual);
+  const SeConf se = check_inverted_residual_se(x, dw_weight.size(0), se_reduce_weight,
+                                               se_reduce_bias, se_expand_weight, se_expand_bias,
+                                               se_act, se_gate);
   check_cuda_dtype("inverted_residual", x);
   c10::cuda::CUDAGuard guard(x.device());
+  if (se.on) {
+    const double alpha[3] = {expand_alpha, dw_alpha, project_alpha};
+    const double beta[3] = {expand_beta, dw_beta, project_beta};
+    const at::Tensor se_t[4] = {*se_reduce_weight, *se_reduce_bias, *se_expand_weight,
+                                *se_expand_bias};
+    return inverted_residual_se(x, expand_weight, expand_scale, expand_shift, acts, alpha, beta,
+                                dw_weight, dw_scale, dw_shift, stride, padding, dilation, dw_act,
+                                project_weight, project_scale, project_shift, residual, se, se_t,
+                                se_alpha, se_beta);
+  }
   const auto fmt = x.suggest_memory_format();
   const int64_t k = dw_weight.size(2), e = dw_weight.size(0), co = project_weight.size(0);
   const int64_t ho = dwconv_bn_act_out_size(x.size(2), k, stride, padding[0], padding[1], dilation);

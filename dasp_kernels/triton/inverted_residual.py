@@ -9,14 +9,22 @@ K*K expansions per depthwise output instead of one, the price of keeping no tile
 tensor (Triton cannot gather shifted windows from registers). Taps outside the input read zeros of
 the expanded tensor (its zero padding), not act(shift). Backward: the block is recomputed in
 PyTorch (dasp_kernels/ops.py, as for the CPU op).
+
+With squeeze-and-excitation the op is a composition, not one kernel (the gate needs the mean of
+the whole depthwise output before any projection): the expansion in PyTorch (1x1 conv, scale/
+shift, activation), the depthwise by dwconv_bn_act's Triton kernel, the gate in PyTorch (mean,
+two tiny FCs), folded into each image's projection weights, proj(s * d) = (W diag(s)) d, the
+projection a batched matmul, then shift, activation and residual in PyTorch. The expanded and
+depthwise tensors go to memory there.
 """
 import torch
 import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from dasp_kernels import _checks
+from dasp_kernels import _checks, reference
 from dasp_kernels.triton._activation import ACT_CODES, act_forward, act_scalar, split_scalar
+from dasp_kernels.triton.dwconv_bn_act import dw_forward
 from dasp_kernels.triton._common import (check_device, index64, keep_opaque_when_interpreted,
                                          on_interpreter, out_like, pixel_tile, pow2,
                                          register_autograd, should_launch)
@@ -141,6 +149,26 @@ def ir_forward(x, ew, es, esh, eact, ealpha, ebeta, dw, ds, dsh, stride, padding
     return y
 
 
+def ir_se_forward(x, ew, es, esh, eact, ealpha, ebeta, dw, ds, dsh, stride, padding, dilation,
+                  dact, dalpha, dbeta, pw, ps, psh, pact, palpha, pbeta, residual, se_rw, se_rb,
+                  se_ew, se_eb, se_act, se_alpha, se_beta, se_gate):
+    """The block with SE as the composition the module's docstring describes."""
+    y = x
+    if ew is not None:
+        y = reference.pointwise_bn_act(x, ew, es, esh, eact, ealpha, ebeta)
+    d = dw_forward(y, dw, ds, dsh, stride, padding, dilation, dact, dalpha, dbeta)
+    gate = reference.squeeze_excitation(d, se_rw, se_rb, se_ew, se_eb, se_act, se_alpha,
+                                        se_beta, se_gate).flatten(1)
+    n, e, oh, ow = d.shape
+    w = pw.reshape(1, -1, e) * gate[:, None, :]
+    z = torch.bmm(w, d.reshape(n, e, oh * ow)).reshape(n, pw.shape[0], oh, ow)
+    out = reference.activation(z * ps.view(1, -1, 1, 1) + psh.view(1, -1, 1, 1), pact, palpha,
+                               pbeta)
+    if residual:
+        out = out + x
+    return out.contiguous(memory_format=_checks.output_memory_format(x))
+
+
 @triton_op("dasp_kernels::inverted_residual_triton", mutates_args=())
 def inverted_residual_triton(
         x: torch.Tensor, expand_weight: torch.Tensor | None, expand_scale: torch.Tensor | None,
@@ -149,13 +177,21 @@ def inverted_residual_triton(
         dw_shift: torch.Tensor, stride: int, padding: list[int], dilation: int, dw_act: str,
         dw_alpha: float, dw_beta: float, project_weight: torch.Tensor,
         project_scale: torch.Tensor, project_shift: torch.Tensor, project_act: str,
-        project_alpha: float, project_beta: float, residual: bool) -> torch.Tensor:
+        project_alpha: float, project_beta: float, residual: bool,
+        se_reduce_weight: torch.Tensor | None = None, se_reduce_bias: torch.Tensor | None = None,
+        se_expand_weight: torch.Tensor | None = None, se_expand_bias: torch.Tensor | None = None,
+        se_act: str = "relu", se_alpha: float = 0.0, se_beta: float = 0.0,
+        se_gate: str = "sigmoid") -> torch.Tensor:
     args = (x, expand_weight, expand_scale, expand_shift, expand_act, expand_alpha, expand_beta,
             dw_weight, dw_scale, dw_shift, stride, padding, dilation, dw_act, dw_alpha, dw_beta,
             project_weight, project_scale, project_shift, project_act, project_alpha,
             project_beta, residual)
-    _checks.check_inverted_residual_args(args, torch._check)
+    se = (se_reduce_weight, se_reduce_bias, se_expand_weight, se_expand_bias, se_act, se_alpha,
+          se_beta, se_gate)
+    _checks.check_inverted_residual_args(args + se, torch._check)
     check_device(OP, x)
+    if se_reduce_weight is not None:
+        return ir_se_forward(*args, *se)
     return ir_forward(*args)
 
 

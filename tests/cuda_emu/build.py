@@ -36,10 +36,11 @@ def schemas():
 def write_sources(out_dir):
     cuda_dir = os.path.join(ROOT, "csrc", "cuda")
     os.makedirs(os.path.join(out_dir, "cuda"), exist_ok=True)
-    with open(os.path.join(ROOT, "csrc", "checks.h")) as f:
-        checks = f.read()
-    with open(os.path.join(out_dir, "checks.h"), "w") as f:
-        f.write(checks)
+    for header in ("checks.h", "se_aten.h"):  # the host-side headers the .cu files include
+        with open(os.path.join(ROOT, "csrc", header)) as f:
+            text = f.read()
+        with open(os.path.join(out_dir, header), "w") as f:
+            f.write(text)
     with open(os.path.join(HERE, "emu.h")) as f:
         emu = f.read()
     with open(os.path.join(out_dir, "cuda", "emu.h"), "w") as f:
