@@ -15,7 +15,7 @@ what was measured.
 """
 import torch
 
-from dasp_kernels import dw_choice, timing
+from dasp_kernels import dw_choice, reference, timing
 
 IMPLS = ("auto", "dasp", "layers")
 # key -> ("dasp" or "layers", our ms, the layers' ms)
@@ -54,8 +54,9 @@ def choose_eager(key, op, layers):
 def compiled_key(args):
     """What the choice under torch.compile depends on, from the op's arguments, as constants."""
     x, ew, dw, pw = args[0], args[1], args[7], args[16]
+    se = None if len(args) == 23 or args[23] is None else (args[23].shape[0], *args[27:31])
     return (tuple(x.shape), None if ew is None else ew.shape[0], tuple(dw.shape), pw.shape[0],
-            tuple(args[4:7]), args[10], tuple(args[11]), *args[12:16], *args[19:23])
+            tuple(args[4:7]), args[10], tuple(args[11]), *args[12:16], *args[19:23], se)
 
 
 @torch._dynamo.assume_constant_result
@@ -77,7 +78,7 @@ def _random_args(key):
     """The op's arguments for a compiled_key (plus its prefix and thread count), channels_last,
     random values."""
     (_, shape, e, dw_shape, co, eact, stride, padding, dilation, dact, da, db, pact, pa, pb,
-     residual, _) = key
+     residual, se, _) = key
     gen = torch.Generator().manual_seed(0)
     c = shape[1]
 
@@ -87,9 +88,11 @@ def _random_args(key):
     x = torch.randn(shape, generator=gen).contiguous(memory_format=torch.channels_last)
     expand = (rand(e, c, 1, 1), rand(e), rand(e)) if e is not None else (None,) * 3
     width = dw_shape[0]
+    squeeze = () if se is None else (rand(se[0], width, 1, 1), rand(se[0]),
+                                     rand(width, se[0], 1, 1), rand(width), *se[1:])
     return (x, *expand, *eact, rand(*dw_shape), rand(width), rand(width), stride, list(padding),
             dilation, dact, da, db, rand(co, width, 1, 1), rand(co), rand(co), pact, pa, pb,
-            residual)
+            residual, *squeeze)
 
 
 def _conv_post_op(x, w, shift, stride, padding, dilation, groups, act, alpha, beta):
@@ -106,9 +109,10 @@ def _conv_post_op(x, w, shift, stride, padding, dilation, groups, act, alpha, be
 
 def onednn_block(args):
     """A callable running the block of the op's arguments `args` (float32, channels_last) as
-    inductor with freezing does: three oneDNN convolutions with post-ops."""
+    inductor with freezing does: three oneDNN convolutions with post-ops (and SE between the
+    last two in ATen: the mean, two tiny FCs, the gate, the product)."""
     (x, ew, es, esh, eact, ea, eb, dw, ds, dsh, stride, pad, dil, dact, da, db, pw, ps, psh,
-     pact, pa, pb, residual) = args
+     pact, pa, pb, residual) = args[:23]
     steps = []
     y = x
     if ew is not None:
@@ -119,6 +123,8 @@ def onednn_block(args):
                       db)
     steps.append(f)
     y = f(y)
+    if len(args) > 23 and args[23] is not None:
+        steps.append(lambda inp: inp * reference.squeeze_excitation(inp, *args[23:]))
     wp = pw * ps.view(-1, 1, 1, 1)
     if residual and pact == "none":
         packed = torch.ops.mkldnn._reorder_convolution_weight(wp, [0, 0], [1, 1], [1, 1], 1,
