@@ -17,7 +17,10 @@ WORKLOADS = ([f"tv/{n}" for n in TORCHVISION_CLASSIFIERS + TORCHVISION_SEGMENTAT
 CLASSIFIERS = [f"tv/{n}" for n in TORCHVISION_CLASSIFIERS] + [f"timm/{n}" for n in TIMM]
 # Single blocks at the input they see inside their model for the case's image size:
 # "tvblock/<model>/<i>" is torchvision <model>'s features[i] (an inverted-residual block).
-BLOCKS = [f"tvblock/mobilenet_v2/{i}" for i in range(1, 18)]
+# mobilenet_v3_large's blocks with squeeze-and-excitation: features 4-6 and 11-15.
+MNV3_SE_BLOCKS = (4, 5, 6, 11, 12, 13, 14, 15)
+BLOCKS = ([f"tvblock/mobilenet_v2/{i}" for i in range(1, 18)]
+          + [f"tvblock/mobilenet_v3_large/{i}" for i in MNV3_SE_BLOCKS])
 
 
 class SegmentationOut(nn.Module):

@@ -13,7 +13,8 @@ Workloads (names for --workloads; a group name or a prefix selects several):
           tv/shufflenet_v2_x1_0, tv/mnasnet1_0, tv/lraspp_mobilenet_v3_large,
           tv/deeplabv3_mobilenet_v3_large (their "out"), timm/efficientnet_lite0,
           timm/mobilenetv4_conv_small, and both BiSeNetV1 (see benchmarks/realmodels.py)
-  realblocks  tvblock/mobilenet_v2/{1..17}: each inverted-residual block of mobilenet_v2 alone, at
+  realblocks  tvblock/mobilenet_v2/{1..17}, tvblock/mobilenet_v3_large/{4,5,6,11..15} (its SE
+          blocks): each inverted-residual block alone, at
           the input it sees for the image size given (a whole-model provider set)
   stream  stream/copy, stream/triad: the memory-bandwidth ceiling for the GB/s figures;
           stream/fma (CPU): the compute ceiling, a register-only FMA loop of this library's CPU

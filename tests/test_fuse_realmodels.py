@@ -121,7 +121,7 @@ def test_fused_model_compiles_without_breaks_or_layout_copies(monkeypatch):
         out, code = run_and_get_code(compiled, x)
         torch.testing.assert_close(out, model(x), rtol=1e-4, atol=1e-4)
     src = "\n".join(code)
-    # 7 blocks without squeeze-and-excitation run as one op each, depthwise layer included.
-    assert src.count("torch.ops.dasp_kernels.inverted_residual.default(") == 7
-    assert src.count("torch.ops.dasp_kernels.dwconv_bn_act.default(") == 15 - 7
+    # All 15 blocks (8 with squeeze-and-excitation) run as one op each, depthwise layer included.
+    assert src.count("torch.ops.dasp_kernels.inverted_residual.default(") == 15
+    assert src.count("torch.ops.dasp_kernels.dwconv_bn_act.default(") == 0
     assert "cpp_fused_dwconv_bn_act" not in src and "cpp_fused_inverted_residual" not in src
