@@ -16,6 +16,16 @@
 //
 // fwd_vec: float32 in every build (at::vec). fwd_scalar: plain loops over the same ring, any
 // dtype; float64 runs the portable build's copy (kernel_table.h), as the stage's rows do.
+//
+// Squeeze-and-excitation (IrShape::se_pass) needs the mean of the whole depthwise output d before
+// any pixel is projected. Design "keep d": pass 1 is the loop below with d stored (the chunk
+// buffer is the row of IrArgs::dw_out) and summed per row while in L1; the host folds the gate
+// into each image's projection weights; pass 2 (project_vec) projects d from memory. The
+// alternative, "recompute", runs expansion + depthwise twice (once for the sums) and keeps no d.
+// Keep d costs a write and a read of d (E floats per output pixel); recompute costs the expansion
+// GEMM and the depthwise again, which on MobileNetV3's SE blocks take more time than that traffic
+// (measured, docs/architecture.md: on mobilenet_v3_large's 8 SE blocks at 1x3x512x1024, one
+// thread, CPU time, keep d 46.6 ms, the recompute estimate 69.1 ms, the one pass without SE 39.8).
 
 namespace dasp_kernels::cpu::DASP_ISA {
 namespace ir {
