@@ -251,3 +251,22 @@ def test_se_lookalikes_are_left_with_a_reason():
     se.bn = torch.nn.BatchNorm2d(4)
     assert fuse_se.se_plan(se, "se", 16) == "squeeze-and-excitation (se) with other layers (bn)"
     assert fuse_se.se_plan(torch.nn.ReLU(), "act", 16) is None
+
+
+@cpu_only
+def test_se_blocks_export_to_onnx_as_standard_ops():
+    """A fused SE block exports as its layers (ReduceMean or GlobalAveragePool, Conv, the gate),
+    standard ops only."""
+    onnx = pytest.importorskip("onnx")
+    torch.manual_seed(0)
+    model = _perturbed(torchvision.models.mobilenet_v3_large()).features[:5]
+    fused = dasp_kernels.fuse(model)
+    assert fuse_blocks.is_fused_block(fused[4])
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        close_rel_max(fused(x), model(x), 1e-5)
+    f = io.BytesIO()
+    torch.onnx.export(fused, (x,), f, dynamo=False)
+    nodes = onnx.load_from_string(f.getvalue()).graph.node
+    assert all(n.domain in ("", "ai.onnx") for n in nodes)
+    assert any(n.op_type == "HardSigmoid" for n in nodes)  # features[4]'s SE gate
