@@ -24,8 +24,8 @@
 // alternative, "recompute", runs expansion + depthwise twice (once for the sums) and keeps no d.
 // Keep d costs a write and a read of d (E floats per output pixel); recompute costs the expansion
 // GEMM and the depthwise again, which on MobileNetV3's SE blocks take more time than that traffic
-// (measured, docs/architecture.md: on mobilenet_v3_large's 8 SE blocks at 1x3x512x1024, one
-// thread, CPU time, keep d 46.6 ms, the recompute estimate 69.1 ms, the one pass without SE 39.8).
+// (measured, docs/architecture.md: mobilenet_v3_large's 8 SE blocks at 1x3x512x1024, 2 threads,
+// keep d 39.7 ms, the recompute estimate 56.7 ms, the one pass without SE 32.4 ms).
 
 namespace dasp_kernels::cpu::DASP_ISA {
 namespace ir {
