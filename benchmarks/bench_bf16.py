@@ -51,8 +51,10 @@ def shape_providers(c, h, w, k, s, d, act):
     want = fns["ours fp32"]()
     for name in ("ours bf16", "onednn bf16"):
         got = fns[name]().float()
-        err = ((got - want).abs() / (want.abs() + 1e-2 * want.abs().max())).max().item()
-        if got.dtype != torch.float32 or err > 0.05:
+        # Relative to the largest output: the inputs' own rounding to bf16 (u = 2^-8 on each of
+        # the K*K products and the shift) moves outputs near 0 by more than their size.
+        err = ((got - want).abs().max() / want.abs().max()).item()
+        if err > 0.02:
             raise SystemExit(f"{c}x{h}x{w} K{k}: {name} differs from ours fp32 by {err:.3g}")
     return fns
 
