@@ -7,8 +7,8 @@ Policy (the same for every op, its forward and the wrappers of dasp_kernels.func
   give under autocast. float64 tensors are left alone, as autocast leaves them.
   The folded scale and shift are cast too, not kept in float32: every op takes one dtype for all
   its tensors (checks, fakes, kernels and the gradients' dtypes stay as they are), and rounding
-  them to bfloat16 adds at most 2^-9 of |scale * conv| and of |shift| to a result that is itself
-  rounded to bfloat16 (2^-9 relative), while the kernels accumulate in float32 either way.
+  them to bfloat16 adds at most 2^-8 of |scale * conv| and of |shift| to a result that is itself
+  rounded to bfloat16 (2^-8 relative), while the kernels accumulate in float32 either way.
 - autocast("cpu", dtype=torch.float16): the tensors are cast to float32 instead (the op runs in
   float32 and returns float32, as autocast runs its float32-list ops): the CPU kernels have no
   float16 path (this CPU has no AVX512_FP16, so float16 would only be converted to float32 and
