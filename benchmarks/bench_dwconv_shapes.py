@@ -2,13 +2,16 @@
 activation) at MobileNet / EfficientNet / segmentation shapes, in both memory formats (issue 18).
 
     python benchmarks/bench_dwconv_shapes.py [--threads 2] [--time 0.5] [--rows NAME,...]
+        [--clock wall|thread]
 
 Every row checks our output against the eager one before timing. Times are medians (us) of
 calls interleaved round by round with harness.measure_interleaved, so that a busy machine slows
 every provider alike, back to back (gap_s=0: after measure_interleaved's default 1 ms pause the
 worker threads sleep, and waking them added 100-400 us per call on a 2-core VM). The last rows
 time the per-call overhead at 960x7x7: the Python wrapper (dasp_kernels.dwconv_bn_act), the
-bare op (torch.ops) and F.conv2d alone. No results are stored.
+bare op (torch.ops) and F.conv2d alone. --clock thread (with --threads 1) times the CPU time of the
+calling thread instead of the wall clock: kernel work is comparable on a machine busy with other
+work (builds, tests), where wall times are not. No results are stored.
 """
 import argparse
 import os
@@ -80,7 +83,8 @@ def overhead_rows(args):
             x, wt, sc, sh, 1, [1, 1, 1, 1], 1, "relu", 0.0, 0.0),
         "F.conv2d": lambda: F.conv2d(x, wt, None, 1, 1, 1, 960),
     }
-    t = harness.measure_interleaved(fns, min_time_s=args.time, max_reps=5000, gap_s=0.0)
+    t = harness.measure_interleaved(fns, min_time_s=args.time, max_reps=5000, gap_s=0.0,
+                                    clock=args.clock)
     for name, tm in t.items():
         ms = tm.median_ms if args.stat == "median" else tm.p20_ms
         print(f"  960x7x7 NCHW relu via {name:38s} {ms * 1e3:8.1f} us")
@@ -94,10 +98,12 @@ def main():
     ap.add_argument("--no-overhead", action="store_true")
     ap.add_argument("--stat", choices=("median", "p20"), default="median",
                     help="p20: the 20%% quantile, less moved by other work on a shared machine")
+    ap.add_argument("--clock", choices=("wall", "thread"), default="wall",
+                    help="thread: CPU time of the calling thread (needs --threads 1)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     names = [r.strip() for r in args.rows.split(",") if r.strip()] or list(ROWS)
-    print(f"threads {args.threads}, cpu_isa {dasp_kernels.cpu_isa()}, {harness.cpu_model()}, "
+    print(f"threads {args.threads}, clock {args.clock}, cpu_isa {dasp_kernels.cpu_isa()}, {harness.cpu_model()}, "
           f"load {os.getloadavg()[0]:.2f}")
     print(f"{'shape':26s} {'ours nchw':>10s} {'ours cl':>10s} {'eager nchw':>11s} "
           f"{'eager cl':>10s}   (us, {args.stat})")
@@ -107,7 +113,7 @@ def main():
             for cl in (False, True):
                 fns.update(providers(*ROWS[name], cl))
             t = harness.measure_interleaved(fns, min_time_s=args.time, max_reps=2000,
-                                            gap_s=0.0)
+                                            gap_s=0.0, clock=args.clock)
             us = {k: (v.median_ms if args.stat == "median" else v.p20_ms) * 1e3
                   for k, v in t.items()}
             print(f"{name:26s} {us['ours nchw']:10.1f} {us['ours cl']:10.1f} "

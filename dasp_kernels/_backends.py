@@ -9,7 +9,9 @@ from dasp_kernels import _loader
 BACKENDS = ("reference", "cpu", "cuda", "triton")
 # dtypes each compiled backend accepts; "reference" takes whatever torch does.
 DTYPES = {
-    "cpu": (torch.float32, torch.float64),
+    # bfloat16: a real kernel where csrc/cpu has one, else computed in float32 and rounded
+    # (csrc/cpu/bf16_via_float.h); float16 refused (no AVX512_FP16 here: it would be float32 work).
+    "cpu": (torch.float32, torch.float64, torch.bfloat16),
     "cuda": (torch.float32, torch.float64, torch.float16, torch.bfloat16),
     "triton": (torch.float32, torch.float64, torch.float16, torch.bfloat16),
 }

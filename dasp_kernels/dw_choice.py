@@ -54,10 +54,20 @@ def env_mode(variable, modes):
     return value
 
 
+def run_dtype(x):
+    """The dtype the layer's convolution runs in: autocast's where autocast is on (F.conv2d and
+    our op, dasp_kernels/autocast.py, both cast to it), else x's."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
 def onednn_can_run(x, padding, act):
-    """Whether oneDNN's path applies: float32 on the CPU, symmetric padding (its padding argument
-    is one value per side pair), static shapes (the choice is keyed on them)."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and act in _POST_OPS
+    """Whether oneDNN's path applies: float32, or bfloat16 (autocast's), on the CPU, symmetric
+    padding (its padding argument is one value per side pair), static shapes (the choice is keyed
+    on them). Under float16 autocast our op runs in float32 and oneDNN's would in float16: ours."""
+    return (x.device.type == "cpu" and run_dtype(x) in (torch.float32, torch.bfloat16)
+            and act in _POST_OPS
             and _mkldnn_available()
             and padding[0] == padding[1] and padding[2] == padding[3]
             and all(isinstance(d, int) for d in x.shape))
@@ -84,7 +94,7 @@ def layer_key(x, k, stride, padding, dilation, act, alpha, beta):
     channels_last = torch.compiler.is_compiling() or (
         not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last))
     return (tuple(x.shape), channels_last, k, stride, tuple(padding), dilation, act,
-            float(alpha), float(beta))
+            float(alpha), float(beta), str(run_dtype(x)).removeprefix("torch."))
 
 
 def use_onednn(x, k, stride, padding, dilation, act, alpha, beta):
@@ -114,7 +124,8 @@ def chosen():
 
 
 def _measure(key):
-    shape, channels_last, k, stride, padding, dilation, act, alpha, beta, _ = key
+    shape, channels_last, k, stride, padding, dilation, act, alpha, beta, dtype, _ = key
+    dtype = getattr(torch, dtype)  # bfloat16 under autocast: both sides measured in it
     from torch._subclasses.fake_tensor import unset_fake_temporarily
 
     with unset_fake_temporarily(), torch.no_grad():
@@ -125,6 +136,7 @@ def _measure(key):
         c = shape[1]
         w = torch.randn(c, 1, k, k, generator=gen)
         scale, shift = torch.rand(c, generator=gen) + 0.5, torch.randn(c, generator=gen)
+        x, w, scale, shift = (t.to(dtype) for t in (x, w, scale, shift))
         # oneDNN's weight in its own layout for this input, as the fused layer and inductor's
         # frozen graph hand it over.
         w_packed = torch.ops.mkldnn._reorder_convolution_weight(

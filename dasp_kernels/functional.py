@@ -1,7 +1,12 @@
-"""Public functions: validate input (got vs expected), pick a backend, call exactly one op."""
+"""Public functions: validate input (got vs expected), pick a backend, call exactly one op.
+
+Under torch.autocast each first casts its tensors as the ops' own autocast kernels do
+(dasp_kernels/autocast.py), so that the checks see what the op will run on.
+"""
 import torch
 
 from dasp_kernels import _backends, _checks, reference
+from dasp_kernels.autocast import cast_args
 
 
 def _triton():
@@ -46,6 +51,7 @@ def dwconv_bn_act(x, weight, scale, shift, *, bias=None, stride=1, padding=0, di
     max beta; ReLU6 is alpha=0, beta=6), "hardswish", "silu", "gelu", "gelu_tanh" or "leaky_relu"
     (negative slope alpha). The output has x's memory format.
     """
+    x, weight, scale, shift, bias = cast_args((x, weight, scale, shift, bias))
     k = weight.shape[2] if weight.dim() == 4 else 0
     pad = _padding4(padding, x, k, stride, dilation)
     if bias is not None:
@@ -80,6 +86,7 @@ def ppm_add(x, weight, residual, *, backend="auto"):
     x: (N, Cin, H, W); weight: (Cout, Cin, 1, 1); residual: (N, Cout, ceil(H/2), ceil(W/2)).
     The output has x's memory format.
     """
+    x, weight, residual = cast_args((x, weight, residual))
     _checks.check_ppm_add(x, weight, residual, _checks.raise_value_error)
     b = _backends.pick(backend, x, "ppm_add")
     if b == "reference":
@@ -99,7 +106,8 @@ def dasp_stage(x, dw_weight, dw_scale, dw_shift, pw_weight, pw_scale, pw_shift, 
     then 1x1 conv (ppm_weight (Cout, Cin, 1, 1)). Output (N, Cout, ceil(H/2), ceil(W/2)) in x's
     memory format.
     """
-    args = (x, dw_weight, dw_scale, dw_shift, pw_weight, pw_scale, pw_shift, ppm_weight)
+    args = cast_args((x, dw_weight, dw_scale, dw_shift, pw_weight, pw_scale, pw_shift,
+                      ppm_weight))
     _checks.check_dasp_stage(*args, _checks.raise_value_error)
     b = _backends.pick(backend, x, "dasp_stage")
     if b == "reference":
@@ -119,7 +127,7 @@ def dasp_spatial_path(x, stage_params, *, backend="auto"):
     output but the last is ever written to memory. Backends without a whole-path kernel run one
     fused dasp_stage op per stage. The output has x's memory format.
     """
-    stage_params = list(stage_params)
+    x, stage_params = cast_args((x, list(stage_params)))
     _checks.check_dasp_spatial_path(x, stage_params, _checks.raise_value_error)
     b = _backends.pick(backend, x, "dasp_spatial_path")
     if b == "reference":
@@ -190,6 +198,7 @@ def inverted_residual(x, dw_weight, dw_scale, dw_shift, project_weight, project_
 
 def inverted_residual_of_op_args(args, backend="auto"):
     """inverted_residual on the op's positional arguments (inverted_residual_op_args)."""
+    args = cast_args(tuple(args))
     x = args[0]
     _checks.check_inverted_residual_args(args, _checks.raise_value_error)
     b = _backends.pick(backend, x, "inverted_residual")

@@ -237,8 +237,11 @@ def _fused_forward(cls):
         norms = [self.get_submodule(s[1]) for s in plan[:3] if s is not None]
         if any(bn.training for bn in norms) or torch.onnx.is_in_onnx_export():
             return cls.forward(self, x)
-        if x.dtype != self.get_submodule(plan[1][0]).weight.dtype:
-            return cls.forward(self, x)  # autocast: the per-layer path casts as it goes
+        if (x.dtype != self.get_submodule(plan[1][0]).weight.dtype
+                or torch.is_autocast_enabled(x.device.type)):
+            # autocast: the layers (oneDNN's bf16 convs, our bf16 depthwise op) run in bf16; the
+            # block's op has no bf16 kernel yet (it would compute in float32).
+            return cls.forward(self, x)
         # Our CPU kernel can run (else the wrapper picks the reference, with nothing to choose).
         ours_cpu = (x.device.type == "cpu" and backend in ("auto", "cpu")
                     and _loader.has_cpu_extension())

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dasp_kernels import _checks, _loader, dw_choice, functional, reference
+from dasp_kernels import _checks, _loader, autocast, dw_choice, functional, reference
 from dasp_kernels.reference import fold_bn
 
 # timm blocks (module, class) whose forward applies conv then norm directly: (conv, norm) names.
@@ -209,6 +209,7 @@ class FusedDWConv2d(nn.Conv2d):
                 or x.device.type != "cpu"
                 or backend not in ("auto", "cpu") or not _loader.has_cpu_extension()
                 or x.dtype not in (torch.float32, torch.float64)
+                or torch.is_autocast_enabled("cpu")  # _forward casts as autocast does
                 or torch.onnx.is_in_onnx_export()):
             return None
         tensors = [t for t in (self.weight, self.bias, bn.weight, bn.bias, bn.running_mean,
@@ -265,11 +266,12 @@ class FusedDWConv2d(nn.Conv2d):
 
 
 def _in_weight_dtype(fn, x, weight):
-    """fn(x) where x has the dtype of the weights; a reduced-precision input (bf16 or fp16, as a
-    layer after an autocast convolution gets) is computed in the weights' dtype and the result
-    cast back, because the kernels take one dtype for all their tensors and have no bf16 path
-    yet."""
-    if x.dtype not in (torch.bfloat16, torch.float16) or weight.dtype == x.dtype:
+    """fn(x) where x has the dtype of the weights; outside autocast, a reduced-precision input
+    (bf16 or fp16) is computed in the weights' dtype and the result cast back, because the ops
+    take one dtype for all their tensors. Under autocast x goes as it is: the ops cast by the
+    policy of dasp_kernels/autocast.py (bf16 in, bf16 out), as torch's convolutions do."""
+    if (x.dtype not in (torch.bfloat16, torch.float16) or weight.dtype == x.dtype
+            or autocast.target_dtype(x.device.type) is not None):
         return fn(x)
     return fn(x.to(weight.dtype)).to(x.dtype)
 

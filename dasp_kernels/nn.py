@@ -269,8 +269,10 @@ def fuse(model, backend="auto"):
     "dwconv_bn_relu": m, "dwconv_bn_act": k, "inverted_residual": b}`; `fuse_report(fused)`
     lists what was fused and each depthwise conv and block left, with the reason. In eval mode on
     the CPU each FusedDWConv2d runs the faster of our kernel and oneDNN's conv with a post-op at
-    its shape (dasp_kernels/dw_choice.py). Reduced-precision inputs (bf16/fp16 under
-    torch.autocast) run in the weights' dtype and come back in theirs.
+    its shape (dasp_kernels/dw_choice.py). Under torch.autocast("cpu", bfloat16) the fused
+    modules run our ops in bf16 and return bf16, as torch's convolutions do (policy:
+    dasp_kernels/autocast.py; inverted-residual blocks then run as their layers); outside autocast
+    a bf16/fp16 input runs in the weights' dtype and comes back in its own.
     """
     model = copy.deepcopy(model)
     counts = {"dasp_stage": 0, "dwconv_bn_relu": 0, "dwconv_bn_act": 0, "inverted_residual": 0}

@@ -8,7 +8,7 @@ loads; does nothing without it), and "dasp_emu", the CUDA emulator of the tests
 """
 import torch
 
-from dasp_kernels import _checks, reference
+from dasp_kernels import _checks, autocast, reference
 from dasp_kernels._loader import has_cpu_extension
 
 LIB = "dasp_kernels"
@@ -93,6 +93,9 @@ def _path_backward(ctx, grad):
     # Recompute each stage's input (only the last stage's output was kept: none), then
     # differentiate stage by stage from the last.
     x, *params = ctx.saved_tensors
+    dtype = x.dtype
+    if dtype == torch.bfloat16:  # float32 inside, each gradient rounded once (as the C++ ops')
+        x, params, grad = x.float(), [p.float() for p in params], grad.float()
     stages = [params[i:i + 7] for i in range(0, len(params), 7)]
     inputs = [x]
     for p in stages[:-1]:
@@ -102,7 +105,7 @@ def _path_backward(ctx, grad):
         g = ctx.ops._dasp_stage_backward(grad, inputs[s], *stages[s])
         grad = g[0]
         grads[7 * s:7 * s + 7] = g[1:]
-    return grad, grads
+    return grad.to(dtype), [g.to(dtype) for g in grads]
 
 
 def _ppm_setup(ctx, inputs, output):
@@ -140,15 +143,20 @@ def _ir_backward(ctx, grad):
     # wide tensors live only for this call).
     args = list(ctx.conf)
     tensors = [i for i in _IR_TENSORS if i < len(args)]
+    # bf16: differentiated in float32, the gradients rounded once (bf16 layers would round
+    # every intermediate).
+    wide = ctx.saved_tensors[0].dtype == torch.bfloat16
     for i, t in zip(tensors, ctx.saved_tensors):
         needs = t is not None and ctx.needs_input_grad[i]
+        t = t.float() if wide and t is not None else t
         args[i] = t.detach().requires_grad_() if needs else t
     leaves = [i for i in tensors if args[i] is not None and args[i].requires_grad]
     grads = [None] * len(args)
     with torch.enable_grad():
         out = reference.inverted_residual(*args)
+        grad = grad.float() if wide else grad
         for i, g in zip(leaves, torch.autograd.grad(out, [args[i] for i in leaves], grad)):
-            grads[i] = g
+            grads[i] = g.to(torch.bfloat16) if wide else g
     return tuple(grads)
 
 
@@ -180,14 +188,15 @@ def register(ns=LIB):
     if ns == LIB and not has_cpu_extension():
         return
     ops = getattr(torch.ops, ns)
-    for name, (fake, backward_fake, _, _) in OPS.items():
-        if not hasattr(ops, name):
-            continue  # e.g. the emulator has no dasp_spatial_path (CUDA runs it stage by stage)
+    names = [name for name in OPS if hasattr(ops, name)]  # the emulator has no dasp_spatial_path
+    for name in names:
+        fake, backward_fake, _, _ = OPS[name]
         torch.library.register_fake(f"{ns}::{name}")(fake)
         if backward_fake is not None:
             torch.library.register_fake(f"{ns}::_{name}_backward")(backward_fake)
         backward, setup = autograd_of(name, ops)
         torch.library.register_autograd(f"{ns}::{name}", backward, setup_context=setup)
+    autocast.register(ns, names)
 
 
 register()

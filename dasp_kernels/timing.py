@@ -62,7 +62,17 @@ def _cpu_clock():
     return (r.ru_utime + r.ru_stime) / torch.get_num_threads()
 
 
-CLOCKS = {"wall": time.perf_counter, "cpu": _cpu_clock}
+def _thread_clock():
+    """CPU seconds of the calling thread (CLOCK_THREAD_CPUTIME_ID, nanosecond resolution): with one
+    torch thread the kernels run in it, and a core shared with other work no longer moves the
+    number by the time the scheduler gave away (getrusage's counts, _cpu_clock, are coarser)."""
+    if torch.get_num_threads() != 1:
+        raise ValueError(f"measure_interleaved: clock 'thread' expected torch.get_num_threads() 1, "
+                         f"got {torch.get_num_threads()}")
+    return time.thread_time()
+
+
+CLOCKS = {"wall": time.perf_counter, "cpu": _cpu_clock, "thread": _thread_clock}
 
 
 def measure_interleaved(fns, *, device="cpu", warmup=2, min_reps=10, max_reps=200,
@@ -78,13 +88,15 @@ def measure_interleaved(fns, *, device="cpu", warmup=2, min_reps=10, max_reps=20
     that evicted its input from the cache) changes its time, and in a fixed order every callable
     would always follow the same neighbour. order="fixed" keeps the order of `fns`.
     before: called, untimed, before each timed call (e.g. a cache flush). clock (CPU only):
-    "wall" or "cpu" (see _cpu_clock). Returns {name: Timing}.
+    "wall", "cpu" (see _cpu_clock) or "thread" (one thread only, see _thread_clock). Returns
+    {name: Timing}.
     """
     if order not in ORDERS:
         raise ValueError(f"measure_interleaved: expected order {' or '.join(map(repr, ORDERS))}, "
                          f"got {order!r}")
     if clock not in CLOCKS:
-        raise ValueError(f"measure_interleaved: expected clock 'wall' or 'cpu', got {clock!r}")
+        raise ValueError(f"measure_interleaved: expected clock 'wall', 'cpu' or 'thread', got "
+                         f"{clock!r}")
     now = CLOCKS[clock]
     rng = random.Random(seed)
     names = list(fns)

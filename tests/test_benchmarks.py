@@ -40,6 +40,20 @@ def test_measure_times_a_sleep_of_known_length():
     assert 19.9 <= t.p20_ms <= t.median_ms <= t.p80_ms < 60
 
 
+def test_thread_clock_counts_work_not_sleep():
+    spin = lambda: sum(range(20000))  # noqa: E731
+    t = harness.measure_interleaved({"sleep": lambda: time.sleep(0.02), "spin": spin},
+                                    warmup=1, min_reps=3, max_reps=3, min_time_s=0,
+                                    clock="thread")
+    assert t["sleep"].median_ms < 2 and t["spin"].median_ms > 0
+
+
+def test_thread_clock_needs_one_thread():
+    torch.set_num_threads(2)
+    with pytest.raises(ValueError, match="clock 'thread' expected torch.get_num_threads"):
+        harness.measure(lambda: None, warmup=0, min_reps=1, max_reps=1, clock="thread")
+
+
 def test_measure_runs_until_min_time():
     t = harness.measure(lambda: time.sleep(0.002), warmup=0, min_reps=2, max_reps=1000,
                         min_time_s=0.05)

@@ -79,7 +79,7 @@ def test_fused_model_runs_under_bf16_autocast():
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out, ref = _features(fused, x), _features(model, x)
     assert out.dtype == ref.dtype == torch.bfloat16
-    # The fused layers compute in fp32 and round once, autocast's convs in bf16: bf16 agreement.
+    # Both run their convs in bf16 (ours: float32 sums rounded once, autocast.py): bf16 agreement.
     torch.testing.assert_close(out.float(), ref.float(), rtol=0.1, atol=0.1)
 
 

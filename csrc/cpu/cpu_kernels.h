@@ -41,13 +41,15 @@ struct DwShape {
   int64_t cgroup;
 };
 
-template <typename T>
+// X: the storage type of x and y where it differs from the compute type T (bf16 as uint16_t, with
+// T float: the bf16 forward, Kernels<float>::dw_fwd_nhwc_bf16).
+template <typename T, typename X = T>
 struct DwArgs {
-  const T* x;      // NCHW or NHWC, contiguous
+  const X* x;      // NCHW or NHWC, contiguous
   const T* w;      // NCHW: [C][K*K]; NHWC: [K*K][C]
   const T* scale;  // [C]
   const T* shift;  // [C]
-  T* y;            // forward output, layout of x
+  X* y;            // forward output, layout of x
   const T* gout;   // backward: grad of y, layout of x
   T* gx;           // backward: grad of x, layout of x
   // Backward partial sums, one block per task. NCHW: [task][K*K], [task], [task].
@@ -224,6 +226,10 @@ struct Kernels {
   DwFn<T> dw_fwd_nchw, dw_fwd_nhwc, dw_bwd_nchw, dw_bwd_nhwc;
   DwFn<T> dw_fwd_nhwc_planes;  // channels-last input with few channels, by planes (NHWC tasks)
   DwFn<T> dw_fwd_nchw_blocked;  // NCHW input by channel blocks (DwShape::cblock)
+  // Channels-last forward on bf16 x and y (uint16_t bits; T's weights, scale and shift), for the
+  // shapes dw_bf16_ok accepts; set in Kernels<float> only.
+  void (*dw_fwd_nhwc_bf16)(const DwShape&, const DwArgs<T, uint16_t>&, int64_t, int64_t);
+  bool (*dw_bf16_ok)(const DwShape&);
   bool dw_rgb_one_pass;        // ... which splits 3-channel pixel rows in one pass (fwd_rgb)
   PpmFn<T> ppm_fwd_nchw, ppm_fwd_nhwc, ppm_bwd_nchw, ppm_bwd_nhwc;
   StageKernel<T> stage;

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "bf16_via_float.h"
 #include "cpu_kernels.h"
 #include "output_pool.h"
 #include "parallel_tasks.h"
@@ -314,7 +315,12 @@ at::Tensor dasp_stage_cpu(const at::Tensor& x, const at::Tensor& dw_weight,
                           const at::Tensor& pw_weight, const at::Tensor& pw_scale,
                           const at::Tensor& pw_shift, const at::Tensor& ppm_weight) {
   check_dasp_stage(x, dw_weight, dw_scale, dw_shift, pw_weight, pw_scale, pw_shift, ppm_weight);
-  check_backend_dtype("dasp_stage", "cpu", x, {at::kFloat, at::kDouble});
+  check_backend_dtype("dasp_stage", "cpu", x, DASP_CPU_DTYPES);
+  if (cpu::is_bf16(x))
+    return cpu::narrow_bf16(dasp_stage_cpu(cpu::widen(x), cpu::widen(dw_weight),
+                                           cpu::widen(dw_scale), cpu::widen(dw_shift),
+                                           cpu::widen(pw_weight), cpu::widen(pw_scale),
+                                           cpu::widen(pw_shift), cpu::widen(ppm_weight)));
   at::Tensor out = empty_output(x, pw_weight.size(0), (x.size(2) + 1) / 2, (x.size(3) + 1) / 2);
   const at::Tensor params[7] = {dw_weight, dw_scale, dw_shift, pw_weight,
                                 pw_scale,  pw_shift, ppm_weight};
@@ -324,7 +330,9 @@ at::Tensor dasp_stage_cpu(const at::Tensor& x, const at::Tensor& dw_weight,
 
 at::Tensor dasp_spatial_path_cpu(const at::Tensor& x, at::TensorList params) {
   check_dasp_spatial_path(x, params);
-  check_backend_dtype("dasp_spatial_path", "cpu", x, {at::kFloat, at::kDouble});
+  check_backend_dtype("dasp_spatial_path", "cpu", x, DASP_CPU_DTYPES);
+  if (cpu::is_bf16(x))
+    return cpu::narrow_bf16(dasp_spatial_path_cpu(cpu::widen(x), cpu::widen(params)));
   const int64_t S = static_cast<int64_t>(params.size()) / 7;
   int64_t h = x.size(2), w = x.size(3);
   for (int64_t s = 0; s < S; ++s) {

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "bf16_via_float.h"
 
 namespace dasp_kernels {
 namespace {
@@ -91,8 +92,13 @@ Grads8 dasp_stage_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x,
                                const at::Tensor& ppm_weight) {
   check_dasp_stage(x, dw_weight, dw_scale, dw_shift, pw_weight, pw_scale, pw_shift, ppm_weight);
   const char* op = "_dasp_stage_backward";
-  check_backend_dtype(op, "cpu", x, {at::kFloat, at::kDouble});
+  check_backend_dtype(op, "cpu", x, DASP_CPU_DTYPES);
   check_like_x(op, x, "grad_out", grad_out);
+  if (cpu::is_bf16(x))
+    return cpu::narrow_bf16(dasp_stage_backward_cpu(
+        cpu::widen(grad_out), cpu::widen(x), cpu::widen(dw_weight), cpu::widen(dw_scale),
+        cpu::widen(dw_shift), cpu::widen(pw_weight), cpu::widen(pw_scale), cpu::widen(pw_shift),
+        cpu::widen(ppm_weight)));
   const int64_t n = x.size(0), cin = x.size(1), cout = pw_weight.size(0), k = dw_weight.size(2);
   const int64_t ho = (x.size(2) + 1) / 2, wo = (x.size(3) + 1) / 2, hw = ho * wo, p = k / 2;
   std::vector<int64_t> expected = {n, cout, ho, wo};

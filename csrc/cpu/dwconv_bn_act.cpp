@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "bf16_via_float.h"
 #include "cpu_kernels.h"
 #include "output_pool.h"
 #include "parallel_tasks.h"
@@ -165,10 +166,44 @@ cpu::DwArgs<T> input_args(const at::Tensor& xc, const at::Tensor& w, const at::T
   return a;
 }
 
+// bf16 channels-last through the bf16 kernel (Kernels<float>::dw_fwd_nhwc_bf16: bf16 x and y,
+// float32 weights, scale and shift, float32 accumulators): half the memory traffic of float32.
+// Undefined where that kernel does not take the geometry (NCHW, few channels, the shapes the
+// float32 forward gives its tap-by-tap kernel): the caller then computes in float32 and rounds.
+at::Tensor forward_bf16(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
+                        const at::Tensor& shift, const DwConf& cf) {
+  Geometry g = geometry(x, weight, cf, /*forward=*/true);
+  const auto& k = cpu::kernels<float>();
+  if (!g.nhwc || g.planes || k.dw_bf16_ok == nullptr || !k.dw_bf16_ok(g.p)) return {};
+  // Groups of as many channels as float32's: the accumulators and weights are float32 alike.
+  use_groups(g, k.vec_size, sizeof(float));
+  g.p.stream = false;  // the rounding store has no non-temporal form
+  const auto& p = g.p;
+  at::Tensor y = cpu::pooled_empty({p.N, p.C, p.Ho, p.Wo}, x.options(), g.fmt);
+  if (y.numel() == 0) return y;
+  const at::Tensor xc = x.contiguous(g.fmt);
+  const at::Tensor w = kernel_weight(cpu::widen(weight), g);
+  const at::Tensor sc = cpu::widen(scale).contiguous(), sh = cpu::widen(shift).contiguous();
+  cpu::DwArgs<float, uint16_t> a{};
+  a.x = reinterpret_cast<const uint16_t*>(xc.const_data_ptr<at::BFloat16>());
+  a.w = w.const_data_ptr<float>();
+  a.scale = sc.const_data_ptr<float>();
+  a.shift = sh.const_data_ptr<float>();
+  a.y = reinterpret_cast<uint16_t*>(y.mutable_data_ptr<at::BFloat16>());
+  cpu::run_tasks(num_tasks(g), [&](int64_t t0, int64_t t1) { k.dw_fwd_nhwc_bf16(p, a, t0, t1); });
+  return y;
+}
+
 // The forward, its inputs checked by the caller.
 at::Tensor forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
                    const at::Tensor& shift, const DwConf& cf) {
-  check_backend_dtype("dwconv_bn_act", "cpu", x, {at::kFloat, at::kDouble});
+  check_backend_dtype("dwconv_bn_act", "cpu", x, DASP_CPU_DTYPES);
+  if (cpu::is_bf16(x)) {
+    at::Tensor y = forward_bf16(x, weight, scale, shift, cf);
+    if (y.defined()) return y;
+    return cpu::narrow_bf16(
+        forward(cpu::widen(x), cpu::widen(weight), cpu::widen(scale), cpu::widen(shift), cf));
+  }
   Geometry g = geometry(x, weight, cf, /*forward=*/true);
   g.p.stream = cpu::stream_output(g.p.N * g.p.C * g.p.Ho * g.p.Wo * x.element_size());
   const auto& p = g.p;
@@ -198,7 +233,12 @@ using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 Grads backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
                const at::Tensor& scale, const at::Tensor& shift, const DwConf& cf) {
   const char* op = "_dwconv_bn_act_backward";
-  check_backend_dtype("dwconv_bn_act", "cpu", x, {at::kFloat, at::kDouble});
+  check_backend_dtype("dwconv_bn_act", "cpu", x, DASP_CPU_DTYPES);
+  if (cpu::is_bf16(x)) {
+    check_like_x(op, x, "grad_out", grad_out);
+    return cpu::narrow_bf16(backward(cpu::widen(grad_out), cpu::widen(x), cpu::widen(weight),
+                                     cpu::widen(scale), cpu::widen(shift), cf));
+  }
   Geometry g = geometry(x, weight, cf, /*forward=*/false);
   g.p.stream = cpu::stream_output(x.numel() * x.element_size());
   const auto& p = g.p;

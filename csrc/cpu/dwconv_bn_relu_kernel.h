@@ -514,4 +514,5 @@ void fwd_nhwc_planes(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t
 // The backward of both layouts and the NHWC forward, in two more files.
 #include "dwconv_bwd_kernel.h"
 #include "dwconv_nhwc_kernel.h"
+#include "bf16_io.h"
 #include "dwconv_nhwc_fwd.h"

@@ -71,23 +71,23 @@ C10_ALWAYS_INLINE Vec<T> in_register(const Vec<T>& v) {
 // units [jlo, jhi) lie inside the input row (the others are padding, their taps skipped).
 // A micro-kernel: fully unrolled over units, pixels and channel vectors so that the weights and
 // accumulators stay in registers.
-template <typename T, int K, int SP, int PX, int CV, bool PART, bool EDGE>
-C10_ALWAYS_INLINE void nhwc_sweep(const T* xr, int64_t U, const T* wr, int64_t C, int64_t cl,
+template <typename T, int K, int SP, int PX, int CV, bool PART, bool EDGE, typename X = T>
+C10_ALWAYS_INLINE void nhwc_sweep(const X* xr, int64_t U, const T* wr, int64_t C, int64_t cl,
                                   int jlo, int jhi, Vec<T> (&acc)[PX][CV]) {
   constexpr int V = Vec<T>::size();
   constexpr int NJ = (PX - 1) * SP + K;
-  auto load = [&](const T* src, int v) {
-    return (PART && v == CV - 1) ? Vec<T>::loadu(src, cl) : Vec<T>::loadu(src);
+  auto load = [&](const auto* src, int v) {
+    return load_x<T>(src, (PART && v == CV - 1) ? cl : int64_t(V));
   };
   Vec<T> w[K][CV];
   static_for<K>([&](auto kx_) {
     constexpr int kx = decltype(kx_)::value;
     for (int v = 0; v < CV; ++v) w[kx][v] = load(wr + kx * C + v * V, v);
   });
-  const T* xj = xr;  // unit j's input, advanced by U: one address register for the sweep
+  const X* xj = xr;  // unit j's input, advanced by U: one address register for the sweep
   static_for<NJ>([&](auto j_) {
     constexpr int j = decltype(j_)::value;
-    const T* src = xj;
+    const X* src = xj;
     xj += U;
     if (EDGE && (j < jlo || j >= jhi)) return;
     Vec<T> xv[CV];
@@ -101,12 +101,13 @@ C10_ALWAYS_INLINE void nhwc_sweep(const T* xr, int64_t U, const T* wr, int64_t C
   });
 }
 
-// What the blocks of one output row share.
-template <typename T>
+// What the blocks of one output row share. X: the storage type of x and y (T, or bf16_t with T
+// float: widened on load, rounded on store, bf16_io.h).
+template <typename T, typename X = T>
 struct NhwcRow {
-  const T* xn;  // the image's input
-  T* yrow;      // the output row
-  const DwArgs<T>& a;
+  const X* xn;  // the image's input
+  X* yrow;      // the output row
+  const DwArgs<T, X>& a;
   const DwShape& p;
   const ActV<T>& act;
   int64_t iy0;  // input row of tap ky = 0
@@ -117,8 +118,8 @@ struct NhwcRow {
 
 // y of the npx outputs of a block, act(acc * scale + shift), for activation ID (-1: any, through
 // ActV's switch).
-template <typename T, int ID, int PX, int CV, bool PART>
-C10_ALWAYS_INLINE void nhwc_store_act(const NhwcRow<T>& r, const Vec<T> (&acc)[PX][CV],
+template <typename T, int ID, int PX, int CV, bool PART, typename X = T>
+C10_ALWAYS_INLINE void nhwc_store_act(const NhwcRow<T, X>& r, const Vec<T> (&acc)[PX][CV],
                                       int64_t o0, int npx, int64_t c, int64_t cl) {
   constexpr int V = Vec<T>::size();
   const int64_t C = r.p.C;
@@ -134,23 +135,23 @@ C10_ALWAYS_INLINE void nhwc_store_act(const NhwcRow<T>& r, const Vec<T> (&acc)[P
         y = r.act(z);
       else
         y = r.act.template apply<ID>(z);
-      put(y, r.yrow + (o0 + px * r.ostep) * C + cc, m, r.p.stream);
+      put_x<T>(y, r.yrow + (o0 + px * r.ostep) * C + cc, m, r.p.stream);
     }
   }
 }
 
 // The slow activations, out of line: acc arrives copied to memory, so that the block's
 // accumulators are not live across calls (they would then live on the stack throughout).
-template <typename T, int PX, int CV, bool PART>
-C10_NOINLINE void nhwc_store_any(const NhwcRow<T>& r, const Vec<T> (&acc)[PX][CV], int64_t o0,
+template <typename T, int PX, int CV, bool PART, typename X = T>
+C10_NOINLINE void nhwc_store_any(const NhwcRow<T, X>& r, const Vec<T> (&acc)[PX][CV], int64_t o0,
                                  int npx, int64_t c, int64_t cl) {
   nhwc_store_act<T, -1, PX, CV, PART>(r, acc, o0, npx, c, cl);
 }
 
 // y of the npx outputs of a block: the activation's switch taken once per block, the fast ones
 // inline.
-template <typename T, int PX, int CV, bool PART>
-C10_ALWAYS_INLINE void nhwc_store(const NhwcRow<T>& r, const Vec<T> (&acc)[PX][CV], int64_t o0,
+template <typename T, int PX, int CV, bool PART, typename X = T>
+C10_ALWAYS_INLINE void nhwc_store(const NhwcRow<T, X>& r, const Vec<T> (&acc)[PX][CV], int64_t o0,
                                   int npx, int64_t c, int64_t cl) {
   switch (r.act.id) {
     case kActNone: return nhwc_store_act<T, kActNone, PX, CV, PART>(r, acc, o0, npx, c, cl);
@@ -171,15 +172,15 @@ C10_ALWAYS_INLINE void nhwc_store(const NhwcRow<T>& r, const Vec<T> (&acc)[PX][C
 
 // The block of outputs o0 + i*ostep, i < npx, for the channel chunk at c. ix0: the input pixel of
 // its unit 0; [jlo, jhi): its units inside the input row.
-template <typename T, int K, int SP, int PX, int CV, bool PART, bool EDGE>
-void nhwc_block(const NhwcRow<T>& r, int64_t o0, int npx, int64_t ix0, int jlo, int jhi,
+template <typename T, int K, int SP, int PX, int CV, bool PART, bool EDGE, typename X = T>
+void nhwc_block(const NhwcRow<T, X>& r, int64_t o0, int npx, int64_t ix0, int jlo, int jhi,
                 int64_t c, int64_t cl) {
   const int64_t C = r.p.C, W = r.p.W, D = r.p.D;
   Vec<T> acc[PX][CV];
   for (int px = 0; px < PX; ++px)
     for (int v = 0; v < CV; ++v) acc[px][v] = Vec<T>(T(0));
   for (int ky = r.ky0; ky < r.ky1; ++ky) {
-    const T* xr = r.xn + ((r.iy0 + D * ky) * W + ix0) * C + c;
+    const X* xr = r.xn + ((r.iy0 + D * ky) * W + ix0) * C + c;
     nhwc_sweep<T, K, SP, PX, CV, PART, EDGE>(xr, r.U, r.a.w + ky * K * C + c, C, cl, jlo, jhi,
                                               acc);
   }
@@ -188,15 +189,15 @@ void nhwc_block(const NhwcRow<T>& r, int64_t o0, int npx, int64_t ix0, int jlo, 
 
 // One output row for the channels [c0, c1): blocks of PX outputs (per phase where ostep > 1),
 // those that reach into the padding or past the row's end through the checked micro-kernel.
-template <typename T, int K, int SP>
-void nhwc_row(const NhwcRow<T>& r, int64_t c0, int64_t c1) {
+template <typename T, int K, int SP, typename X = T>
+void nhwc_row(const NhwcRow<T, X>& r, int64_t c0, int64_t c1) {
   using Tile = NhwcTile<K>;
   constexpr int PX = Tile::PX, NJ = (PX - 1) * SP + K;
   const DwShape& p = r.p;
   const int64_t Wo = p.Wo, S = p.S, D = p.D, m = r.ostep;
   for (int64_t s0 = 0; s0 < Wo; s0 += PX * m) {
     r.ra->upto(((s0 + PX * m + kPixelsAhead) * S - p.pad_l + D * (K - 1) + 1) * p.C *
-               static_cast<int64_t>(sizeof(T)));
+               static_cast<int64_t>(sizeof(X)));
     for (int64_t o0 = s0; o0 < imin(s0 + m, Wo); ++o0) {
       const int npx = static_cast<int>(imin(PX, (Wo - 1 - o0) / m + 1));
       const int64_t ix0 = o0 * S - p.pad_l;
@@ -218,14 +219,14 @@ void nhwc_row(const NhwcRow<T>& r, int64_t c0, int64_t c1) {
 }
 
 // Tasks (n, band), in groups of p.cgroup channels (nhwc_fwd_rows).
-template <typename T, int K, int SP>
-void fwd_nhwc_tiled(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) {
+template <typename T, int K, int SP, typename X = T>
+void fwd_nhwc_tiled(const DwShape& p, const DwArgs<T, X>& a, int64_t t0, int64_t t1) {
   const NhwcSweep sw(p);
   const ActV<T> act(p);
-  nhwc_fwd_rows<T>(p, a, t0, t1, [&](const T* xn, T* yrow, int64_t g0, int64_t g1, int64_t oy,
+  nhwc_fwd_rows<T>(p, a, t0, t1, [&](const X* xn, X* yrow, int64_t g0, int64_t g1, int64_t oy,
                                      int ky0, int ky1, RowsAhead& ra) {
-    const NhwcRow<T> r{xn, yrow, a, p, act, oy * p.S - p.pad_t, ky0, ky1, p.D * p.C, sw.ostep,
-                       &ra};
+    const NhwcRow<T, X> r{xn, yrow, a, p, act, oy * p.S - p.pad_t, ky0, ky1, p.D * p.C, sw.ostep,
+                          &ra};
     nhwc_row<T, K, SP>(r, g0, g1);
   });
 }
@@ -248,6 +249,35 @@ void fwd_nhwc(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1) {
       fwd_nhwc_tiled<T, K, 1>(p, a, t0, t1);
     else
       fwd_nhwc_tiled<T, K, 2>(p, a, t0, t1);
+  });
+}
+
+// Whether fwd_nhwc_bf16 runs shape p: what fwd_nhwc gives the tiled kernel (the host computes
+// the others in float32 and rounds, bf16_via_float.h).
+inline bool nhwc_bf16_ok(const DwShape& p) {
+  const NhwcSweep sw(p);
+  if (!sw.ok || p.K < 1 || p.K > 9) return false;
+  bool ok = false;
+  static_for<9>([&](auto k_) {
+    constexpr int K = decltype(k_)::value + 1;
+    if (p.K == K) ok = !(sw.sp == 2 && p.Wo < NhwcTile<K>::PX);
+  });
+  return ok;
+}
+
+// The channels-last forward on bf16 x and y (float weights, scale and shift): the tiled kernel
+// with float accumulators, x widened on load and y rounded to nearest even on store. Shapes with
+// nhwc_bf16_ok only.
+inline void fwd_nhwc_bf16(const DwShape& p, const DwArgs<float, bf16_t>& a, int64_t t0,
+                          int64_t t1) {
+  const NhwcSweep sw(p);
+  static_for<9>([&](auto k_) {
+    constexpr int K = decltype(k_)::value + 1;
+    if (p.K != K) return;
+    if (sw.sp == 1)
+      fwd_nhwc_tiled<float, K, 1>(p, a, t0, t1);
+    else
+      fwd_nhwc_tiled<float, K, 2>(p, a, t0, t1);
   });
 }
 

@@ -127,15 +127,15 @@ inline void add_new_rows(RowsAhead& ra, const char* xn, int64_t row_bytes, int64
 // output row to the next, where whole pixel rows of many channels would not. Calls
 // row(xn, yrow, g0, g1, oy, ky0, ky1, ra) for each output row oy of channels [g0, g1), xn the
 // image's input, yrow the output row, ra the input rows prefetched ahead; both forwards use it.
-template <typename T, typename Row>
-void nhwc_fwd_rows(const DwShape& p, const DwArgs<T>& a, int64_t t0, int64_t t1, Row&& row) {
+template <typename T, typename X, typename Row>
+void nhwc_fwd_rows(const DwShape& p, const DwArgs<T, X>& a, int64_t t0, int64_t t1, Row&& row) {
   const int64_t C = p.C, H = p.H, W = p.W, Ho = p.Ho, Wo = p.Wo;
   const int64_t G = p.cgroup > 0 ? p.cgroup : C;
-  const int64_t pix_bytes = C * static_cast<int64_t>(sizeof(T));
+  const int64_t pix_bytes = C * static_cast<int64_t>(sizeof(X));
   for (int64_t task = t0; task < t1; ++task) {
     const int64_t n = task / p.bands, band = task % p.bands;
-    const T* xn = a.x + n * H * W * C;
-    T* yn = a.y + n * Ho * Wo * C;
+    const X* xn = a.x + n * H * W * C;
+    X* yn = a.y + n * Ho * Wo * C;
     const int64_t oyA = band * Ho / p.bands, oyB = (band + 1) * Ho / p.bands;
     for (int64_t g0 = 0; g0 < C; g0 += G)
       for (int64_t oy = oyA; oy < oyB; ++oy) {

@@ -16,6 +16,7 @@
 
 #include "../checks.h"
 #include "../se_aten.h"
+#include "bf16_via_float.h"
 #include "cpu_kernels.h"
 #include "output_pool.h"
 #include "parallel_tasks.h"
@@ -240,7 +241,16 @@ at::Tensor forward(const at::Tensor& x, const std::optional<at::Tensor>& expand_
                    const at::Tensor& dw_scale, const at::Tensor& dw_shift,
                    const at::Tensor& project_weight, const at::Tensor& project_scale,
                    const at::Tensor& project_shift, const IrConf& cf, const IrSe& se) {
-  check_backend_dtype("inverted_residual", "cpu", x, {at::kFloat, at::kDouble});
+  check_backend_dtype("inverted_residual", "cpu", x, DASP_CPU_DTYPES);
+  if (cpu::is_bf16(x)) {  // no bf16 kernel yet (bf16_via_float.h)
+    const IrSe se32{se.conf, cpu::widen(se.reduce_weight), cpu::widen(se.reduce_bias),
+                    cpu::widen(se.expand_weight), cpu::widen(se.expand_bias), se.alpha, se.beta};
+    return cpu::narrow_bf16(forward(
+        cpu::widen(x), cpu::widen(expand_weight), cpu::widen(expand_scale),
+        cpu::widen(expand_shift), cpu::widen(dw_weight), cpu::widen(dw_scale),
+        cpu::widen(dw_shift), cpu::widen(project_weight), cpu::widen(project_scale),
+        cpu::widen(project_shift), cf, se32));
+  }
   const at::MemoryFormat fmt = x.suggest_memory_format();
   cpu::IrShape s = geometry(x, dw_weight, project_weight, given(expand_weight), cf);
   const std::vector<int64_t> sizes = {s.N, s.Co, s.Ho, s.Wo};

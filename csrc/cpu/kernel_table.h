@@ -76,6 +76,13 @@ Kernels<T> kernels() {
   k.dw_fwd_nhwc = &dw::fwd_nhwc<T>;
   k.dw_fwd_nhwc_planes = &dw::fwd_nhwc_planes_any<T>;
   k.dw_fwd_nchw_blocked = &dw::fwd_nchw_blocked<T>;
+  if constexpr (std::is_same_v<T, float>) {
+    k.dw_fwd_nhwc_bf16 = &dw::fwd_nhwc_bf16;
+    k.dw_bf16_ok = &dw::nhwc_bf16_ok;
+  } else {
+    k.dw_fwd_nhwc_bf16 = nullptr;
+    k.dw_bf16_ok = nullptr;
+  }
   k.dw_rgb_one_pass = util::kHaveEvery3 && std::is_same_v<T, float>;
   k.dw_bwd_nchw = &dw::bwd_nchw_any<T>;
   k.dw_bwd_nhwc = &dw::bwd_nhwc_any<T>;

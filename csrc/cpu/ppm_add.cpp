@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "bf16_via_float.h"
 #include "cpu_kernels.h"
 #include "output_pool.h"
 #include "parallel_tasks.h"
@@ -52,7 +53,9 @@ void check_ppm_weight(const char* op, const at::Tensor& x, const at::Tensor& wei
 
 at::Tensor ppm_add_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& residual) {
   check_ppm_add(x, weight, residual);
-  check_backend_dtype("ppm_add", "cpu", x, {at::kFloat, at::kDouble});
+  check_backend_dtype("ppm_add", "cpu", x, DASP_CPU_DTYPES);
+  if (cpu::is_bf16(x))
+    return cpu::narrow_bf16(ppm_add_cpu(cpu::widen(x), cpu::widen(weight), cpu::widen(residual)));
   Geometry g = geometry(x, weight);
   g.p.stream = cpu::stream_output(residual.numel() * x.element_size());
   const auto& p = g.p;
@@ -83,7 +86,12 @@ std::tuple<at::Tensor, at::Tensor> ppm_add_backward_cpu(const at::Tensor& grad_o
   const char* op = "ppm_add";
   check_rank4_floating(op, x);
   check_ppm_weight(op, x, weight);
-  check_backend_dtype(op, "cpu", x, {at::kFloat, at::kDouble});
+  check_backend_dtype(op, "cpu", x, DASP_CPU_DTYPES);
+  if (cpu::is_bf16(x)) {
+    check_like_x("_ppm_add_backward", x, "grad_out", grad_out);
+    return cpu::narrow_bf16(
+        ppm_add_backward_cpu(cpu::widen(grad_out), cpu::widen(x), cpu::widen(weight)));
+  }
   Geometry g = geometry(x, weight);
   g.p.stream = cpu::stream_output(x.numel() * x.element_size());
   const auto& p = g.p;
