@@ -40,3 +40,16 @@ needs_cpu_ext = backend_skip("cpu")
 needs_cuda = backend_skip("cuda")
 needs_triton = backend_skip("triton")
 TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def perturbed_bn(model, seed=0):
+    """model in eval mode with random BatchNorm statistics and affine parameters, so that a wrong
+    fold of a norm shows (a fresh model's norms are the identity)."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
+    return model.eval()

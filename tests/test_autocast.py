@@ -3,9 +3,9 @@ through torch.ops and the public functions, eager and compiled; fused torchvisio
 a fused BiSeNet under autocast: they run, give bf16, and their argmax agrees with fp32."""
 import pytest
 import torch
-import torch.nn as nn
 
 import dasp_kernels
+from conftest import perturbed_bn
 from dasp_kernels import _backends, cases
 
 pytestmark = [pytest.mark.skipif(_backends.backend_status()["cpu"] is not None,
@@ -77,17 +77,6 @@ def test_compile_under_autocast_matches_eager():
     torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
-def _perturbed(model):
-    g = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
-    return model.eval()
-
-
 def _argmax_agreement(a, b):
     return (a.float().argmax(1) == b.float().argmax(1)).float().mean().item()
 
@@ -98,7 +87,7 @@ def test_fused_mobilenet_v2_under_autocast_eager_and_compiled():
     input: 9 pixels), asserted >= 0.9 (bf16 rounding through 17 blocks may move a near tie)."""
     torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(0)
-    model = _perturbed(torchvision.models.mobilenet_v2())
+    model = perturbed_bn(torchvision.models.mobilenet_v2())
     fused = dasp_kernels.fuse(model)
     x = torch.randn(1, 3, 96, 96)
     with torch.no_grad():
@@ -121,7 +110,7 @@ def test_fused_bisenet_under_autocast():
     from dasp.models import BiSeNetV1
 
     torch.manual_seed(0)
-    model = _perturbed(BiSeNetV1(num_classes=5, spatial_path="dasp", aux=False))
+    model = perturbed_bn(BiSeNetV1(num_classes=5, spatial_path="dasp", aux=False))
     fused = dasp_kernels.fuse(model)
     x = torch.randn(1, 3, 128, 128)
     with torch.no_grad():

@@ -8,7 +8,7 @@ import torch
 
 import dasp_kernels
 from dasp_kernels import cases, fuse_blocks, ir_choice, reference
-from conftest import needs_cpu_ext
+from conftest import needs_cpu_ext, perturbed_bn
 
 torchvision = pytest.importorskip("torchvision")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -33,17 +33,6 @@ def _fused_rows(report):
     return sum(n for what, n in report.items() if what.startswith("fused: inverted_residual"))
 
 
-def _perturbed(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
-    return model.eval()
-
-
 def _count_op_calls(monkeypatch):
     calls = []
     real = fuse_blocks.run_op
@@ -60,7 +49,7 @@ def _count_op_calls(monkeypatch):
 @pytest.mark.parametrize("name", sorted(BLOCKS))
 def test_torchvision_blocks_fuse_and_match(name, backend, monkeypatch):
     torch.manual_seed(0)
-    model = _perturbed(getattr(torchvision.models, name)())
+    model = perturbed_bn(getattr(torchvision.models, name)())
     fused = dasp_kernels.fuse(model, backend=backend)
     n_fused, left = BLOCKS[name]
     assert fused.dasp_fused["inverted_residual"] == n_fused
@@ -92,7 +81,7 @@ def test_timm_blocks_fuse_and_match(name, backend, monkeypatch):
     """timm's InvertedResidual, DepthwiseSeparableConv and UniversalInvertedResidual, their
     activations inside BatchNormAct2d."""
     timm = pytest.importorskip("timm")
-    model = _perturbed(timm.create_model(name))
+    model = perturbed_bn(timm.create_model(name))
     fused = dasp_kernels.fuse(model, backend=backend)
     n_fused, left = TIMM[name]
     report = collections.Counter(what for _, what in dasp_kernels.fuse_report(fused))
@@ -113,7 +102,7 @@ def test_fused_blocks_pickle_train_and_export():
     """A fused model pickles (its swapped classes come back), trains through the blocks' own
     layers (norms in train mode) and exports to ONNX as standard ops."""
     torch.manual_seed(0)
-    model = _perturbed(torchvision.models.mobilenet_v2())
+    model = perturbed_bn(torchvision.models.mobilenet_v2())
     fused = dasp_kernels.fuse(model)
     buf = io.BytesIO()
     torch.save(fused, buf)
@@ -140,7 +129,7 @@ def test_eager_cache_follows_the_parameters():
     """The folded norms cached for eager inference are refolded when a parameter or buffer of the
     block changes: in place, through load_state_dict, or replaced."""
     torch.manual_seed(0)
-    model = _perturbed(torchvision.models.mobilenet_v2()).features[:4]
+    model = perturbed_bn(torchvision.models.mobilenet_v2()).features[:4]
     fused = dasp_kernels.fuse(model)
     x = torch.randn(1, 3, 40, 48)
     with torch.no_grad():
@@ -159,7 +148,7 @@ def test_fused_blocks_compile_in_one_graph_and_export():
     from torch._inductor.utils import run_and_get_code
 
     torch.manual_seed(0)
-    model = _perturbed(torchvision.models.mobilenet_v2())
+    model = perturbed_bn(torchvision.models.mobilenet_v2())
     fused = dasp_kernels.fuse(model)
     x = torch.randn(1, 3, 64, 64)
     torch._dynamo.reset()
@@ -192,7 +181,7 @@ def test_choice_modes(mode, monkeypatch):
     monkeypatch.setenv("DASP_KERNELS_IR_IMPL", mode)
     monkeypatch.setattr(ir_choice, "_CHOSEN", {})
     torch.manual_seed(0)
-    model = _perturbed(torchvision.models.mobilenet_v2())
+    model = perturbed_bn(torchvision.models.mobilenet_v2())
     fused = dasp_kernels.fuse(model)
     calls = _count_op_calls(monkeypatch)
     answers = []
@@ -225,7 +214,7 @@ def test_se_blocks_compile_in_one_graph_and_export():
     from torch._inductor.utils import run_and_get_code
 
     torch.manual_seed(0)
-    model = _perturbed(torchvision.models.mobilenet_v3_large())
+    model = perturbed_bn(torchvision.models.mobilenet_v3_large())
     fused = dasp_kernels.fuse(model)
     rows = dict(dasp_kernels.fuse_report(fused))
     assert rows["features.4"] == ("fused: inverted_residual with squeeze-and-excitation "
@@ -259,7 +248,7 @@ def test_se_blocks_export_to_onnx_as_standard_ops():
     standard ops only."""
     onnx = pytest.importorskip("onnx")
     torch.manual_seed(0)
-    model = _perturbed(torchvision.models.mobilenet_v3_large()).features[:5]
+    model = perturbed_bn(torchvision.models.mobilenet_v3_large()).features[:5]
     fused = dasp_kernels.fuse(model)
     assert fuse_blocks.is_fused_block(fused[4])
     x = torch.randn(1, 3, 64, 64)

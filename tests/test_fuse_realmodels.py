@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 import dasp_kernels
+from conftest import perturbed_bn
 
 torchvision = pytest.importorskip("torchvision")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -20,17 +21,6 @@ TORCHVISION = {  # name: {activation: depthwise convs fuse must fuse with it}
 }
 
 
-def _perturbed(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
-    return model.eval()
-
-
 def _features(model, x):
     """The last feature map (the classifier of an untrained model hides differences)."""
     return model.features(x) if hasattr(model, "features") else model.layers(model.conv1(x))
@@ -39,7 +29,7 @@ def _features(model, x):
 @pytest.mark.parametrize("name", sorted(TORCHVISION))
 def test_torchvision_models_fuse_and_match(name):
     torch.manual_seed(0)
-    model = _perturbed(getattr(torchvision.models, name)())
+    model = perturbed_bn(getattr(torchvision.models, name)())
     fused = dasp_kernels.fuse(model)
     assert fused.dasp_fused["dwconv_bn_act"] == sum(TORCHVISION[name].values())
     report = collections.Counter(what for _, what in dasp_kernels.fuse_report(fused)
@@ -57,7 +47,7 @@ def test_torchvision_models_fuse_and_match(name):
 
 @pytest.mark.parametrize("name", ["lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large"])
 def test_segmentation_models_fuse_their_dilated_convs(name):
-    model = _perturbed(getattr(torchvision.models.segmentation, name)(
+    model = perturbed_bn(getattr(torchvision.models.segmentation, name)(
         weights=None, weights_backbone=None))
     fused = dasp_kernels.fuse(model)
     rows = [(q, w) for q, w in dasp_kernels.fuse_report(fused) if "inverted_residual" not in w
@@ -73,7 +63,7 @@ def test_segmentation_models_fuse_their_dilated_convs(name):
 
 def test_fused_model_runs_under_bf16_autocast():
     torch.manual_seed(0)
-    model = _perturbed(torchvision.models.mobilenet_v2())
+    model = perturbed_bn(torchvision.models.mobilenet_v2())
     fused = dasp_kernels.fuse(model)
     x = torch.randn(1, 3, 96, 96)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -88,7 +78,7 @@ def test_timm_models_fuse_and_match(name):
     """timm's blocks (DepthwiseSeparableConv, InvertedResidual, UniversalInvertedResidual's
     ConvNormAct) with BatchNormAct2d: the activation inside the norm is fused, never dropped."""
     timm = pytest.importorskip("timm")
-    model = _perturbed(timm.create_model(name))
+    model = perturbed_bn(timm.create_model(name))
     fused = dasp_kernels.fuse(model)
     rows = [(q, w) for q, w in dasp_kernels.fuse_report(fused) if "inverted_residual" not in w
             and not w.startswith("left as layers")]  # the blocks: tests/test_fuse_blocks.py
@@ -114,7 +104,7 @@ def test_fused_model_compiles_without_breaks_or_layout_copies(monkeypatch):
         pytest.skip("the C++ extension did not load")
     monkeypatch.setenv("TORCHINDUCTOR_COMPILE_THREADS", "1")
     torch._dynamo.reset()
-    model = _perturbed(torchvision.models.mobilenet_v3_large())
+    model = perturbed_bn(torchvision.models.mobilenet_v3_large())
     compiled = torch.compile(dasp_kernels.fuse(model), fullgraph=True)
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad(), torch._inductor.config.patch(freezing=True):
