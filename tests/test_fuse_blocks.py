@@ -143,12 +143,13 @@ def test_eager_cache_follows_the_parameters():
         close_rel_max(fused(x), model(x), 1e-5)
 
 
-@cpu_only
-def test_fused_blocks_compile_in_one_graph_and_export():
+def _compiles_in_one_graph_and_exports(name, n_blocks):
+    """A fused torchvision model's features: under compile (fullgraph) one op call per block and
+    the unfused model's output; exported, the same output."""
     from torch._inductor.utils import run_and_get_code
 
     torch.manual_seed(0)
-    model = perturbed_bn(torchvision.models.mobilenet_v2())
+    model = perturbed_bn(getattr(torchvision.models, name)())
     fused = dasp_kernels.fuse(model)
     x = torch.randn(1, 3, 64, 64)
     torch._dynamo.reset()
@@ -156,10 +157,17 @@ def test_fused_blocks_compile_in_one_graph_and_export():
     with torch.no_grad():
         out, code = run_and_get_code(compiled, x)
         close_rel_max(out, model.features(x), 1e-5)
-    assert "\n".join(code).count("torch.ops.dasp_kernels.inverted_residual.default(") == 17
+    calls = "\n".join(code).count("torch.ops.dasp_kernels.inverted_residual.default(")
+    assert calls == n_blocks
     with torch.no_grad():
         ep = torch.export.export(fused.features, (x,))
         close_rel_max(ep.module()(x), model.features(x), 1e-5)
+    return fused
+
+
+@cpu_only
+def test_fused_blocks_compile_in_one_graph_and_export():
+    _compiles_in_one_graph_and_exports("mobilenet_v2", 17)
 
 
 def test_onednn_block_is_the_block():
@@ -211,24 +219,10 @@ def test_bad_mode_says_what_it_expected(monkeypatch):
 @cpu_only
 def test_se_blocks_compile_in_one_graph_and_export():
     """mobilenet_v3_large's blocks, SE among them, each one op under compile and in export."""
-    from torch._inductor.utils import run_and_get_code
-
-    torch.manual_seed(0)
-    model = perturbed_bn(torchvision.models.mobilenet_v3_large())
-    fused = dasp_kernels.fuse(model)
+    fused = _compiles_in_one_graph_and_exports("mobilenet_v3_large", 15)
     rows = dict(dasp_kernels.fuse_report(fused))
     assert rows["features.4"] == ("fused: inverted_residual with squeeze-and-excitation "
                                   "(hardsigmoid gate)")
-    x = torch.randn(1, 3, 64, 64)
-    torch._dynamo.reset()
-    compiled = torch.compile(fused.features, fullgraph=True)
-    with torch.no_grad():
-        out, code = run_and_get_code(compiled, x)
-        close_rel_max(out, model.features(x), 1e-5)
-    assert "\n".join(code).count("torch.ops.dasp_kernels.inverted_residual.default(") == 15
-    with torch.no_grad():
-        ep = torch.export.export(fused.features, (x,))
-        close_rel_max(ep.module()(x), model.features(x), 1e-5)
 
 
 def test_se_lookalikes_are_left_with_a_reason():
